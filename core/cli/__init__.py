@@ -1,0 +1,15 @@
+"""The ``criu-fw`` command line: a thin click layer over the library.
+
+Commands parse their arguments, call one library function and print. Errors become one line on
+stderr and a non-zero exit status (:attr:`CriuFwError.exit_code`); ``--debug`` shows the
+traceback. Each command lives in its own module and is registered below.
+"""
+
+from __future__ import annotations
+
+from .base import main
+from .drivers import drivers_cmd
+
+main.add_command(drivers_cmd)
+
+__all__ = ["main"]

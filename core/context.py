@@ -1,0 +1,80 @@
+"""The contexts handed to hooks: what a driver may read and where it may record things.
+
+Contexts are mutable (they accumulate as a dump or restore runs) but drivers only touch them
+through the documented attributes and methods below.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+from .model import Mount, MountTree
+from .stash import Stash
+
+if TYPE_CHECKING:
+    from .mountops import MountOps
+
+log = logging.getLogger("criu_fw")
+
+
+@attrs.define
+class DumpContext:
+    """State of one dump, shared by every hook call of that dump."""
+
+    #: Where images are being written (a temporary directory until the dump is published).
+    image_dir: str
+    #: Where /proc and /sys are read from (recorded trees in tests, ``--proc-root``).
+    proc_root: str = "/proc"
+    sys_root: str = "/sys"
+    #: The process whose tree is dumped.
+    root_pid: int = 0
+    #: Every dumped mount namespace, by namespace id.
+    trees: dict[int, MountTree] = attrs.field(factory=dict)
+    #: ``--external mnt[MOUNTPOINT]:KEY`` declarations: mountpoint -> key.
+    externals: Mapping[str, str] = attrs.field(factory=dict)
+    #: Per-driver typed scratch space (see :mod:`criu_fw.stash`).
+    stash: Stash = attrs.field(factory=Stash)
+    #: A process inside each namespace, for reading through /proc/PID/root.
+    ns_pids: dict[int, int] = attrs.field(factory=dict)
+    #: True when /proc is a recording, not the live kernel: nothing is frozen or entered.
+    recorded: bool = False
+    _claims: dict[tuple[int, int], list[str]] = attrs.field(factory=dict, alias="_claims")
+
+    def claim_files(self, ns_id: int, mnt_id: int, driver: str) -> None:
+        """Ask that files the kernel reports on mount ``mnt_id`` also reach ``driver``.
+
+        For union filesystems whose files old kernels report on a layer's mount: the overlay
+        driver claims its layer mounts so that ``fixup_fd_path`` reaches it for those files.
+        """
+        owners = self._claims.setdefault((ns_id, mnt_id), [])
+        if driver not in owners:
+            owners.append(driver)
+
+    def claimants(self, ns_id: int, mnt_id: int) -> tuple[str, ...]:
+        return tuple(self._claims.get((ns_id, mnt_id), ()))
+
+    def tree_of(self, mount: Mount) -> MountTree:
+        for tree in self.trees.values():
+            if tree.find(mount.mnt_id) is mount:
+                return tree
+        raise KeyError(mount.mnt_id)
+
+
+@attrs.define
+class RestoreContext:
+    """State of one restore, shared by every hook call of that restore."""
+
+    image_dir: str
+    #: ``--root``: the directory to use as the root where the images cannot rebuild it.
+    root: str | None = None
+    #: ``--external mnt[KEY]:PATH``: key -> path on the restoring host.
+    externals: Mapping[str, str] = attrs.field(factory=dict)
+    #: The layer through which every mount call goes (a recording one in tests).
+    ops: MountOps | None = None
+    #: The dumped mount tree being restored (one namespace at a time).
+    tree: MountTree | None = None
+    stash: Stash = attrs.field(factory=Stash)

@@ -1,0 +1,73 @@
+"""What a filesystem driver is: an object with hook implementations and a declaration.
+
+A driver is any object (usually an instance of :class:`FsDriver`) that carries
+
+* ``fstypes``: the filesystem types it owns (``"overlay"``; ``"fuse.*"`` for every subtype),
+* optionally ``fallback = True``: it handles fstypes nobody claims (only ``generic`` does),
+* optionally ``state_types``: the :class:`DriverState` classes its ``parse_mount`` returns,
+* ``@hookimpl`` methods for the hooks in :mod:`criu_fw.hookspecs`.
+
+It is published under the entry-point group ``criu_fw.fsdrivers``; the entry point's name is
+the driver's stable name (the one ``--block-driver`` and ``--prefer`` use)::
+
+    [project.entry-points."criu_fw.fsdrivers"]
+    zfs = "criu_fw_zfs:driver"
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+
+from google.protobuf.message import Message
+
+
+class DriverState(abc.ABC):
+    """A driver's typed per-mount state, saved in criu-fw's own image.
+
+    Subclasses are usually frozen attrs records; they name the protobuf message they travel in
+    (the driver's own ``.proto``; the core stores it packed in ``google.protobuf.Any``, so a
+    third-party driver never needs a change to criu-fw's protos) and convert both ways.
+    """
+
+    MESSAGE: ClassVar[type[Message]]
+
+    @abc.abstractmethod
+    def to_message(self) -> Message:
+        """The state as an instance of ``MESSAGE``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_message(cls, message: Any) -> Self:
+        """Rebuild the state from an instance of ``MESSAGE``."""
+
+
+@runtime_checkable
+class DriverLike(Protocol):
+    fstypes: Iterable[str]
+
+
+class FsDriver:
+    """Convenience base for drivers; subclasses set ``fstypes`` and add ``@hookimpl`` methods."""
+
+    fstypes: ClassVar[tuple[str, ...]] = ()
+    fallback: ClassVar[bool] = False
+    state_types: ClassVar[tuple[type[DriverState], ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} fstypes={list(self.fstypes)}>"
+
+
+def declared_fstypes(obj: object) -> tuple[str, ...]:
+    """The fstypes an object declares, validated; an empty tuple for non-drivers."""
+    raw = getattr(obj, "fstypes", ())
+    if isinstance(raw, str):
+        raise TypeError(f"fstypes must be a collection of names, not the string {raw!r}")
+    out = []
+    for t in raw:
+        if not isinstance(t, str) or not t or " " in t:
+            raise TypeError(f"bad fstype {t!r} in fstypes")
+        out.append(t)
+    return tuple(out)

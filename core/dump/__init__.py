@@ -1,0 +1,1 @@
+"""Checkpoint: read a live process tree and its mount namespaces into images."""

@@ -1,0 +1,115 @@
+"""The error hierarchy of criu-fw.
+
+Every error criu-fw raises on purpose derives from :class:`CriuFwError`; where a builtin fits,
+the subclass also derives from it (an image that does not parse is also a ``ValueError``, a
+failed syscall is also an ``OSError`` carrying errno and path), so callers can catch either.
+``str(error)`` is always one line that names what was wrong: the file, the entry, the mount or
+the path, and why. The CLI prints exactly that line.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+
+class CriuFwError(Exception):
+    """Base of every error criu-fw raises on purpose."""
+
+    #: Exit status the CLI uses for this kind of error.
+    exit_code: int = 1
+
+
+class UsageError(CriuFwError, ValueError):
+    """The caller asked for something that cannot work (bad option, bad argument)."""
+
+    exit_code = 2
+
+
+class MountinfoError(CriuFwError, ValueError):
+    """A mountinfo line (or a statmount record) could not be understood."""
+
+    def __init__(self, source: str, lineno: int, reason: str, line: bytes = b"") -> None:
+        shown = line[:120].decode("utf-8", "backslashreplace")
+        detail = f": {shown!r}" if line else ""
+        super().__init__(f"{source}: line {lineno}: {reason}{detail}")
+        self.source = source
+        self.lineno = lineno
+        self.reason = reason
+
+
+class ImageError(CriuFwError, ValueError):
+    """An image file is missing, truncated, oversized, garbled or of a newer format."""
+
+    def __init__(self, path: str, reason: str, entry: int | None = None) -> None:
+        where = f"{path}: entry {entry}" if entry is not None else path
+        super().__init__(f"{where}: {reason}")
+        self.path = path
+        self.entry = entry
+        self.reason = reason
+
+
+class DriverError(CriuFwError):
+    """A driver failed, or drivers could not be loaded or combined."""
+
+    def __init__(self, driver: str, message: str) -> None:
+        super().__init__(f"driver {driver!r}: {message}")
+        self.driver = driver
+
+
+class DriverConflictError(DriverError, LookupError):
+    """Two drivers claim the same filesystem type and the configuration picks neither."""
+
+    def __init__(self, fstype: str, first: str, second: str) -> None:
+        CriuFwError.__init__(
+            self,
+            f"drivers {first!r} and {second!r} both claim fstype {fstype!r}; "
+            f"choose one with --prefer {fstype}={first} (or CRIU_FW_PREFER={fstype}={first}), "
+            f"or block the other with --block-driver",
+        )
+        self.driver = second
+        self.fstype = fstype
+        self.drivers = (first, second)
+
+
+class DriverLoadError(DriverError, ImportError):
+    """A driver package failed to import or to register (fatal only in strict mode)."""
+
+    def __init__(self, driver: str, distribution: str, reason: str) -> None:
+        CriuFwError.__init__(
+            self, f"driver {driver!r} from distribution {distribution}: {reason}"
+        )
+        self.driver = driver
+        self.distribution = distribution
+
+
+class DumpError(CriuFwError):
+    """A checkpoint could not be taken; nothing was published."""
+
+
+class RestoreError(CriuFwError):
+    """A restore failed; nothing of it stays mounted anywhere."""
+
+
+class MountNotFoundError(CriuFwError, KeyError):
+    """A mount id or path that the caller expected in a mount tree is not there."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else "mount not found"
+
+
+class SyscallError(CriuFwError, OSError):
+    """A system call failed; carries errno, the path concerned and the kernel's own message."""
+
+    def __init__(
+        self, call: str, err: int, path: str | None = None, detail: str | None = None
+    ) -> None:
+        OSError.__init__(self, err, os.strerror(err), path)
+        self.call = call
+        self.detail = detail
+
+    def __str__(self) -> str:
+        name = _errno.errorcode.get(self.errno, str(self.errno))
+        where = f" on {self.filename!r}" if self.filename is not None else ""
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"{self.call}{where} failed: {name} ({self.strerror}){extra}"

@@ -1,0 +1,271 @@
+"""Thin ctypes bindings for the mount-related system calls criu-fw uses (x86_64 numbers).
+
+Every failure raises :class:`criu_fw.errors.SyscallError` with errno, the path concerned and,
+for the new mount API, the filesystem context's own message (read from the fs-context fd).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as _errno
+import os
+import struct
+from typing import Final
+
+from .errors import SyscallError
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_mount.restype = ctypes.c_int
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_umount2.restype = ctypes.c_int
+
+SYS_unshare: Final = 272
+SYS_setns: Final = 308
+SYS_pivot_root: Final = 155
+SYS_statx: Final = 332
+SYS_open_tree: Final = 428
+SYS_move_mount: Final = 429
+SYS_fsopen: Final = 430
+SYS_fsconfig: Final = 431
+SYS_fsmount: Final = 432
+SYS_fspick: Final = 433
+SYS_pidfd_open: Final = 434
+SYS_mount_setattr: Final = 442
+SYS_statmount: Final = 457
+SYS_listmount: Final = 458
+
+CLONE_NEWNS: Final = 0x00020000
+
+MS_RDONLY: Final = 0x1
+MS_NOSUID: Final = 0x2
+MS_NODEV: Final = 0x4
+MS_NOEXEC: Final = 0x8
+MS_REMOUNT: Final = 0x20
+MS_NOATIME: Final = 0x400
+MS_NODIRATIME: Final = 0x800
+MS_BIND: Final = 0x1000
+MS_MOVE: Final = 0x2000
+MS_REC: Final = 0x4000
+MS_UNBINDABLE: Final = 0x20000
+MS_PRIVATE: Final = 0x40000
+MS_SLAVE: Final = 0x80000
+MS_SHARED: Final = 0x100000
+MS_RELATIME: Final = 0x200000
+MS_STRICTATIME: Final = 0x1000000
+
+MNT_DETACH: Final = 2
+
+OPEN_TREE_CLONE: Final = 1
+OPEN_TREE_CLOEXEC: Final = os.O_CLOEXEC
+AT_FDCWD: Final = -100
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+AT_EMPTY_PATH: Final = 0x1000
+AT_RECURSIVE: Final = 0x8000
+
+MOVE_MOUNT_F_EMPTY_PATH: Final = 0x4
+MOVE_MOUNT_T_EMPTY_PATH: Final = 0x40
+MOVE_MOUNT_SET_GROUP: Final = 0x100
+MOVE_MOUNT_BENEATH: Final = 0x200
+
+FSOPEN_CLOEXEC: Final = 1
+FSPICK_CLOEXEC: Final = 1
+FSMOUNT_CLOEXEC: Final = 1
+FSCONFIG_SET_FLAG: Final = 0
+FSCONFIG_SET_STRING: Final = 1
+FSCONFIG_SET_BINARY: Final = 2
+FSCONFIG_SET_PATH: Final = 3
+FSCONFIG_SET_PATH_EMPTY: Final = 4
+FSCONFIG_SET_FD: Final = 5
+FSCONFIG_CMD_CREATE: Final = 6
+FSCONFIG_CMD_RECONFIGURE: Final = 7
+
+MOUNT_ATTR_RDONLY: Final = 0x1
+MOUNT_ATTR_NOSUID: Final = 0x2
+MOUNT_ATTR_NODEV: Final = 0x4
+MOUNT_ATTR_NOEXEC: Final = 0x8
+MOUNT_ATTR__ATIME: Final = 0x70
+MOUNT_ATTR_RELATIME: Final = 0x0
+MOUNT_ATTR_NOATIME: Final = 0x10
+MOUNT_ATTR_STRICTATIME: Final = 0x20
+MOUNT_ATTR_NODIRATIME: Final = 0x80
+
+#: fsconfig string values longer than this fail with EINVAL (measured on 6.18).
+FSCONFIG_STRING_MAX: Final = 255
+
+
+def _fs(value: str | bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    return os.fsencode(value)
+
+
+def _check(ret: int, call: str, path: str | bytes | None = None, detail: str | None = None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        shown = os.fsdecode(path) if isinstance(path, bytes) else path
+        raise SyscallError(call, err or _errno.EIO, shown, detail)
+    return ret
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    ret = _mount(_fs(source), _fs(target), _fs(fstype), flags, _fs(data))
+    _check(ret, "mount", target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_umount2(_fs(target), flags), "umount2", target)
+
+
+def unshare(flags: int) -> None:
+    _check(_syscall(SYS_unshare, ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_syscall(SYS_setns, ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def pidfd_open(pid: int) -> int:
+    return _check(_syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open", f"pid {pid}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_syscall(SYS_pivot_root, _fs(new_root), _fs(put_old)), "pivot_root", new_root)
+
+
+def open_tree(path: str, flags: int, dirfd: int = AT_FDCWD) -> int:
+    return _check(
+        _syscall(SYS_open_tree, ctypes.c_int(dirfd), _fs(path), ctypes.c_uint(flags)),
+        "open_tree",
+        path,
+    )
+
+
+def move_mount(
+    from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int = 0
+) -> None:
+    _check(
+        _syscall(
+            SYS_move_mount,
+            ctypes.c_int(from_dirfd),
+            _fs(from_path),
+            ctypes.c_int(to_dirfd),
+            _fs(to_path),
+            ctypes.c_uint(flags),
+        ),
+        "move_mount",
+        to_path or from_path,
+    )
+
+
+def fs_context_log(fd: int) -> str:
+    """Drain the messages a filesystem context left (``e overlay: Bad value ...``)."""
+    lines = []
+    while True:
+        try:
+            msg = os.read(fd, 1024)
+        except OSError:
+            break
+        if not msg:
+            break
+        lines.append(msg.decode("utf-8", "replace").rstrip("\n"))
+    return "; ".join(lines)
+
+
+def fsopen(fstype: str) -> int:
+    return _check(
+        _syscall(SYS_fsopen, _fs(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), "fsopen", None, fstype
+    )
+
+
+def fspick(path: str, dirfd: int = AT_FDCWD) -> int:
+    return _check(
+        _syscall(SYS_fspick, ctypes.c_int(dirfd), _fs(path), ctypes.c_uint(FSPICK_CLOEXEC)),
+        "fspick",
+        path,
+    )
+
+
+def fsconfig(
+    fsfd: int, cmd: int, key: str | None = None, value: str | None = None, aux: int = 0
+) -> None:
+    ret = _syscall(
+        SYS_fsconfig, ctypes.c_int(fsfd), ctypes.c_uint(cmd), _fs(key), _fs(value), ctypes.c_int(aux)
+    )
+    if ret < 0:
+        err = ctypes.get_errno()
+        log = fs_context_log(fsfd)
+        what = key if key is not None else {6: "create", 7: "reconfigure"}.get(cmd, str(cmd))
+        raise SyscallError("fsconfig", err or _errno.EIO, None, f"{what}: {log}" if log else what)
+
+
+def fsmount(fsfd: int, attr_flags: int = 0) -> int:
+    ret = _syscall(SYS_fsmount, ctypes.c_int(fsfd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise SyscallError("fsmount", err or _errno.EIO, None, fs_context_log(fsfd) or None)
+    return int(ret)
+
+
+def mount_setattr(
+    dirfd: int,
+    path: str,
+    flags: int,
+    attr_set: int = 0,
+    attr_clr: int = 0,
+    propagation: int = 0,
+    userns_fd: int = 0,
+) -> None:
+    attr = struct.pack("<QQQQ", attr_set, attr_clr, propagation, userns_fd)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    _check(
+        _syscall(
+            SYS_mount_setattr,
+            ctypes.c_int(dirfd),
+            _fs(path),
+            ctypes.c_uint(flags),
+            buf,
+            ctypes.c_size_t(len(attr)),
+        ),
+        "mount_setattr",
+        path or None,
+    )
+
+
+STATX_MNT_ID: Final = 0x1000
+STATX_MNT_ID_UNIQUE: Final = 0x4000
+
+
+def statx_mnt_id(path: str, dirfd: int = AT_FDCWD, flags: int = 0, unique: bool = False) -> int:
+    """The mount id of the file at ``path`` (``AT_EMPTY_PATH`` with ``""`` for an fd)."""
+    buf = ctypes.create_string_buffer(256)
+    mask = STATX_MNT_ID_UNIQUE if unique else STATX_MNT_ID
+    _check(
+        _syscall(SYS_statx, ctypes.c_int(dirfd), _fs(path), ctypes.c_int(flags), ctypes.c_uint(mask), buf),
+        "statx",
+        path or None,
+    )
+    (got,) = struct.unpack_from("<I", buf.raw, 0)
+    if not got & mask:
+        raise SyscallError("statx", _errno.EOPNOTSUPP, path or None, "no mount id returned")
+    return int(struct.unpack_from("<Q", buf.raw, 144)[0])
+
+
+def make_rprivate() -> None:
+    """Make every mount of the calling process's namespace private (after unshare)."""
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+
+
+def enter_private_namespace() -> None:
+    """unshare(CLONE_NEWNS) and make / recursively private: mounts made afterwards never
+    propagate anywhere else. Only ever called in a child process."""
+    unshare(CLONE_NEWNS)
+    make_rprivate()

@@ -1,0 +1,119 @@
+"""An exact reader of /proc/PID/mountinfo (see proc(5)).
+
+The kernel escapes space, tab, newline and backslash in paths as octal (``\\040`` ``\\011``
+``\\012`` ``\\134``); everything is decoded back to the original bytes and then to ``str`` with
+surrogateescape, so names that are not UTF-8 stay byte-exact. One pass over the lines: linear.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+
+from .errors import MountinfoError
+from .model import Dev, Mount, MountTree, Propagation
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+_DELETED = b"//deleted"
+
+
+def unescape(field: bytes) -> bytes:
+    """Undo the kernel's octal escaping of one mountinfo field."""
+    if b"\\" not in field:
+        return field
+    return _OCTAL.sub(lambda m: bytes((int(m.group(1), 8) & 0xFF,)), field)
+
+
+def _text(field: bytes) -> str:
+    return os.fsdecode(unescape(field))
+
+
+def _options(field: bytes) -> tuple[str, ...]:
+    # Split before unescaping: a comma inside a value is escaped (\054) by the kernel.
+    if not field:
+        return ()
+    return tuple(_text(f) for f in field.split(b","))
+
+
+def _propagation(fields: list[bytes], source: str, lineno: int, line: bytes) -> Propagation:
+    shared = master = pfrom = None
+    unbindable = False
+    for f in fields:
+        tag, _, value = f.partition(b":")
+        try:
+            if tag == b"shared":
+                shared = int(value)
+            elif tag == b"master":
+                master = int(value)
+            elif tag == b"propagate_from":
+                pfrom = int(value)
+            elif tag == b"unbindable":
+                unbindable = True
+            # Unknown optional fields are allowed by proc(5): newer kernels may add some.
+        except ValueError:
+            raise MountinfoError(
+                source, lineno, f"bad optional field {f.decode(errors='replace')!r}", line
+            ) from None
+    return Propagation(shared, master, pfrom, unbindable)
+
+
+def parse_line(line: bytes, source: str = "mountinfo", lineno: int = 1) -> Mount:
+    """One mountinfo line (without its newline) into a :class:`Mount`."""
+    fields = line.split(b" ")
+    try:
+        sep = fields.index(b"-", 6)
+    except ValueError:
+        raise MountinfoError(source, lineno, "no ' - ' separator after field 6", line) from None
+    if len(fields) - sep != 4:
+        raise MountinfoError(
+            source, lineno, f"expected 3 fields after ' - ', got {len(fields) - sep - 1}", line
+        )
+    try:
+        mnt_id = int(fields[0])
+        parent_id = int(fields[1])
+        dev = Dev.parse(fields[2].decode("ascii"))
+    except ValueError:
+        raise MountinfoError(source, lineno, "bad mount id, parent id or major:minor", line) from None
+    root = unescape(fields[3])
+    deleted = False
+    if root.endswith(_DELETED) and root != _DELETED:
+        # dentry_path() appends "//deleted" when the mounted file or directory was unlinked;
+        # a real name cannot contain "//", so this is unambiguous.
+        root, deleted = root[: -len(_DELETED)], True
+    mountpoint = fields[4]
+    if not root.startswith(b"/") or not mountpoint.startswith(b"/"):
+        raise MountinfoError(source, lineno, "root and mountpoint must be absolute paths", line)
+    prop = _propagation(fields[6:sep], source, lineno, line)
+    fstype = fields[sep + 1].decode("ascii", "replace")
+    if not fstype:
+        raise MountinfoError(source, lineno, "empty filesystem type", line)
+    return Mount(
+        mnt_id=mnt_id,
+        parent_id=parent_id,
+        dev=dev,
+        root=os.fsdecode(root),
+        mountpoint=_text(mountpoint),
+        fstype=fstype,
+        source=_text(fields[sep + 2]),
+        mount_options=_options(fields[5]),
+        super_options=_options(fields[sep + 3]),
+        propagation=prop,
+        root_deleted=deleted,
+    )
+
+
+def parse(data: bytes, source: str = "mountinfo") -> Iterator[Mount]:
+    """Every mount in a mountinfo text, in order."""
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw:
+            continue
+        yield parse_line(raw, source, lineno)
+
+
+def read_mountinfo(pid: int | str = "self", proc_root: str = "/proc", ns_id: int = 0) -> MountTree:
+    """The mount tree of a process's mount namespace, as its mountinfo shows it."""
+    path = os.path.join(proc_root, str(pid), "mountinfo")
+    with open(path, "rb") as f:
+        data = f.read()
+    return MountTree(tuple(parse(data, path)), ns_id)

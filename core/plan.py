@@ -1,0 +1,75 @@
+"""What a driver's ``rebuild_mount`` returns: how one dumped mount is recreated.
+
+A plan names its dependencies explicitly (through :class:`PathRef`), so the restore engine can
+order the work and report a cycle or a missing dependency; drivers never issue mount calls
+themselves, the core's mount layer does (which is what lets tests record the calls).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen
+class PathRef:
+    """A path inside an already restored mount: ``mnt_id`` is the *dumped* mount id."""
+
+    mnt_id: int
+    path: str = "/"
+
+
+@attrs.frozen
+class ExternalRef:
+    """A path outside the restored tree: resolved from ``--external mnt[KEY]:PATH`` or given."""
+
+    key: str | None = None
+    path: str | None = None
+
+
+#: A value of a superblock parameter: plain text, or a directory the core opens and passes
+#: by file descriptor (FSCONFIG_SET_FD) once it exists.
+ParamValue = str | PathRef | ExternalRef | None
+
+
+@attrs.frozen
+class NewSuperblock:
+    """Create a new filesystem instance (fsopen/fsconfig/fsmount, or mount(2) as fallback).
+
+    ``params`` are given in order, as repeated fsconfig calls: ``("size", "8m")``, a flag as
+    ``("ro", None)``, or a layer as ``("lowerdir+", PathRef(...))``.
+    """
+
+    fstype: str
+    source: str
+    params: tuple[tuple[str, ParamValue], ...] = ()
+    #: Extra mounts (dumped ids) that must exist first, beyond those named by PathRefs.
+    needs: tuple[int, ...] = ()
+    #: Legacy mount(2) data, used only where the new API is not available for this fstype.
+    legacy_data: str | None = None
+
+    def dependencies(self) -> tuple[int, ...]:
+        refs = tuple(v.mnt_id for _, v in self.params if isinstance(v, PathRef))
+        return tuple(dict.fromkeys(refs + self.needs))
+
+
+@attrs.frozen
+class BindFrom:
+    """Bind ``root`` (a path inside the source filesystem) of an already restored mount."""
+
+    source: PathRef
+
+    def dependencies(self) -> tuple[int, ...]:
+        return (self.source.mnt_id,)
+
+
+@attrs.frozen
+class BindExternal:
+    """Bind a path from outside the dumped namespaces (an external mount)."""
+
+    source: ExternalRef
+
+    def dependencies(self) -> tuple[int, ...]:
+        return ()
+
+
+MountPlan = NewSuperblock | BindFrom | BindExternal

@@ -1,0 +1,1 @@
+"""Restore: rebuild dumped mount namespaces in a fresh private namespace."""

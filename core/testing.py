@@ -1,0 +1,107 @@
+"""Helpers for tests of criu-fw and of third-party drivers (real namespaces, no mocks).
+
+Every mount these helpers make happens inside a private mount namespace of a child process:
+``unshare -m --propagation private`` starts it, and it is ended by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+READY = "criu-fw-scenario-ready"
+
+
+def host_mount_table() -> list[str]:
+    """The caller's mount table without ids, to check that nothing leaked into it."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        lines = f.read().decode("utf-8", "backslashreplace").splitlines()
+    # Fields 1-2 are ids that may be reused; the rest identifies a mount.
+    return sorted(" ".join(line.split(" ")[2:]) for line in lines)
+
+
+class NamespaceScenario:
+    """A shell script run in a fresh private mount namespace; the process then stays alive
+    (sleeping) so that it can be dumped, inspected or entered.
+
+    ``NamespaceScenario(script).pid`` is the scenario's process, whose cwd is ``workdir``
+    (a fresh directory under /tmp that the script may use as its playground).
+    """
+
+    def __init__(
+        self,
+        script: str,
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 30.0,
+        keep_running: str = "exec sleep 100000",
+    ) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="criu-fw-scn-")
+        full = f"set -e\ncd {self.workdir}\n{script}\necho {READY}\n{keep_running}\n"
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "--", "sh", "-c", full],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        out = []
+        while True:
+            line = self.proc.stdout.readline().decode("utf-8", "replace")
+            if not line:
+                err = self.proc.stderr.read().decode("utf-8", "replace") if self.proc.stderr else ""
+                self.close()
+                raise RuntimeError(f"scenario failed before it was ready: {''.join(out)}{err}")
+            if line.strip() == READY:
+                break
+            out.append(line)
+            if time.monotonic() > deadline:
+                self.close()
+                raise TimeoutError("scenario did not get ready")
+        self.output = "".join(out)
+        self.pid = self.proc.pid
+
+    def run(self, argv: Sequence[str], check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run a command inside the scenario's mount namespace (nsenter, by PID)."""
+        return subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "--", *argv],
+            capture_output=True,
+            check=check,
+            input=input,
+        )
+
+    def sh(self, script: str, check: bool = True) -> str:
+        res = self.run(["sh", "-c", f"cd {self.workdir} 2>/dev/null || true; {script}"], check=False)
+        if check and res.returncode != 0:
+            raise RuntimeError(f"scenario command failed ({res.returncode}): {script}\n{res.stderr.decode()}")
+        return res.stdout.decode("utf-8", "surrogateescape")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        # The namespace died with its last process, so the workdir holds no mounts here:
+        # removing it only touches what the script created on the host's /tmp.
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> NamespaceScenario:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up everything criu-fw needs on a fresh Debian machine (run as root): the Debian packages
+# (criu for its `crit` reader, tar for tmpfs archives, util-linux for unshare/nsenter) and a
+# virtual environment in .venv with criu-fw installed editable plus its test extras.
+# Idempotent: a second run only checks.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+cd "$top"
+
+need_apt=()
+command -v crit >/dev/null 2>&1 || need_apt+=(criu)
+command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+py=${PYTHON:-python3}
+stamp=.venv/.criu-fw-installed
+if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+fi
+# Reinstall when pyproject.toml changed since the last install (new deps, entry points).
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    log=$(mktemp)
+    # strict editable mode: a link tree on a plain .pth path, so mypy sees criu_fw too
+    # (the default editable mode uses an import hook that type checkers cannot follow).
+    if ! .venv/bin/python -m pip install -e ".[test]" --config-settings editable_mode=strict \
+            >"$log" 2>&1; then
+        cat "$log" >&2
+        exit 1
+    fi
+    rm -f "$log"
+    touch "$stamp"
+fi
