@@ -12,7 +12,9 @@ import attrs
 
 @attrs.frozen
 class PathRef:
-    """A path inside an already restored mount: ``mnt_id`` is the *dumped* mount id."""
+    """A path inside an already restored mount: ``mnt_id`` is the *dumped* mount id and
+    ``path`` is relative to where that mount is mounted (``"/"`` is the mount's own root
+    dentry, i.e. ``mount.root`` inside its filesystem)."""
 
     mnt_id: int
     path: str = "/"

@@ -1,4 +1,8 @@
-"""The generic driver: the fallback for every fstype no other driver owns."""
+"""The generic driver: the fallback for every fstype no other driver owns.
+
+Its dump side (content archives, external mounts) lives in ``dumping.py`` and its restore side
+in ``rebuilding.py``; this class only puts them together and declares what it owns.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ from typing import ClassVar
 
 from criu_fw.driver import FsDriver
 
+from .dumping import GenericDump
+from .rebuilding import GenericRebuild
 
-class GenericDriver(FsDriver):
+
+class GenericDriver(GenericDump, GenericRebuild, FsDriver):
     fstypes: ClassVar[tuple[str, ...]] = (
         "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "devtmpfs",
     )
