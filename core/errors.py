@@ -76,9 +76,7 @@ class DriverLoadError(DriverError, ImportError):
     """A driver package failed to import or to register (fatal only in strict mode)."""
 
     def __init__(self, driver: str, distribution: str, reason: str) -> None:
-        CriuFwError.__init__(
-            self, f"driver {driver!r} from distribution {distribution}: {reason}"
-        )
+        CriuFwError.__init__(self, f"driver {driver!r} from distribution {distribution}: {reason}")
         self.driver = driver
         self.distribution = distribution
 
@@ -109,7 +107,8 @@ class SyscallError(CriuFwError, OSError):
         self.detail = detail
 
     def __str__(self) -> str:
-        name = _errno.errorcode.get(self.errno, str(self.errno))
+        code = self.errno if self.errno is not None else 0
+        name = _errno.errorcode.get(code, str(code))
         where = f" on {self.filename!r}" if self.filename is not None else ""
         extra = f" ({self.detail})" if self.detail else ""
         return f"{self.call}{where} failed: {name} ({self.strerror}){extra}"

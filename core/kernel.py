@@ -20,7 +20,13 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 _mount = _libc.mount
-_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
 _mount.restype = ctypes.c_int
 _umount2 = _libc.umount2
 _umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -134,7 +140,9 @@ def setns(fd: int, nstype: int) -> None:
 
 
 def pidfd_open(pid: int) -> int:
-    return _check(_syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open", f"pid {pid}")
+    return _check(
+        _syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open", f"pid {pid}"
+    )
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
@@ -198,7 +206,12 @@ def fsconfig(
     fsfd: int, cmd: int, key: str | None = None, value: str | None = None, aux: int = 0
 ) -> None:
     ret = _syscall(
-        SYS_fsconfig, ctypes.c_int(fsfd), ctypes.c_uint(cmd), _fs(key), _fs(value), ctypes.c_int(aux)
+        SYS_fsconfig,
+        ctypes.c_int(fsfd),
+        ctypes.c_uint(cmd),
+        _fs(key),
+        _fs(value),
+        ctypes.c_int(aux),
     )
     if ret < 0:
         err = ctypes.get_errno()
@@ -208,7 +221,9 @@ def fsconfig(
 
 
 def fsmount(fsfd: int, attr_flags: int = 0) -> int:
-    ret = _syscall(SYS_fsmount, ctypes.c_int(fsfd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags))
+    ret = _syscall(
+        SYS_fsmount, ctypes.c_int(fsfd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags)
+    )
     if ret < 0:
         err = ctypes.get_errno()
         raise SyscallError("fsmount", err or _errno.EIO, None, fs_context_log(fsfd) or None)
@@ -249,7 +264,9 @@ def statx_mnt_id(path: str, dirfd: int = AT_FDCWD, flags: int = 0, unique: bool 
     buf = ctypes.create_string_buffer(256)
     mask = STATX_MNT_ID_UNIQUE if unique else STATX_MNT_ID
     _check(
-        _syscall(SYS_statx, ctypes.c_int(dirfd), _fs(path), ctypes.c_int(flags), ctypes.c_uint(mask), buf),
+        _syscall(
+            SYS_statx, ctypes.c_int(dirfd), _fs(path), ctypes.c_int(flags), ctypes.c_uint(mask), buf
+        ),
         "statx",
         path or None,
     )

@@ -6,6 +6,7 @@ Every mount these helpers make happens inside a private mount namespace of a chi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -53,7 +54,7 @@ class NamespaceScenario:
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        out = []
+        out: list[str] = []
         while True:
             line = self.proc.stdout.readline().decode("utf-8", "replace")
             if not line:
@@ -69,7 +70,9 @@ class NamespaceScenario:
         self.output = "".join(out)
         self.pid = self.proc.pid
 
-    def run(self, argv: Sequence[str], check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, argv: Sequence[str], check: bool = True, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run a command inside the scenario's mount namespace (nsenter, by PID)."""
         return subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", "--", *argv],
@@ -79,17 +82,19 @@ class NamespaceScenario:
         )
 
     def sh(self, script: str, check: bool = True) -> str:
-        res = self.run(["sh", "-c", f"cd {self.workdir} 2>/dev/null || true; {script}"], check=False)
+        res = self.run(
+            ["sh", "-c", f"cd {self.workdir} 2>/dev/null || true; {script}"], check=False
+        )
         if check and res.returncode != 0:
-            raise RuntimeError(f"scenario command failed ({res.returncode}): {script}\n{res.stderr.decode()}")
+            raise RuntimeError(
+                f"scenario command failed ({res.returncode}): {script}\n{res.stderr.decode()}"
+            )
         return res.stdout.decode("utf-8", "surrogateescape")
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:

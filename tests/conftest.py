@@ -8,7 +8,6 @@ import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
-
 from criu_fw.testing import NamespaceScenario, host_mount_table
 
 ROOT = os.geteuid() == 0
