@@ -42,6 +42,9 @@ class DumpContext:
     ns_pids: dict[int, int] = attrs.field(factory=dict)
     #: True when /proc is a recording, not the live kernel: nothing is frozen or entered.
     recorded: bool = False
+    #: ``--root``: the container's root directory, where a union filesystem whose mountinfo
+    #: root is just ``/`` (AUFS) can be read to take files' identities.
+    root: str | None = None
     _claims: dict[tuple[int, int], list[str]] = attrs.field(factory=dict, alias="_claims")
 
     def claim_files(self, ns_id: int, mnt_id: int, driver: str) -> None:
