@@ -1,0 +1,85 @@
+"""Restoring an AUFS mount: one mount(2) request with the ``br:`` option.
+
+AUFS has no support for the new mount API (fsopen/fsconfig), so the plan carries only
+``legacy_data``: ``br:<path0>=<perm0>:<path1>=<perm1>...`` in branch order (br0, the top,
+first), followed by the superblock options mountinfo showed (``dio``, ``dirperm1``, ``xino=``),
+minus ``si=`` (assigned by the kernel) and ``rw``/``ro`` (flags, not options).
+
+Before planning, the running kernel is checked for aufs in ``/proc/filesystems``: without it
+the restore fails with that reason, before anything is mounted.
+"""
+
+from __future__ import annotations
+
+import os
+
+from criu_fw.errors import RestoreError
+from criu_fw.model import Mount
+from criu_fw.plan import NewSuperblock
+
+from .branches import PERMISSION, Branch
+from .state import AufsState
+
+#: Separators of the mount data: ',' between options, ':' between branches, '=' before the
+#: permission. A branch path containing one cannot be passed to AUFS at all.
+_UNSAYABLE = (",", ":", "=")
+_NOT_CARRIED = ("si=", "br:", "br=")
+
+
+def filesystems(proc_root: str = "/proc") -> frozenset[str]:
+    """The filesystem types the running kernel knows (``/proc/filesystems``)."""
+    path = os.path.join(proc_root, "filesystems")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise RestoreError(f"cannot read {path}: {exc.strerror}") from exc
+    names = (line.rsplit(b"\t", 1)[-1].strip() for line in data.splitlines())
+    return frozenset(n.decode("ascii", "replace") for n in names if n)
+
+
+def require_aufs(mount: Mount, proc_root: str = "/proc") -> None:
+    if "aufs" not in filesystems(proc_root):
+        raise RestoreError(
+            f"{mount.describe()}: this kernel has no aufs (not in "
+            f"{os.path.join(proc_root, 'filesystems')}); nothing was mounted"
+        )
+
+
+def _branch_option(b: Branch, i: int, mount: Mount) -> str:
+    for ch in _UNSAYABLE:
+        if ch in b.path:
+            raise RestoreError(
+                f"{mount.describe()}: branch br{i} {b.path!r} contains {ch!r}, which AUFS's "
+                f"br: mount option cannot express"
+            )
+    if not b.path.startswith("/") or PERMISSION.fullmatch(b.perm) is None:
+        raise RestoreError(
+            f"{mount.describe()}: branch br{i} {b.path!r}={b.perm!r} in the images is malformed"
+        )
+    return f"{b.path}={b.perm}"
+
+
+def mount_data(mount: Mount, state: AufsState) -> str:
+    """The mount(2) data string that recreates ``state``'s branches."""
+    if not state.branches:
+        raise RestoreError(f"{mount.describe()}: the images list no AUFS branches")
+    branches = ":".join(_branch_option(b, i, mount) for i, b in enumerate(state.branches))
+    extra = [
+        opt
+        for opt in mount.super_options
+        if opt not in ("rw", "ro") and not opt.startswith(_NOT_CARRIED)
+    ]
+    return ",".join([f"br:{branches}", *extra])
+
+
+def plan(mount: Mount, state: object, proc_root: str = "/proc") -> NewSuperblock:
+    """``rebuild_mount`` for an AUFS mount (raises before anything could be mounted)."""
+    if not isinstance(state, AufsState):
+        raise RestoreError(
+            f"{mount.describe()}: the images hold no AUFS branch list for this mount "
+            f"(found {type(state).__name__})"
+        )
+    data = mount_data(mount, state)
+    require_aufs(mount, proc_root)
+    return NewSuperblock("aufs", mount.source, legacy_data=data)
