@@ -155,6 +155,11 @@ def _components_prefixes(path: str) -> Iterator[str]:
         yield acc
 
 
+def _mount_tuple(mounts: Iterable[Mount]) -> tuple[Mount, ...]:
+    # A named converter: mypy cannot infer the element type through ``converter=tuple``.
+    return tuple(mounts)
+
+
 @attrs.frozen
 class MountTree:
     """The mounts of one mount namespace, in the order the kernel listed them.
@@ -163,13 +168,14 @@ class MountTree:
     query below is constant or proportional to the depth of a path, never to the number of mounts.
     """
 
-    mounts: tuple[Mount, ...] = attrs.field(converter=tuple)
+    mounts: tuple[Mount, ...] = attrs.field(converter=_mount_tuple)
     #: The namespace's identity (the inode of /proc/PID/ns/mnt), 0 when unknown.
     ns_id: int = 0
     _by_id: dict[int, Mount] = attrs.field(init=False, repr=False, eq=False)
     _children: dict[int, list[Mount]] = attrs.field(init=False, repr=False, eq=False)
     _by_dev: dict[Dev, list[Mount]] = attrs.field(init=False, repr=False, eq=False)
     _at: dict[tuple[int, str], Mount] = attrs.field(init=False, repr=False, eq=False)
+    _root: Mount | None = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         by_id: dict[int, Mount] = {}
@@ -188,6 +194,13 @@ class MountTree:
         object.__setattr__(self, "_children", children)
         object.__setattr__(self, "_by_dev", by_dev)
         object.__setattr__(self, "_at", at)
+        # The last parentless mount at "/" (stacked roots: the later one is on top); kept so
+        # that lookup() costs the depth of the path, not a scan of the table.
+        base = None
+        for m in self.mounts:
+            if m.mountpoint == "/" and (m.parent_id not in by_id or m.parent_id == m.mnt_id):
+                base = m
+        object.__setattr__(self, "_root", None if base is None else self._top_of(base, "/"))
 
     @classmethod
     def from_mounts(cls, mounts: Iterable[Mount], ns_id: int = 0) -> MountTree:
@@ -237,10 +250,9 @@ class MountTree:
     @property
     def root(self) -> Mount:
         """The mount at ``/`` that everything else hangs from (the topmost one if stacked)."""
-        roots = [m for m in self.roots if m.mountpoint == "/"]
-        if not roots:
+        if self._root is None:
             raise MountNotFoundError(f"mount namespace {self.ns_id} has no root mount")
-        return self._top_of(roots[-1], "/")
+        return self._root
 
     def _top_of(self, mount: Mount, place: str) -> Mount:
         """Follow mounts stacked on ``place`` over ``mount`` up to the visible one."""

@@ -74,7 +74,9 @@ def parse_line(line: bytes, source: str = "mountinfo", lineno: int = 1) -> Mount
         parent_id = int(fields[1])
         dev = Dev.parse(fields[2].decode("ascii"))
     except ValueError:
-        raise MountinfoError(source, lineno, "bad mount id, parent id or major:minor", line) from None
+        raise MountinfoError(
+            source, lineno, "bad mount id, parent id or major:minor", line
+        ) from None
     root = unescape(fields[3])
     deleted = False
     if root.endswith(_DELETED) and root != _DELETED:
@@ -85,7 +87,8 @@ def parse_line(line: bytes, source: str = "mountinfo", lineno: int = 1) -> Mount
     if not root.startswith(b"/") or not mountpoint.startswith(b"/"):
         raise MountinfoError(source, lineno, "root and mountpoint must be absolute paths", line)
     prop = _propagation(fields[6:sep], source, lineno, line)
-    fstype = fields[sep + 1].decode("ascii", "replace")
+    # Escaped like paths (show_type): a FUSE subtype may hold any byte but these.
+    fstype = _text(fields[sep + 1])
     if not fstype:
         raise MountinfoError(source, lineno, "empty filesystem type", line)
     return Mount(

@@ -241,7 +241,9 @@ class DriverManager:
             if fnmatch.fnmatchcase(fstype, pattern):
                 return chosen
         if self._fallback is None:
-            raise DriverError(FALLBACK_DRIVER, f"no driver for fstype {fstype!r} and no fallback loaded")
+            raise DriverError(
+                FALLBACK_DRIVER, f"no driver for fstype {fstype!r} and no fallback loaded"
+            )
         return self._fallback
 
     def info(self, name: str) -> DriverInfo:

@@ -157,7 +157,8 @@ def listmount(
         n = _syscall(SYS_listmount, req, ids, ctypes.c_size_t(batch), ctypes.c_uint(0))
         if n < 0:
             err = ctypes.get_errno()
-            raise SyscallError("listmount", err, None, f"mount {mnt_id:#x} in namespace {mnt_ns_id}")
+            where = f"mount {mnt_id:#x} in namespace {mnt_ns_id}"
+            raise SyscallError("listmount", err, None, where)
         out.extend(ids[:n])
         if n < batch:
             return out

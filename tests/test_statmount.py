@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import attrs
 import pytest
-
 from criu_fw import statmount as sm
 from criu_fw.errors import SyscallError
 from criu_fw.model import MountTree
@@ -108,9 +107,10 @@ def test_unique_ids_and_namespace_id(scenario: Callable[..., NamespaceScenario])
     tree = read_statmount(s.pid)
     assert [m.unique_id for m in tree] == ids
     st = sm.statmount(ids[-1], sm.MOUNT_MASK, mnt_ns_id=theirs)
-    assert st.mnt_ns_id == theirs and st.mnt_point == os.fsencode(os.path.realpath(s.workdir)) + b"/t"
+    assert st.mnt_ns_id == theirs
+    assert st.mnt_point == os.fsencode(os.path.realpath(s.workdir)) + b"/t"
     # Without the namespace id, the other namespace's mount is not found from here.
-    with pytest.raises(SyscallError, match="statmount.*ENOENT"):
+    with pytest.raises(SyscallError, match=r"statmount.*ENOENT"):
         sm.statmount(ids[-1])
 
 
