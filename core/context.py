@@ -45,7 +45,17 @@ class DumpContext:
     #: ``--root``: the container's root directory, where a union filesystem whose mountinfo
     #: root is just ``/`` (AUFS) can be read to take files' identities.
     root: str | None = None
+    #: ``--external-auto``: a mount from outside the dumped namespaces may be recorded with
+    #: the path under which the dumper sees the same directory.
+    auto_external: bool = False
+    #: Mounts recorded as external, (ns_id, mnt_id) -> key; see :meth:`mark_external`.
+    external_mounts: dict[tuple[int, int], str] = attrs.field(factory=dict)
     _claims: dict[tuple[int, int], list[str]] = attrs.field(factory=dict, alias="_claims")
+
+    def mark_external(self, ns_id: int, mnt_id: int, key: str) -> None:
+        """Record a mount as bind-mounted from outside the dump (restore maps ``key`` to a
+        path with ``--external mnt[KEY]:PATH``; an absolute-path key is that host path)."""
+        self.external_mounts[(ns_id, mnt_id)] = key
 
     def claim_files(self, ns_id: int, mnt_id: int, driver: str) -> None:
         """Ask that files the kernel reports on mount ``mnt_id`` also reach ``driver``.
