@@ -33,13 +33,17 @@ class fw_header(_message.Message):
     NS_ID_FIELD_NUMBER: _builtins.int
     MOUNT_COUNT_FIELD_NUMBER: _builtins.int
     WRITER_FIELD_NUMBER: _builtins.int
+    KERNEL_NS_ID_FIELD_NUMBER: _builtins.int
     format_version: _builtins.int
     """Bumped on every change a reader of an older criu-fw could misread."""
     ns_id: _builtins.int
+    """the id in the image names (CRIU's mnt_ns_id)"""
     mount_count: _builtins.int
     """number of fw_mount entries that follow"""
     writer: _builtins.str
     """"criu-fw <version>" """
+    kernel_ns_id: _builtins.int
+    """the namespace's identity when dumped (nsfs inode), 0 if unknown"""
     def __init__(
         self,
         *,
@@ -47,10 +51,11 @@ class fw_header(_message.Message):
         ns_id: _builtins.int = ...,
         mount_count: _builtins.int = ...,
         writer: _builtins.str = ...,
+        kernel_ns_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format_version", b"format_version", "mount_count", b"mount_count", "ns_id", b"ns_id", "writer", b"writer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format_version", b"format_version", "kernel_ns_id", b"kernel_ns_id", "mount_count", b"mount_count", "ns_id", b"ns_id", "writer", b"writer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

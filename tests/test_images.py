@@ -28,7 +28,7 @@ def test_round_trip_layout(tmp_path: Path) -> None:
     first = pstree(1).SerializeToString()
     assert raw[:12] == COMMON + U32.pack(MAGIC["PSTREE"]) + U32.pack(len(first))
     assert raw[12 : 12 + len(first)] == first
-    got = read_image(path)
+    got = read_image(path, pstree_pb2.pstree_entry)
     assert [e.pid for e in got] == [1, 2]
     assert read_image(path, pstree_pb2.pstree_entry, kind="PSTREE") == [pstree(1), pstree(2)]
 
@@ -177,7 +177,7 @@ def test_missing_required_fields(tmp_path: Path) -> None:
 
 def test_errors_come_after_good_entries_when_streaming(tmp_path: Path) -> None:
     path = mnts(tmp_path, entry(GOOD) + b"\x01")
-    it = iter_image(path)
+    it = iter_image(path, mnt_pb2.mnt_entry)
     assert next(it).mnt_id == 10
     with pytest.raises(ImageError, match="entry 1: truncated size word"):
         next(it)

@@ -1,0 +1,378 @@
+"""The mount-namespace image codec that the dump and the restore engine share.
+
+One namespace becomes two images in the image directory:
+
+* ``mountpoints-<ns_id>.img`` (MNTS): CRIU's ``mnt_entry`` per mount, in the order CRIU writes
+  them (reverse mountinfo order), so ``crit`` and CRIU's tools read it;
+* ``fw-mountpoints-<ns_id>.img`` (FW_MNTS, ``fwstate.proto``): a header (format version,
+  mount count), then per mount in kernel order what CRIU cannot hold: the full fstype, the
+  per-mount and superblock option lists, ``propagate_from``, ``unbindable``, the exact bytes
+  of paths that are not UTF-8, the owning driver, the external key, the content image, and the
+  driver's typed state packed in ``google.protobuf.Any``.
+
+Reading joins both by mnt_id and rebuilds the :class:`~criu_fw.model.MountTree` exactly:
+same order, every :class:`~criu_fw.model.Mount` field equal to what was written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Literal
+
+import attrs
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+from . import __version__
+from .driver import DriverState
+from .errors import ImageError
+from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_image
+from .model import Dev, Mount, MountTree, Propagation
+from .plugins import DriverManager, load_drivers
+from .proto import fwstate_pb2, mnt_pb2
+
+#: The version of criu-fw's own image format this code writes and the newest it reads.
+FORMAT_VERSION = 1
+
+MNTS = KINDS["MNTS"]
+FW_MNTS = KINDS["FW_MNTS"]
+
+#: Kernel fstype name -> CRIU's ``fstype`` enum; anything else is UNSUPPORTED + ``fsname``.
+CRIU_FSTYPES: Mapping[str, int] = {
+    "proc": mnt_pb2.PROC,
+    "sysfs": mnt_pb2.SYSFS,
+    "devtmpfs": mnt_pb2.DEVTMPFS,
+    "binfmt_misc": mnt_pb2.BINFMT_MISC,
+    "tmpfs": mnt_pb2.TMPFS,
+    "devpts": mnt_pb2.DEVPTS,
+    "simfs": mnt_pb2.SIMFS,
+    "pstore": mnt_pb2.PSTORE,
+    "securityfs": mnt_pb2.SECURITYFS,
+    "fusectl": mnt_pb2.FUSECTL,
+    "debugfs": mnt_pb2.DEBUGFS,
+    "cgroup": mnt_pb2.CGROUP,
+    "aufs": mnt_pb2.AUFS,
+    "mqueue": mnt_pb2.MQUEUE,
+    "fuse": mnt_pb2.FUSE,
+    "overlay": mnt_pb2.OVERLAYFS,
+    "autofs": mnt_pb2.AUTOFS,
+    "tracefs": mnt_pb2.TRACEFS,
+    "cgroup2": mnt_pb2.CGROUP2,
+}
+
+# Superblock options that are flags: CRIU keeps them in sb_flags, not in the options string.
+_SB_FLAGS: Mapping[str, int] = {
+    "ro": 0x1,  # MS_RDONLY
+    "sync": 0x10,  # MS_SYNCHRONOUS
+    "mand": 0x40,  # MS_MANDLOCK
+    "dirsync": 0x80,  # MS_DIRSYNC
+    "lazytime": 0x2000000,  # MS_LAZYTIME
+}
+
+_KDEV_MINOR_MASK = (1 << 20) - 1
+
+
+@attrs.frozen
+class DumpedNamespace:
+    """One mount namespace as read back from its images."""
+
+    ns_id: int
+    tree: MountTree
+    #: mnt_id -> name of the driver that owns the mount.
+    drivers: dict[int, str]
+    #: mnt_id -> the driver's state (None where the driver had none).
+    states: dict[int, DriverState | None]
+    #: mnt_id -> external key (mounts bind-mounted from outside the dumped namespaces).
+    external: dict[int, str]
+    #: mnt_id -> name of the image holding the filesystem's content.
+    content: dict[int, str]
+
+
+def mountpoints_image(ns_id: int) -> str:
+    return MNTS.filename(ns_id)
+
+
+def fw_image(ns_id: int) -> str:
+    return FW_MNTS.filename(ns_id)
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def criu_mnt_entry(mount: Mount, external_key: str | None = None) -> mnt_pb2.mnt_entry:
+    """The CRIU ``mnt_entry`` for a mount (text that is not UTF-8 comes out escaped)."""
+    e = mnt_pb2.mnt_entry(
+        fstype=CRIU_FSTYPES.get(mount.fstype, mnt_pb2.UNSUPPORTED),
+        mnt_id=mount.mnt_id,
+        root_dev=mount.dev.kdev,
+        parent_mnt_id=mount.parent_id,
+        flags=mount.flags,
+        root=criu_text(mount.root),
+        mountpoint=criu_text(mount.mountpoint),
+        source=criu_text(mount.source),
+        options=criu_text(
+            ",".join(o for o in mount.super_options if o not in _SB_FLAGS and o != "rw")
+        ),
+    )
+    if e.fstype == mnt_pb2.UNSUPPORTED:
+        e.fsname = criu_text(mount.fstype)
+    prop = mount.propagation
+    if prop.shared is not None:
+        e.shared_id = prop.shared
+    if prop.master is not None:
+        e.master_id = prop.master
+    if external_key is not None:
+        e.ext_mount = True
+        e.ext_key = criu_text(external_key)
+    if mount.root_deleted:
+        e.deleted = True
+    sb_flags = 0
+    for opt in mount.super_options:
+        sb_flags |= _SB_FLAGS.get(opt, 0)
+    e.sb_flags = sb_flags
+    return e
+
+
+def _fw_mount(
+    mount: Mount,
+    driver: str,
+    state: DriverState | None,
+    external_key: str | None,
+    content: str | None,
+) -> fwstate_pb2.fw_mount:
+    fw = fwstate_pb2.fw_mount(
+        mnt_id=mount.mnt_id,
+        fstype=os.fsencode(mount.fstype),
+        mount_options=[os.fsencode(o) for o in mount.mount_options],
+        super_options=[os.fsencode(o) for o in mount.super_options],
+        unbindable=mount.propagation.unbindable,
+        root_deleted=mount.root_deleted,
+        driver=driver,
+    )
+    if mount.propagation.propagate_from is not None:
+        fw.propagate_from = mount.propagation.propagate_from
+    if mount.unique_id is not None:
+        fw.unique_id = mount.unique_id
+    # The exact bytes only where CRIU's string field could not hold them.
+    if not is_exact_utf8(mount.root):
+        fw.root = os.fsencode(mount.root)
+    if not is_exact_utf8(mount.mountpoint):
+        fw.mountpoint = os.fsencode(mount.mountpoint)
+    if not is_exact_utf8(mount.source):
+        fw.source = os.fsencode(mount.source)
+    if external_key is not None:
+        fw.external_key = external_key
+    if content is not None:
+        fw.content_image = content
+    if state is not None:
+        fw.state.Pack(state.to_message())
+    return fw
+
+
+def write_mount_namespace(
+    image_dir: str,
+    ns_id: int,
+    tree: MountTree,
+    *,
+    drivers: Mapping[int, str],
+    states: Mapping[int, DriverState | None] = {},
+    external: Mapping[int, str] = {},
+    content: Mapping[int, str] = {},
+) -> list[str]:
+    """Write the images of one mount namespace; returns the file names written.
+
+    ``drivers`` must name the owning driver of every mount; ``states``, ``external`` and
+    ``content`` are keyed by mnt_id too. The files are written in place under ``image_dir``
+    (publishing a dump atomically is the dump engine's job).
+    """
+    for m in tree.mounts:
+        if m.mnt_id not in drivers:
+            raise ValueError(f"no driver given for {m.describe()}")
+    known = {m.mnt_id for m in tree.mounts}
+    for what, mapping in (("drivers", drivers), ("states", states), ("external", external),
+                          ("content", content)):  # fmt: skip
+        stray = sorted(set(mapping) - known)
+        if stray:
+            raise ValueError(f"{what} names mount id(s) {stray} not in namespace {ns_id}")
+
+    mnts_name = mountpoints_image(ns_id)
+    write_image(
+        os.path.join(image_dir, mnts_name),
+        MNTS,
+        (criu_mnt_entry(m, external.get(m.mnt_id)) for m in reversed(tree.mounts)),
+    )
+
+    def fw_entries() -> Iterator[fwstate_pb2.fw_entry]:
+        header = fwstate_pb2.fw_header(
+            format_version=FORMAT_VERSION,
+            ns_id=ns_id,
+            mount_count=len(tree.mounts),
+            writer=f"criu-fw {__version__}",
+            kernel_ns_id=tree.ns_id,
+        )
+        yield fwstate_pb2.fw_entry(header=header)
+        for m in tree.mounts:
+            fw = _fw_mount(
+                m,
+                drivers[m.mnt_id],
+                states.get(m.mnt_id),
+                external.get(m.mnt_id),
+                content.get(m.mnt_id),
+            )
+            yield fwstate_pb2.fw_entry(mount=fw)
+
+    fw_name = fw_image(ns_id)
+    write_image(os.path.join(image_dir, fw_name), FW_MNTS, fw_entries())
+    return [mnts_name, fw_name]
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_mount_namespace(
+    image_dir: str, ns_id: int, mgr: DriverManager | None = None
+) -> DumpedNamespace:
+    """Read back what :func:`write_mount_namespace` wrote for ``ns_id``.
+
+    Driver state is unpacked through the driver that declares its message type in ``mgr``
+    (without ``mgr``, the installed drivers are loaded when a state is found). A state type no
+    loaded driver knows, a newer format version, or images that disagree raise ImageError.
+    """
+    mnts_path = os.path.join(image_dir, mountpoints_image(ns_id))
+    fw_path = os.path.join(image_dir, fw_image(ns_id))
+
+    criu: dict[int, mnt_pb2.mnt_entry] = {}
+    for n, e in enumerate(iter_image(mnts_path, mnt_pb2.mnt_entry, kind="MNTS")):
+        if e.mnt_id in criu:
+            raise ImageError(mnts_path, f"mount id {e.mnt_id} appears twice", n)
+        criu[e.mnt_id] = e
+
+    mounts: list[Mount] = []
+    drivers: dict[int, str] = {}
+    states: dict[int, DriverState | None] = {}
+    external: dict[int, str] = {}
+    content: dict[int, str] = {}
+    header: fwstate_pb2.fw_header | None = None
+    for n, entry in enumerate(iter_image(fw_path, fwstate_pb2.fw_entry, kind="FW_MNTS")):
+        which = entry.WhichOneof("kind")
+        if n == 0:
+            header = _check_header(fw_path, entry, ns_id)
+            continue
+        if which != "mount":
+            raise ImageError(fw_path, f"expected a mount entry, found {which or 'nothing'}", n)
+        fw = entry.mount
+        base = criu.pop(fw.mnt_id, None)
+        if base is None:
+            raise ImageError(
+                fw_path, f"mount id {fw.mnt_id} has no entry in {os.path.basename(mnts_path)}", n
+            )
+        mounts.append(_mount(base, fw))
+        drivers[fw.mnt_id] = fw.driver
+        if fw.HasField("external_key"):
+            external[fw.mnt_id] = fw.external_key
+        if fw.HasField("content_image"):
+            content[fw.mnt_id] = fw.content_image
+        if fw.HasField("state"):
+            if mgr is None:
+                mgr = load_drivers()
+            states[fw.mnt_id] = _unpack_state(fw_path, n, fw, mgr)
+        else:
+            states[fw.mnt_id] = None
+    if header is None:
+        raise ImageError(fw_path, "empty image: no header")
+    if len(mounts) != header.mount_count:
+        raise ImageError(
+            fw_path,
+            f"truncated: the header announces {header.mount_count} mounts, "
+            f"the image holds {len(mounts)}",
+        )
+    if criu:
+        raise ImageError(
+            mnts_path,
+            f"mount id(s) {sorted(criu)} have no entry in {os.path.basename(fw_path)}",
+        )
+    return DumpedNamespace(
+        ns_id=ns_id,
+        tree=MountTree(tuple(mounts), header.kernel_ns_id),
+        drivers=drivers,
+        states=states,
+        external=external,
+        content=content,
+    )
+
+
+def _check_header(path: str, entry: fwstate_pb2.fw_entry, ns_id: int) -> fwstate_pb2.fw_header:
+    if entry.WhichOneof("kind") != "header":
+        raise ImageError(path, "the first entry is not a header", 0)
+    header = entry.header
+    if header.format_version > FORMAT_VERSION:
+        raise ImageError(
+            path,
+            f"written by a newer criu-fw ({header.writer or 'unknown'}, format version "
+            f"{header.format_version}); this criu-fw {__version__} reads up to version "
+            f"{FORMAT_VERSION}",
+            0,
+        )
+    if header.format_version < 1:
+        raise ImageError(path, f"bad format version {header.format_version}", 0)
+    if header.ns_id != ns_id:
+        raise ImageError(path, f"header is for mount namespace {header.ns_id}, not {ns_id}", 0)
+    return header
+
+
+def _text(
+    fw: fwstate_pb2.fw_mount,
+    field: Literal["root", "mountpoint", "source"],
+    criu_value: str | bytes,
+) -> str:
+    if fw.HasField(field):
+        return os.fsdecode(getattr(fw, field))
+    return text_of(criu_value)
+
+
+def _mount(e: mnt_pb2.mnt_entry, fw: fwstate_pb2.fw_mount) -> Mount:
+    return Mount(
+        mnt_id=e.mnt_id,
+        parent_id=e.parent_mnt_id,
+        dev=Dev(e.root_dev >> 20, e.root_dev & _KDEV_MINOR_MASK),
+        root=_text(fw, "root", e.root),
+        mountpoint=_text(fw, "mountpoint", e.mountpoint),
+        fstype=os.fsdecode(fw.fstype),
+        source=_text(fw, "source", e.source),
+        mount_options=tuple(os.fsdecode(o) for o in fw.mount_options),
+        super_options=tuple(os.fsdecode(o) for o in fw.super_options),
+        propagation=Propagation(
+            shared=e.shared_id if e.HasField("shared_id") else None,
+            master=e.master_id if e.HasField("master_id") else None,
+            propagate_from=fw.propagate_from if fw.HasField("propagate_from") else None,
+            unbindable=fw.unbindable,
+        ),
+        root_deleted=fw.root_deleted,
+        unique_id=fw.unique_id if fw.HasField("unique_id") else None,
+    )
+
+
+def _unpack_state(path: str, n: int, fw: fwstate_pb2.fw_mount, mgr: DriverManager) -> DriverState:
+    packed: any_pb2.Any = fw.state
+    full_name = packed.TypeName()
+    where = f"mount {fw.mnt_id} (driver {fw.driver!r})"
+    state_type = mgr.state_type(full_name)
+    if state_type is None:
+        raise ImageError(
+            path, f"{where}: driver state of type {full_name!r} is unknown to the loaded drivers", n
+        )
+    message = state_type.MESSAGE()
+    try:
+        if not packed.Unpack(message):
+            raise ImageError(path, f"{where}: state is not a {full_name}", n)
+    except DecodeError:
+        raise ImageError(path, f"{where}: garbled driver state of type {full_name!r}", n) from None
+    try:
+        return state_type.from_message(message)
+    except Exception as exc:
+        raise ImageError(
+            path, f"{where}: {state_type.__name__}.from_message failed: {exc}", n
+        ) from exc
