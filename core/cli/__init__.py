@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from .base import main
 from .drivers import drivers_cmd
+from .show import show_cmd
 
 main.add_command(drivers_cmd)
+main.add_command(show_cmd)
 
 __all__ = ["main"]
