@@ -13,13 +13,19 @@ Configuration (library: :class:`DriverConfig`; CLI options; environment):
 * ``strict``: ``--strict-drivers`` / ``CRIU_FW_STRICT_DRIVERS=1``: a driver that fails to
   load is fatal instead of reported and skipped;
 * ``external``: ``CRIU_FW_NO_EXTERNAL_DRIVERS=1`` loads the built-in drivers only.
+
+``prefer`` also settles two fallbacks (``--prefer '*=mygeneric'``) and may route an fstype
+nobody claims to a loaded driver. Patterns (``fuse.*``) lose to exact names, and a longer
+pattern beats a shorter one: specificity, never load order, decides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from importlib import metadata
 from typing import Any
 
@@ -32,6 +38,8 @@ from .errors import CriuFwError, DriverConflictError, DriverError, DriverLoadErr
 
 ENTRY_POINT_GROUP = "criu_fw.fsdrivers"
 BUILTIN_DISTRIBUTION = "criu-fw"
+#: The ``distribution`` of plugins handed to :meth:`DriverManager.load` as objects.
+PASSED_BY_CALLER = "<passed by caller>"
 FALLBACK_DRIVER = "generic"
 HOOKS = (
     "parse_mount",
@@ -41,6 +49,25 @@ HOOKS = (
     "dump_content",
     "restore_content",
 )
+
+
+#: The driver the hook call in progress was routed to (for wrappers such as tracing).
+_routed: ContextVar[str | None] = ContextVar("criu_fw_routed_driver", default=None)
+
+
+def current_driver() -> str | None:
+    """Inside a hook call made through :meth:`DriverManager.call`: the name of the driver it
+    was routed to (cross-cutting wrappers use it to say who handled what); else ``None``."""
+    return _routed.get()
+
+
+@contextlib.contextmanager
+def _routing(driver: str) -> Iterator[None]:
+    token = _routed.set(driver)
+    try:
+        yield
+    finally:
+        _routed.reset(token)
 
 
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -131,6 +158,8 @@ class DriverManager:
         self._patterns: list[tuple[str, str]] = []
         self._fallback: str | None = None
         self._callers: dict[tuple[str, str], Callable[..., Any]] = {}
+        #: Registered plugins that own no fstype (tracing, dry run): name -> object.
+        self.wrappers: dict[str, object] = {}
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -139,52 +168,66 @@ class DriverManager:
         and build the fstype registry. Returns ``self``."""
         for name in self.config.blocked:
             self.pm.set_blocked(name)
-        eps = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
-        for ep in eps:
-            dist, version = _dist_of(ep)
+        found = [(ep, *_dist_of(ep)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+        # A deterministic order whatever sys.path says: by name, the built-in first, then by
+        # distribution; of two entry points with one name the later one is reported.
+        found.sort(key=lambda f: (f[0].name, f[1] != BUILTIN_DISTRIBUTION, f[1]))
+        for ep, dist, version in found:
             if ep.name in self.config.blocked:
                 continue
             if dist != BUILTIN_DISTRIBUTION and not self.config.external:
                 continue
+            if ep.name in self.drivers:
+                self._problem(ep.name, dist, f"a driver named {ep.name!r} is already loaded "
+                              f"from {self.drivers[ep.name].origin}", None)
+                continue
             try:
                 obj = ep.load()
+                if isinstance(obj, type):  # an entry point naming the class, not an instance
+                    obj = obj()
             except Exception as exc:  # a broken third-party package must not break us
                 self._problem(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}", exc)
                 continue
             self._add(ep.name, obj, dist, version)
         for obj in plugins:
             name = str(getattr(obj, "name", None) or type(obj).__name__)
-            self._add(name, obj, "<passed by caller>", "")
+            if self.pm.is_blocked(name):
+                continue
+            # The caller's own objects: a mistake in them is the caller's bug, never skipped.
+            self._add(name, obj, PASSED_BY_CALLER, "", strict=True)
         self._build_registry()
         return self
 
-    def _problem(self, name: str, dist: str, reason: str, exc: BaseException | None) -> None:
-        if self.config.strict:
+    def _problem(
+        self, name: str, dist: str, reason: str, exc: BaseException | None, strict: bool = False
+    ) -> None:
+        if self.config.strict or strict:
             raise DriverLoadError(name, dist, reason) from exc
         self.problems.append(LoadProblem(name, dist, reason))
 
-    def _add(self, name: str, obj: object, dist: str, version: str) -> None:
-        if name in self.drivers:
-            self._problem(name, dist, f"a driver named {name!r} is already loaded", None)
+    def _add(self, name: str, obj: object, dist: str, version: str, strict: bool = False) -> None:
+        if name in self.drivers or name in self.wrappers:
+            self._problem(name, dist, f"a plugin named {name!r} is already loaded", None, strict)
             return
         try:
             fstypes = declared_fstypes(obj)
             self.pm.register(obj, name=name)
         except Exception as exc:
-            self._problem(name, dist, f"registration failed: {exc}", exc)
+            self._problem(name, dist, f"registration failed: {exc}", exc, strict)
             return
         try:
             # Catches misspelled hook names (``def parse_mounts``) right away.
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(obj)
-            self._problem(name, dist, f"unknown hook: {exc}", exc)
+            self._problem(name, dist, f"unknown hook: {exc}", exc, strict)
             return
         hooks = tuple(
             h.name for h in (self.pm.get_hookcallers(obj) or ()) if h.name in HOOKS
         )
         if not fstypes and not getattr(obj, "fallback", False):
             # A cross-cutting plugin (tracing, dry run): it wraps hooks, owns no fstype.
+            self.wrappers[name] = obj
             return
         self.drivers[name] = DriverInfo(
             name=name,
@@ -198,13 +241,19 @@ class DriverManager:
 
     def _build_registry(self) -> None:
         claims: dict[str, list[str]] = {}
+        fallbacks = sorted(i.name for i in self.drivers.values() if i.fallback)
         for info in self.drivers.values():
             for t in info.fstypes:
                 claims.setdefault(t, []).append(info.name)
-            if info.fallback:
-                if self._fallback is not None:
-                    raise DriverConflictError("*", self._fallback, info.name)
-                self._fallback = info.name
+        if len(fallbacks) > 1:
+            chosen_fb = self.config.prefer.get("*")
+            if chosen_fb is None:
+                raise DriverConflictError("*", fallbacks[0], fallbacks[1])
+            if chosen_fb not in fallbacks:
+                raise UsageError(f"--prefer *={chosen_fb}: driver {chosen_fb!r} is not a fallback")
+            self._fallback = chosen_fb
+        elif fallbacks:
+            self._fallback = fallbacks[0]
         for fstype, names in sorted(claims.items()):
             chosen = self.config.prefer.get(fstype)
             if chosen is not None:
@@ -225,7 +274,11 @@ class DriverManager:
             else:
                 self._owner[fstype] = chosen
         for fstype, chosen in self.config.prefer.items():
-            if fstype not in claims:
+            if fstype not in claims and fstype != "*":
+                if chosen not in self.drivers:
+                    raise UsageError(
+                        f"--prefer {fstype}={chosen}: no driver named {chosen!r} is loaded"
+                    )
                 self._owner.setdefault(fstype, chosen)
         # Longer patterns are more specific: "fuse.sshfs*" before "fuse.*".
         self._patterns.sort(key=lambda p: (-len(p[0]), p[0]))
@@ -270,8 +323,11 @@ class DriverManager:
 
     def call(self, hook: str, driver: str, **kwargs: Any) -> Any:
         """Call ``hook`` on exactly ``driver`` (plus wrappers); errors are attributed to it."""
+        if driver not in self.drivers:
+            raise DriverError(driver, f"{hook}: no such driver is loaded")
         try:
-            return self._caller(hook, driver)(**kwargs)
+            with _routing(driver):
+                return self._caller(hook, driver)(**kwargs)
         except DriverError as exc:
             if exc.driver == driver:
                 raise
