@@ -1,7 +1,351 @@
-"""Placeholder: the mount layer (real syscalls, and a recording layer for tests)."""
+"""The mount layer: every mount request of a restore goes through a :class:`MountOps`.
+
+Two implementations:
+
+* :class:`KernelMountOps` issues the real system calls (the new mount API: fsopen/fsconfig/
+  fsmount, open_tree, move_mount, mount_setattr), only ever inside the private mount namespace
+  of the restoring child process;
+* :class:`RecordingMountOps` touches nothing and records every request as a :class:`Call`, for
+  tests of drivers (which exact superblock did the AUFS driver ask for?) and for a dry run.
+
+Mounts are referred to by *handles*: small integers (file descriptors of mounts in the kernel
+layer, counters in the recording layer). A handle refers to one mount, attached or detached;
+paths below are relative to a handle's mount root unless they start with ``/``.
+
+The recording format (what tests assert on) is one :class:`Call` per request, in order:
+
+=====================  =========================================================================
+``op``                 fields set
+=====================  =========================================================================
+``new_superblock``     ``fstype``, ``source``, ``params`` (values: ``str``, ``None`` for a flag,
+                       :class:`Fd` for a directory passed by descriptor), ``handle`` (returned)
+``clone``              ``handle`` (returned), ``other`` (source handle, or None), ``path``
+                       (subpath inside ``other``, or an absolute host path when ``other`` is None)
+``attach``             ``handle`` (the mount), ``other`` (parent handle, None for a host path),
+                       ``path`` (relative to the parent's root, or absolute)
+``set_attr``           ``handle``, ``flags`` (MOUNT_ATTR_* set), ``clear`` (MOUNT_ATTR_* cleared)
+``set_propagation``    ``handle``, ``flags`` (MS_SHARED / MS_SLAVE / MS_PRIVATE / MS_UNBINDABLE)
+``set_group``          ``other`` (from: a member of the group), ``handle`` (to: joins it)
+``reconfigure``        ``handle``, ``params``
+``restore_content``    ``handle``, ``path`` (the image file name)
+``close``              ``handle``
+=====================  =========================================================================
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator, Sequence
+
+import attrs
+
+from . import kernel
+from .errors import SyscallError
+
+
+@attrs.frozen
+class Fd:
+    """A superblock parameter passed by file descriptor (FSCONFIG_SET_FD): the directory at
+    ``path`` inside restored mount ``handle``; ``mnt_id`` is the dumped id of that mount.
+    ``mnt_id`` -1 (and ``handle`` -1) means ``path`` is an absolute host path."""
+
+    mnt_id: int
+    path: str
+    handle: int = attrs.field(default=-1, eq=False)
+
+
+ParamArg = str | None | Fd
+
+
+@attrs.frozen
+class Call:
+    """One recorded mount request (see the table in the module docstring)."""
+
+    op: str
+    handle: int | None = None
+    other: int | None = None
+    path: str | None = None
+    fstype: str | None = None
+    source: str | None = None
+    params: tuple[tuple[str, ParamArg], ...] = ()
+    flags: int = 0
+    clear: int = 0
+
 
 class MountOps:
-    """Every mount operation of a restore goes through an instance of this class."""
+    """The operations a restore needs. Subclasses implement every method."""
+
+    def new_superblock(
+        self,
+        fstype: str,
+        source: str,
+        params: Sequence[tuple[str, ParamArg]],
+        *,
+        legacy_data: str | None = None,
+        chroot: str | None = None,
+    ) -> int:
+        """Create a new filesystem instance; returns a handle of its detached root mount.
+
+        ``chroot``: a directory to use as the process root while the parameters are applied,
+        so that directories passed by descriptor are recorded relative to the restored root
+        (overlay d_paths its layers against the caller's root)."""
+        raise NotImplementedError
+
+    def clone(self, src: int | None, path: str) -> int:
+        """A detached copy of one mount (no children): ``path`` inside handle ``src``, or the
+        mount at absolute host ``path`` when ``src`` is None."""
+        raise NotImplementedError
+
+    def attach(self, handle: int, parent: int | None, path: str) -> None:
+        """Attach a detached mount at ``path`` inside ``parent`` (or at absolute ``path``),
+        creating the mountpoint (a directory, or an empty file for a file mount) if needed."""
+        raise NotImplementedError
+
+    def set_attr(self, handle: int, attr_set: int, attr_clr: int) -> None:
+        raise NotImplementedError
+
+    def set_propagation(self, handle: int, flag: int) -> None:
+        raise NotImplementedError
+
+    def set_group(self, src: int, dst: int) -> None:
+        """Make ``dst`` join ``src``'s peer group and master (MOVE_MOUNT_SET_GROUP)."""
+        raise NotImplementedError
+
+    def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
+        """Change superblock parameters of a mount's filesystem (fspick + reconfigure)."""
+        raise NotImplementedError
+
+    def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
+        """Run ``fill(path)`` with a path through which the mount's whole root is writable."""
+        raise NotImplementedError
+
+    def close(self, handle: int) -> None:
+        raise NotImplementedError
+
+
+class RecordingMountOps(MountOps):
+    """Records every request in :attr:`calls`; touches neither the kernel nor any file."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._next = 100
+
+    def _new(self) -> int:
+        self._next += 1
+        return self._next
+
+    def of(self, op: str) -> list[Call]:
+        """The recorded calls of one kind, in order."""
+        return [c for c in self.calls if c.op == op]
+
+    def new_superblock(
+        self,
+        fstype: str,
+        source: str,
+        params: Sequence[tuple[str, ParamArg]],
+        *,
+        legacy_data: str | None = None,
+        chroot: str | None = None,
+    ) -> int:
+        h = self._new()
+        self.calls.append(
+            Call("new_superblock", handle=h, fstype=fstype, source=source, params=tuple(params))
+        )
+        return h
+
+    def clone(self, src: int | None, path: str) -> int:
+        h = self._new()
+        self.calls.append(Call("clone", handle=h, other=src, path=path))
+        return h
+
+    def attach(self, handle: int, parent: int | None, path: str) -> None:
+        self.calls.append(Call("attach", handle=handle, other=parent, path=path))
+
+    def set_attr(self, handle: int, attr_set: int, attr_clr: int) -> None:
+        self.calls.append(Call("set_attr", handle=handle, flags=attr_set, clear=attr_clr))
+
+    def set_propagation(self, handle: int, flag: int) -> None:
+        self.calls.append(Call("set_propagation", handle=handle, flags=flag))
+
+    def set_group(self, src: int, dst: int) -> None:
+        self.calls.append(Call("set_group", handle=dst, other=src))
+
+    def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
+        self.calls.append(Call("reconfigure", handle=handle, params=tuple(params)))
+
+    def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
+        self.calls.append(Call("restore_content", handle=handle, path=image))
+
+    def close(self, handle: int) -> None:
+        self.calls.append(Call("close", handle=handle))
+
+
+def _fdpath(fd: int, path: str = "") -> str:
+    rel = path.strip("/")
+    return f"/proc/self/fd/{fd}/{rel}" if rel else f"/proc/self/fd/{fd}"
+
+
+@contextlib.contextmanager
+def _chrooted(path: str | None) -> Iterator[None]:
+    """Temporarily make ``path`` the process root; the old root is kept open to come back."""
+    if path is None:
+        yield
+        return
+    old_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    old_cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.chroot(path)
+        try:
+            yield
+        finally:
+            os.fchdir(old_root)
+            os.chroot(".")
+            os.fchdir(old_cwd)
+    finally:
+        os.close(old_root)
+        os.close(old_cwd)
+
+
+class KernelMountOps(MountOps):
+    """Real system calls. Only for use inside a private mount namespace of a child process.
+
+    ``scratch`` is an empty directory used by the legacy mount(2) fallback (a filesystem type
+    the new mount API cannot create is mounted there, cloned detached, and unmounted again).
+    """
+
+    def __init__(self, scratch: str | None = None) -> None:
+        self.scratch = scratch
+
+    def new_superblock(
+        self,
+        fstype: str,
+        source: str,
+        params: Sequence[tuple[str, ParamArg]],
+        *,
+        legacy_data: str | None = None,
+        chroot: str | None = None,
+    ) -> int:
+        for key, value in params:
+            if isinstance(value, str) and len(os.fsencode(value)) > kernel.FSCONFIG_STRING_MAX:
+                raise SyscallError(
+                    "fsconfig", errno.EINVAL, None,
+                    f"value of {key!r} is {len(os.fsencode(value))} bytes, the kernel takes at "
+                    f"most {kernel.FSCONFIG_STRING_MAX}; pass it by descriptor instead",
+                )
+        try:
+            fsfd = kernel.fsopen(fstype)
+        except SyscallError as exc:
+            if exc.errno != errno.ENOSYS or self.scratch is None:
+                raise
+            return self._legacy(fstype, source, params, legacy_data)
+        opened: list[int] = []
+        try:
+            for key, value in params:
+                if isinstance(value, Fd):
+                    # handle -1: a host path (an external directory), opened as it is.
+                    where = value.path if value.handle < 0 else _fdpath(value.handle, value.path)
+                    opened.append(os.open(where, os.O_PATH | os.O_CLOEXEC))
+            with _chrooted(chroot if opened else None):
+                if source:
+                    kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_STRING, "source", source)
+                fds = iter(opened)
+                for key, value in params:
+                    if value is None:
+                        kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_FLAG, key)
+                    elif isinstance(value, Fd):
+                        kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_FD, key, None, next(fds))
+                    else:
+                        kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_STRING, key, value)
+                kernel.fsconfig(fsfd, kernel.FSCONFIG_CMD_CREATE)
+            return kernel.fsmount(fsfd)
+        finally:
+            for fd in opened:
+                os.close(fd)
+            os.close(fsfd)
+
+    def _legacy(
+        self, fstype: str, source: str, params: Sequence[tuple[str, ParamArg]],
+        legacy_data: str | None,
+    ) -> int:
+        assert self.scratch is not None
+        data = legacy_data
+        if data is None:
+            data = ",".join(k if v is None else f"{k}={v}" for k, v in params if not isinstance(v, Fd))
+        kernel.mount(source, self.scratch, fstype, 0, data or None)
+        try:
+            return kernel.open_tree(
+                self.scratch, kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
+            )
+        finally:
+            kernel.umount2(self.scratch, kernel.MNT_DETACH)
+
+    def clone(self, src: int | None, path: str) -> int:
+        flags = kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
+        if src is None:
+            return kernel.open_tree(path, flags)
+        rel = path.strip("/")
+        if not rel:
+            return kernel.open_tree("", flags | kernel.AT_EMPTY_PATH, dirfd=src)
+        return kernel.open_tree(rel, flags, dirfd=src)
+
+    def attach(self, handle: int, parent: int | None, path: str) -> None:
+        if parent is None:
+            to_fd, to_path, flags = kernel.AT_FDCWD, path, kernel.MOVE_MOUNT_F_EMPTY_PATH
+        else:
+            to_fd, to_path = parent, path.strip("/")
+            flags = kernel.MOVE_MOUNT_F_EMPTY_PATH
+            if not to_path:
+                flags |= kernel.MOVE_MOUNT_T_EMPTY_PATH
+        try:
+            kernel.move_mount(handle, "", to_fd, to_path, flags)
+        except SyscallError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self._make_mountpoint(handle, parent, path)
+            kernel.move_mount(handle, "", to_fd, to_path, flags)
+
+    def _make_mountpoint(self, handle: int, parent: int | None, path: str) -> None:
+        # The mountpoint is created only when it is missing (a --root tree that lacks it):
+        # a tmpfs restored from its archive already has every mountpoint.
+        where = path if parent is None else _fdpath(parent, path)
+        is_dir = stat.S_ISDIR(os.stat(_fdpath(handle)).st_mode)
+        if is_dir:
+            os.makedirs(where, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(where), exist_ok=True)
+            os.close(os.open(where, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def set_attr(self, handle: int, attr_set: int, attr_clr: int) -> None:
+        kernel.mount_setattr(handle, "", kernel.AT_EMPTY_PATH, attr_set, attr_clr)
+
+    def set_propagation(self, handle: int, flag: int) -> None:
+        kernel.mount_setattr(handle, "", kernel.AT_EMPTY_PATH, propagation=flag)
+
+    def set_group(self, src: int, dst: int) -> None:
+        kernel.move_mount(
+            src, "", dst, "",
+            kernel.MOVE_MOUNT_SET_GROUP | kernel.MOVE_MOUNT_F_EMPTY_PATH
+            | kernel.MOVE_MOUNT_T_EMPTY_PATH,
+        )
+
+    def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
+        fsfd = kernel.fspick(_fdpath(handle))
+        try:
+            for key, value in params:
+                if value is None:
+                    kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_FLAG, key)
+                elif isinstance(value, str):
+                    kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_STRING, key, value)
+            kernel.fsconfig(fsfd, kernel.FSCONFIG_CMD_RECONFIGURE)
+        finally:
+            os.close(fsfd)
+
+    def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
+        # /proc/PID (not /proc/self): the path must also work for a helper process (tar).
+        fill(f"/proc/{os.getpid()}/fd/{handle}")
+
+    def close(self, handle: int) -> None:
+        os.close(handle)

@@ -1,1 +1,19 @@
-"""Restore: rebuild dumped mount namespaces in a fresh private namespace."""
+"""Restore: rebuild dumped mount namespaces in a fresh private namespace.
+
+``restore(image_dir, ...)`` is the library call behind ``criu-fw restore``;
+``verify(pid, image_dir)`` compares a live namespace with the images.
+"""
+
+from __future__ import annotations
+
+from .engine import RestoreResult, image_namespaces, read_namespaces, restore
+from .plans import NamespaceImage, SimpleNamespace
+
+__all__ = [
+    "NamespaceImage",
+    "RestoreResult",
+    "SimpleNamespace",
+    "image_namespaces",
+    "read_namespaces",
+    "restore",
+]

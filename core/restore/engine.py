@@ -1,0 +1,217 @@
+"""``restore()``: the library call behind ``criu-fw restore``.
+
+Everything that can fail without mounting happens first, in the caller's process: reading
+and checking the images, loading drivers, asking every driver for its plan, resolving
+externals, ordering the steps. Then one child process per dumped mount namespace builds it in
+a new private namespace (see :mod:`.child`); the caller's namespace is never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import attrs
+
+from ..context import RestoreContext
+from ..errors import CriuFwError, ImageError, UsageError
+from ..images import read_image
+from ..mountops import KernelMountOps, MountOps
+from ..plugins import DriverConfig, DriverManager, load_drivers
+from ..proto import inventory_pb2
+from .child import spawn
+from .executor import Executor
+from .order import order_steps
+from .plans import NamespaceImage, NamespacePlan, plan_namespace
+
+#: The newest CRIU inventory image version criu-fw reads (CRIU writes 2).
+INVENTORY_VERSION = 2
+_MNTS_NAME = re.compile(r"^mountpoints-(\d+)\.img$")
+
+
+@attrs.define
+class RestoreResult:
+    """What a restore left behind.
+
+    ``holders`` maps each dumped mount-namespace id to the PID of a process inside its
+    restored namespace (with ``command``: the root namespace's entry is the command's PID,
+    which has exited by the time ``restore`` returns). ``exit_code`` is the command's.
+    """
+
+    root_ns: int
+    holders: dict[int, int] = attrs.field(factory=dict)
+    exit_code: int | None = None
+    #: The mount requests of a dry run (``ops=RecordingMountOps()``), per namespace.
+    ops: MountOps | None = None
+
+    @property
+    def pid(self) -> int:
+        """The PID in the restored root namespace (0 for a dry run)."""
+        return self.holders.get(self.root_ns, 0)
+
+    def terminate(self) -> None:
+        """Kill every holder process (by PID) and reap it."""
+        for pid in self.holders.values():
+            _kill(pid)
+        self.holders.clear()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
+    """The root mount-namespace id (from inventory.img) and every namespace with images,
+    root first."""
+    inventory = os.path.join(image_dir, "inventory.img")
+    if not os.path.isdir(image_dir):
+        raise ImageError(image_dir, "no such image directory")
+    if not os.path.exists(inventory):
+        raise ImageError(inventory, "missing: not a criu-fw image directory")
+    entries = read_image(inventory, inventory_pb2.inventory_entry, kind="INVENTORY")
+    if len(entries) != 1:
+        raise ImageError(inventory, f"expected one inventory entry, found {len(entries)}")
+    inv = entries[0]
+    if inv.img_version > INVENTORY_VERSION:
+        raise ImageError(
+            inventory,
+            f"image version {inv.img_version} is newer than this criu-fw reads "
+            f"({INVENTORY_VERSION})",
+        )
+    ids = sorted(
+        int(m.group(1)) for name in os.listdir(image_dir) if (m := _MNTS_NAME.match(name))
+    )
+    if not inv.HasField("root_ids") or not inv.root_ids.HasField("mnt_ns_id"):
+        raise ImageError(inventory, "no root mount namespace id (root_ids.mnt_ns_id)")
+    root = inv.root_ids.mnt_ns_id
+    if root not in ids:
+        raise ImageError(
+            os.path.join(image_dir, f"mountpoints-{root}.img"),
+            "missing: the root mount namespace has no mount image",
+        )
+    return root, [root] + [i for i in ids if i != root]
+
+
+def read_namespaces(image_dir: str, mgr: DriverManager) -> tuple[int, list[NamespaceImage]]:
+    from ..imageset import read_mount_namespace
+
+    root, ids = image_namespaces(image_dir)
+    return root, [read_mount_namespace(image_dir, i, mgr) for i in ids]
+
+
+def _manager(plugins: Iterable[object], config: DriverConfig | None) -> DriverManager:
+    plugins = tuple(plugins)
+    if not plugins:
+        return load_drivers(config)
+    return DriverManager(config).load(plugins)
+
+
+def restore(
+    image_dir: str,
+    *,
+    root: str | None = None,
+    externals: Mapping[str, str] | None = None,
+    command: Sequence[str] | None = None,
+    detach: bool = False,
+    pidfile: str | None = None,
+    plugins: Iterable[object] = (),
+    config: DriverConfig | None = None,
+    ops: MountOps | None = None,
+    namespaces: Sequence[NamespaceImage] | None = None,
+) -> RestoreResult:
+    """Restore every mount namespace dumped in ``image_dir``.
+
+    :param root: the directory used as the root where the root mount cannot be rebuilt from
+        the images (CRIU's ``--root``).
+    :param externals: ``--external mnt[KEY]:PATH`` as ``{KEY: PATH}``.
+    :param command: run it in the restored root namespace (root = the restored root, cwd
+        ``/``) and wait for it; ``exit_code`` is its exit status.
+    :param detach: leave holder processes in the restored namespaces and return at once.
+        Without ``command`` and ``detach`` the holders are left too; the caller ends them
+        with :meth:`RestoreResult.terminate`.
+    :param pidfile: with ``detach``: write the root namespace holder's PID there.
+    :param plugins: extra driver objects (like ``pytest.main(plugins=...)``).
+    :param ops: a mount layer to use instead of the kernel, in this process (a dry run with
+        :class:`~criu_fw.mountops.RecordingMountOps`): nothing is forked, mounted or written.
+    :param namespaces: restore these instead of reading ``image_dir`` (first = root).
+    """
+    if command is not None and detach:
+        raise UsageError("a command and --detach exclude each other")
+    if command is not None and not command:
+        raise UsageError("the command is empty")
+    if pidfile is not None and not detach:
+        raise UsageError("--pidfile needs --detach")
+    mgr = _manager(plugins, config)
+    if namespaces is None:
+        root_ns, spaces = read_namespaces(image_dir, mgr)
+    else:
+        spaces = list(namespaces)
+        root_ns = spaces[0].ns_id
+    ctx = RestoreContext(image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops)
+    plans: list[tuple[NamespacePlan, list]] = []  # type: ignore[type-arg]
+    for ns in spaces:
+        plan = plan_namespace(ns, mgr, ctx)
+        plans.append((plan, order_steps(plan)))
+    result = RestoreResult(root_ns)
+
+    if ops is not None:
+        for plan, steps in plans:
+            ex = Executor(plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path="/")
+            ex.run(steps)
+            ex.finish()
+        result.ops = ops
+        return result
+
+    try:
+        for plan, steps in reversed(plans):  # the root namespace (first) is made last
+            is_root = plan is plans[0][0]
+            spawned = spawn(
+                _builder(plan, steps, mgr, ctx),
+                command=command if is_root else None,
+                detach=detach,
+            )
+            result.holders[plan.ns_id] = spawned.pid
+    except BaseException:
+        result.terminate()
+        raise
+    if command is not None:
+        pid = result.holders.pop(root_ns)
+        try:
+            _, status = os.waitpid(pid, 0)
+        finally:
+            result.terminate()
+        result.holders[root_ns] = pid
+        code = os.waitstatus_to_exitcode(status)
+        result.exit_code = code if code >= 0 else 128 - code
+        return result
+    if pidfile is not None:
+        with open(pidfile, "w") as f:
+            f.write(f"{result.pid}\n")
+    return result
+
+
+def _ctx_for(ctx: RestoreContext, plan: NamespacePlan, ops: MountOps) -> RestoreContext:
+    return attrs.evolve(ctx, tree=plan.tree, ops=ops)
+
+
+def _builder(
+    plan: NamespacePlan, steps: list, mgr: DriverManager, ctx: RestoreContext  # type: ignore[type-arg]
+) -> Callable[[KernelMountOps, str], Callable[[], None]]:
+    def build(ops: KernelMountOps, root_path: str) -> Callable[[], None]:
+        ex = Executor(plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path=root_path, chroot=root_path)
+        ex.run(steps)
+        return ex.finish
+
+    return build
+
+
+__all__ = ["CriuFwError", "RestoreResult", "image_namespaces", "read_namespaces", "restore"]

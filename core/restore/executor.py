@@ -1,0 +1,231 @@
+"""Running one namespace's ordered steps through the mount layer.
+
+The executor keeps a handle per superblock (its detached root, which never gets children, so
+every bind of it is cloned from a clean place) and per mount (released as soon as nothing
+needs it, so 10,000 mounts do not need 10,000 open descriptors at once). Per-mount flags are
+set right after a leaf mount is made, and at the end for mounts with children (a read-only
+parent must not stop a missing mountpoint from being created). Propagation and read-only
+superblocks are left to :meth:`Executor.finish`, which runs after pivot_root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .. import kernel
+from ..context import RestoreContext
+from ..errors import CriuFwError, RestoreError
+from ..model import Mount
+from ..mountops import Fd, MountOps, ParamArg
+from ..plan import ExternalRef, PathRef
+from ..plugins import DriverManager
+from .order import ATTACH, CREATE, SB, Step
+from .plans import NamespacePlan, SuperblockJob
+from .propagation import apply_propagation, needs_propagation
+
+_FLAG_ATTRS = {
+    "ro": kernel.MOUNT_ATTR_RDONLY,
+    "nosuid": kernel.MOUNT_ATTR_NOSUID,
+    "nodev": kernel.MOUNT_ATTR_NODEV,
+    "noexec": kernel.MOUNT_ATTR_NOEXEC,
+    "nodiratime": kernel.MOUNT_ATTR_NODIRATIME,
+    "noatime": kernel.MOUNT_ATTR_NOATIME,
+    "strictatime": kernel.MOUNT_ATTR_STRICTATIME,
+}
+_ALL_FLAGS = (
+    kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NODEV
+    | kernel.MOUNT_ATTR_NOEXEC | kernel.MOUNT_ATTR_NODIRATIME
+)
+#: What fsmount(attr_flags=0) gives: rw, relatime.
+_FRESH = 0
+
+
+def mount_attrs(m: Mount) -> int:
+    """The MOUNT_ATTR_* value that gives the mount's per-mount options (relatime is 0)."""
+    value = 0
+    for opt in m.mount_options:
+        value |= _FLAG_ATTRS.get(opt, 0)
+    return value
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: NamespacePlan,
+        ops: MountOps,
+        mgr: DriverManager,
+        ctx: RestoreContext,
+        *,
+        root_path: str,
+        chroot: str | None = None,
+    ) -> None:
+        self.plan = plan
+        self.ops = ops
+        self.mgr = mgr
+        self.ctx = ctx
+        self.root_path = root_path
+        self.chroot = chroot
+        self.sb_handle: dict[int, int] = {}
+        self.sb_users: dict[int, int] = {}
+        self.handle: dict[int, int] = {}
+        self.attrs: dict[int, int | None] = {}  # by mount id: flags known to be set
+        self.refs: dict[int, int] = {}
+        self.keep: set[int] = set()  # mount ids needed by finish()
+        self.deferred_attrs: list[Mount] = []
+        self.direct: set[int] = set()  # mounts that are their superblock's own root mount
+        tree = plan.tree
+        for job in plan.jobs.values():
+            if job.sb is not None:
+                self.sb_users[job.sb] = self.sb_users.get(job.sb, 0) + 1
+        for sbk, n in self.sb_users.items():
+            sole = [j for j in plan.jobs.values() if j.sb == sbk]
+            if n == 1 and sole[0].path == "/":
+                self.direct.add(sole[0].mount.mnt_id)
+        for sb in plan.superblocks.values():
+            for ref in sb.plan.dependencies():
+                self.refs[ref] = self.refs.get(ref, 0) + 1
+            if sb.readonly:
+                self.keep.add(sb.mount.mnt_id)
+        for m in plan.mounts:
+            kids = len(tree.children(m))
+            self.refs[m.mnt_id] = self.refs.get(m.mnt_id, 0) + kids + 1
+            if needs_propagation(m):
+                self.keep.add(m.mnt_id)
+            if kids and (plan.jobs[m.mnt_id].sb is None or mount_attrs(m) != _FRESH):
+                self.deferred_attrs.append(m)
+                self.keep.add(m.mnt_id)
+        for mnt_id in self.keep:
+            self.refs[mnt_id] = self.refs.get(mnt_id, 0) + 1
+
+    # -- handles -------------------------------------------------------------------------
+
+    def _release(self, mnt_id: int) -> None:
+        self.refs[mnt_id] -= 1
+        if self.refs[mnt_id] == 0:
+            self.ops.close(self.handle.pop(mnt_id))
+
+    def _mount_handle(self, m: Mount) -> int:
+        return self.handle[m.mnt_id]
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def run(self, steps: Sequence[Step]) -> None:
+        for step in steps:
+            if step.kind == SB:
+                sb = self.plan.superblocks[step.key]
+                self._guard(sb.mount, self._superblock, sb)
+            else:
+                m = self.plan.tree.get(step.key)
+                self._guard(m, self._create if step.kind == CREATE else self._attach, m)
+
+    def _guard(self, m: Mount, fn: object, arg: object) -> None:
+        assert callable(fn)
+        try:
+            fn(arg)
+        except RestoreError:
+            raise
+        except (CriuFwError, OSError) as exc:
+            raise RestoreError(f"{m.describe()}: {exc}") from exc
+
+    def _param(self, value: object) -> ParamArg:
+        if isinstance(value, PathRef):
+            return Fd(value.mnt_id, value.path, self.handle[value.mnt_id])
+        if isinstance(value, ExternalRef):
+            from .plans import _external_path
+
+            return Fd(-1, _external_path(value, self.plan.root, self.ctx.externals), -1)
+        assert value is None or isinstance(value, str)
+        return value
+
+    def _superblock(self, sb: SuperblockJob) -> None:
+        params = [(k, self._param(v)) for k, v in sb.plan.params]
+        h = self.ops.new_superblock(
+            sb.plan.fstype, sb.plan.source, params,
+            legacy_data=sb.plan.legacy_data, chroot=self.chroot,
+        )
+        self.sb_handle[sb.key] = h
+        for ref in sb.plan.dependencies():
+            self._release(ref)
+        if sb.content is not None:
+            image = sb.content
+
+            def fill(path: str) -> None:
+                done = self.mgr.call(
+                    "restore_content", sb.driver, mount=sb.mount, image=image, path=path,
+                    ctx=self.ctx,
+                )
+                if not done:
+                    raise RestoreError(
+                        f"{sb.mount.describe()}: driver {sb.driver!r} did not restore the "
+                        f"content image {image}"
+                    )
+
+            self.ops.restore_content(h, image, fill)
+
+    def _create(self, m: Mount) -> None:
+        job = self.plan.jobs[m.mnt_id]
+        if job.sb is None:
+            h = self.ops.clone(None, job.path)
+            current: int | None = None  # whatever the host mount has
+        elif m.mnt_id in self.direct:
+            h = self.sb_handle.pop(job.sb)
+            current = _FRESH
+        else:
+            h = self.ops.clone(self.sb_handle[job.sb], job.path)
+            current = _FRESH
+            self.sb_users[job.sb] -= 1
+            if self.sb_users[job.sb] == 0:
+                self.ops.close(self.sb_handle.pop(job.sb))
+        self.handle[m.mnt_id] = h
+        self.attrs[m.mnt_id] = current
+        if not self.plan.tree.children(m):
+            self._set_attrs(m)
+
+    def _set_attrs(self, m: Mount) -> None:
+        want = mount_attrs(m)
+        if self.attrs.get(m.mnt_id) == want:
+            return
+        self.ops.set_attr(self.handle[m.mnt_id], want, _ALL_FLAGS | kernel.MOUNT_ATTR__ATIME)
+        self.attrs[m.mnt_id] = want
+
+    def _attach(self, m: Mount) -> None:
+        h = self.handle[m.mnt_id]
+        if m is self.plan.root:
+            self.ops.attach(h, None, self.root_path)
+        else:
+            parent = self.plan.tree.get(m.parent_id)
+            rel = _relative(m.mountpoint, parent.mountpoint)
+            self.ops.attach(h, self.handle[parent.mnt_id], rel)
+            self._release(parent.mnt_id)
+        self._release(m.mnt_id)
+
+    # -- after pivot_root -----------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Deferred flags, propagation, read-only superblocks; then close every handle."""
+        for m in self.deferred_attrs:
+            self._guard(m, self._set_attrs, m)
+        mounts = [m for m in self.plan.mounts if needs_propagation(m)]
+        try:
+            apply_propagation(mounts, self._mount_handle, self.ops)
+        except (CriuFwError, OSError) as exc:
+            if isinstance(exc, RestoreError):
+                raise
+            raise RestoreError(f"mount namespace {self.plan.ns_id}: propagation: {exc}") from exc
+        for sb in self.plan.superblocks.values():
+            if sb.readonly:
+                h = self.handle[sb.mount.mnt_id]
+                self._guard(sb.mount, lambda _: self.ops.reconfigure(h, [("ro", None)]), None)
+        for mnt_id in list(self.keep):
+            self._release(mnt_id)
+        for h in self.sb_handle.values():
+            self.ops.close(h)
+        self.sb_handle.clear()
+
+
+def _relative(path: str, top: str) -> str:
+    if path == top:
+        return ""
+    if top == "/":
+        return path.lstrip("/")
+    return path[len(top) :].lstrip("/")

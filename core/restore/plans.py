@@ -1,0 +1,271 @@
+"""Asking the drivers how to rebuild every mount, before anything is mounted.
+
+The outcome is, per dumped namespace, a :class:`NamespacePlan`: one :class:`SuperblockJob` per
+superblock that must be created (with the owning driver's plan and the content image to put
+back) and one :class:`MountJob` per mount saying where its mount comes from: a clone of a new
+superblock's root at the mount's root, or a clone of a host path (``--root``, externals).
+Every driver is asked here, so a driver that refuses fails the restore before the first mount
+call; a bind chain that loops or names a mount that is not in the images fails here too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Protocol
+
+import attrs
+
+from ..context import RestoreContext
+from ..driver import DriverState
+from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
+from ..model import Dev, Mount, MountTree
+from ..plan import BindExternal, BindFrom, ExternalRef, MountPlan, NewSuperblock, PathRef
+from ..plugins import DriverManager
+
+log = logging.getLogger("criu_fw.restore")
+
+#: Filesystems whose whole state is their mount parameters (plus a content archive for
+#: tmpfs): a root mount of these types is rebuilt without ``--root``.
+VIRTUAL_FSTYPES = frozenset(
+    {"tmpfs", "ramfs", "proc", "sysfs", "devtmpfs", "devpts", "mqueue", "cgroup", "cgroup2"}
+)
+
+
+class NamespaceImage(Protocol):
+    """What the restore needs of one dumped mount namespace (criu_fw.imageset's
+    ``DumpedNamespace`` has this shape)."""
+
+    @property
+    def ns_id(self) -> int: ...
+    @property
+    def tree(self) -> MountTree: ...
+    @property
+    def drivers(self) -> Mapping[int, str]: ...
+    @property
+    def states(self) -> Mapping[int, DriverState | None]: ...
+    @property
+    def external(self) -> Mapping[int, str]: ...
+    @property
+    def content(self) -> Mapping[int, str]: ...
+
+
+@attrs.frozen
+class SimpleNamespace:
+    """A :class:`NamespaceImage` built directly (tests, callers holding a MountTree)."""
+
+    ns_id: int
+    tree: MountTree
+    drivers: Mapping[int, str] = attrs.field(factory=dict)
+    states: Mapping[int, DriverState | None] = attrs.field(factory=dict)
+    external: Mapping[int, str] = attrs.field(factory=dict)
+    content: Mapping[int, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SuperblockJob:
+    """Create one filesystem instance (once per dumped device)."""
+
+    key: int
+    mount: Mount  # the first mount of the superblock (names it in errors)
+    driver: str
+    plan: NewSuperblock
+    content: str | None = None
+    #: The plan asked for a read-only superblock: it is created writable so its content and
+    #: mountpoints can be written, and reconfigured read-only at the end.
+    readonly: bool = False
+
+
+@attrs.frozen
+class MountJob:
+    """Where one mount comes from: ``path`` inside superblock ``sb``'s root, or, when ``sb``
+    is None, the absolute host path ``path``. ``bind_of`` names the dumped mount a driver's
+    BindFrom plan bound from (an ordering dependency)."""
+
+    mount: Mount
+    sb: int | None
+    path: str
+    bind_of: int | None = None
+
+
+@attrs.frozen
+class NamespacePlan:
+    ns_id: int
+    tree: MountTree
+    root: Mount
+    mounts: tuple[Mount, ...]  # parents first
+    jobs: Mapping[int, MountJob]
+    superblocks: Mapping[int, SuperblockJob]
+
+
+def default_superblock(mount: Mount) -> NewSuperblock:
+    """The core's default: a new superblock of the mount's fstype from its source and its
+    superblock options as they were shown (``rw`` is the default and is left out)."""
+    params: list[tuple[str, str | None]] = []
+    for opt in mount.super_options:
+        if opt == "rw":
+            continue
+        key, sep, value = opt.partition("=")
+        params.append((key, value if sep else None))
+    return NewSuperblock(mount.fstype, mount.source, tuple(params))
+
+
+def base_root(tree: MountTree) -> Mount:
+    """The bottom mount at ``/`` (mounts stacked on ``/`` are overmounts of it)."""
+    roots = tree.roots
+    at_slash = [m for m in roots if m.mountpoint == "/"]
+    if not at_slash:
+        raise RestoreError(f"mount namespace {tree.ns_id}: the images have no root mount")
+    strays = [m for m in roots if m.mountpoint != "/"]
+    if strays:
+        raise RestoreError(
+            f"{strays[0].describe()}: its parent is not in the images of mount namespace "
+            f"{tree.ns_id}, so it has no place in the restored tree"
+        )
+    return at_slash[0]
+
+
+def _under(path: str, top: str) -> str | None:
+    """``path`` relative to ``top`` (both absolute), or None if it is not below it."""
+    if top == "/" or path == top:
+        return path if top == "/" else "/"
+    if path.startswith(top.rstrip("/") + "/"):
+        return path[len(top.rstrip("/")) :]
+    return None
+
+
+def _join(base: str, rel: str) -> str:
+    rel = rel.strip("/")
+    if not rel:
+        return base
+    return f"{base.rstrip('/')}/{rel}" if base != "/" else f"/{rel}"
+
+
+def _external_path(ref: ExternalRef, mount: Mount, externals: Mapping[str, str]) -> str:
+    if ref.key is not None:
+        path = externals.get(ref.key)
+        if path is not None:
+            return path
+        if ref.path is None:
+            raise RestoreError(
+                f"{mount.describe()}: external mount with key {ref.key!r} has no mapping; "
+                f"give --external mnt[{ref.key}]:PATH"
+            )
+    if ref.path is None:
+        raise RestoreError(f"{mount.describe()}: external mount without a key or a path")
+    return ref.path
+
+
+def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) -> NamespacePlan:
+    """Ask every driver for its plan and resolve every mount's source (no mount calls)."""
+    tree = ns.tree
+    root = base_root(tree)
+    mounts = tree.topo_order()
+    ctx.tree = tree
+    content_by_dev: dict[Dev, str] = {}
+    for mnt_id, image in ns.content.items():
+        m = tree.find(mnt_id)
+        if m is not None:
+            content_by_dev[m.dev] = image
+
+    superblocks: dict[int, SuperblockJob] = {}
+    jobs: dict[int, MountJob] = {}
+    first_of_dev: dict[Dev, Mount] = {}
+    binds: dict[int, PathRef] = {}  # mounts whose source is another mount (resolved below)
+
+    def ask(m: Mount) -> MountPlan | None:
+        driver = ns.drivers.get(m.mnt_id) or mgr.owner(m.fstype)
+        try:
+            plan = mgr.call("rebuild_mount", driver, mount=m, state=ns.states.get(m.mnt_id), ctx=ctx)
+        except CriuFwError as exc:
+            if isinstance(exc, DriverError):
+                raise RestoreError(f"{m.describe()}: {exc}") from exc
+            raise
+        if plan is not None and not isinstance(plan, NewSuperblock | BindFrom | BindExternal):
+            raise RestoreError(f"{m.describe()}: driver {driver!r} returned {plan!r}, not a plan")
+        return plan
+
+    def new_sb(m: Mount, plan: NewSuperblock) -> int:
+        key = len(superblocks) + 1
+        readonly = ("ro", None) in plan.params
+        if readonly:
+            plan = attrs.evolve(plan, params=tuple(p for p in plan.params if p != ("ro", None)))
+        driver = ns.drivers.get(m.mnt_id) or mgr.owner(m.fstype)
+        superblocks[key] = SuperblockJob(key, m, driver, plan, content_by_dev.get(m.dev), readonly)
+        return key
+
+    for m in mounts:
+        ext_key = ns.external.get(m.mnt_id)
+        if ext_key is not None:
+            ref = ExternalRef(key=ext_key, path=ext_key if ext_key.startswith("/") else None)
+            jobs[m.mnt_id] = MountJob(m, None, _external_path(ref, m, ctx.externals))
+            continue
+        first = first_of_dev.get(m.dev)
+        if first is not None:
+            fj = jobs.get(first.mnt_id)
+            if fj is not None and fj.sb is not None:
+                jobs[m.mnt_id] = MountJob(m, fj.sb, m.root)
+            elif fj is not None and (rel := _under(m.root, first.root)) is not None:
+                jobs[m.mnt_id] = MountJob(m, None, _join(fj.path, rel))
+            elif first.mnt_id in binds:
+                binds[m.mnt_id] = PathRef(first.mnt_id, _under(m.root, first.root) or "/")
+            else:
+                raise RestoreError(
+                    f"{m.describe()}: its root {m.root!r} is outside {first.describe()}, the "
+                    f"only source of that filesystem; declare it external"
+                )
+            continue
+        first_of_dev[m.dev] = m
+        plan = ask(m)
+        if m is root and not isinstance(plan, BindFrom | BindExternal):
+            rebuildable = m.dev in content_by_dev or (
+                plan is not None and mgr.owner(m.fstype) != "generic"
+            ) or m.fstype in VIRTUAL_FSTYPES
+            if not rebuildable:
+                if ctx.root is None:
+                    raise RestoreError(
+                        f"{m.describe()}: the root mount cannot be rebuilt from the images; "
+                        f"give --root PATH"
+                    )
+                plan = BindExternal(ExternalRef(path=ctx.root))
+            elif ctx.root is not None:
+                log.info("%s is rebuilt from the images; --root %s is not used", m.describe(), ctx.root)
+        if plan is None:
+            plan = default_superblock(m)
+        if isinstance(plan, NewSuperblock):
+            jobs[m.mnt_id] = MountJob(m, new_sb(m, plan), m.root)
+        elif isinstance(plan, BindExternal):
+            jobs[m.mnt_id] = MountJob(m, None, _external_path(plan.source, m, ctx.externals))
+        else:
+            binds[m.mnt_id] = plan.source
+
+    _resolve_binds(tree, jobs, binds)
+    return NamespacePlan(ns.ns_id, tree, root, mounts, jobs, superblocks)
+
+
+def _resolve_binds(tree: MountTree, jobs: dict[int, MountJob], binds: dict[int, PathRef]) -> None:
+    """Turn bind-from-mount plans into sources, following chains; report loops and strays."""
+    for mnt_id in list(binds):
+        chain = [mnt_id]
+        ref = binds[mnt_id]
+        rel = ref.path
+        while True:
+            src = tree.find(ref.mnt_id)
+            if src is None:
+                m = tree.get(mnt_id)
+                raise MountNotFoundError(
+                    f"{m.describe()}: it is bound from mount {ref.mnt_id}, which is not in "
+                    f"the images of mount namespace {tree.ns_id}"
+                )
+            if ref.mnt_id in chain:
+                names = ", ".join(tree.get(i).describe() for i in chain)
+                raise RestoreError(f"bind sources form a cycle: {names}")
+            job = jobs.get(ref.mnt_id)
+            if job is not None:
+                path = _join(job.path, rel) if job.sb is None else _join(src.root, rel)
+                jobs[mnt_id] = MountJob(tree.get(mnt_id), job.sb, path, bind_of=binds[mnt_id].mnt_id)
+                break
+            chain.append(ref.mnt_id)
+            nxt = binds[ref.mnt_id]
+            rel = _join(nxt.path, rel)
+            ref = nxt

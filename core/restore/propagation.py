@@ -1,0 +1,98 @@
+"""Propagation: the dumped peer groups, masters and unbindable mounts, rebuilt in new groups.
+
+Run last, from inside the restored namespace (after pivot_root: the root must not be shared
+while it is pivoted), when every mount exists, so nothing the restore mounts propagates
+anywhere. Dumped group ids mean nothing here; each dumped group becomes a new group:
+
+* the group's representative (the member whose root contains the others' roots, since
+  MOVE_MOUNT_SET_GROUP only copies from a wider root) is made shared, after it was joined to
+  its master's group and made a slave if the group was a slave of another;
+* every other member joins the representative with MOVE_MOUNT_SET_GROUP, which copies both
+  the peer group and the master;
+* a slave that is not shared joins a member of its master's group, then becomes MS_SLAVE;
+* unbindable mounts get MS_UNBINDABLE.
+
+A master group that is not in the namespace (the dumped mount was a slave of a mount
+elsewhere) cannot be rebuilt; that mount stays private and a warning names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from ..errors import RestoreError
+from ..kernel import MS_SHARED, MS_SLAVE, MS_UNBINDABLE
+from ..model import Mount
+from ..mountops import MountOps
+
+log = logging.getLogger("criu_fw.restore")
+
+
+def _within(root: str, top: str) -> bool:
+    return top == "/" or root == top or root.startswith(top.rstrip("/") + "/")
+
+
+def needs_propagation(m: Mount) -> bool:
+    return not m.propagation.private
+
+
+def apply_propagation(
+    mounts: Sequence[Mount], handle: Callable[[Mount], int], ops: MountOps
+) -> None:
+    """Set the propagation of ``mounts`` (parents-first order) through ``ops``."""
+    groups: dict[int, list[Mount]] = {}
+    for m in mounts:
+        if m.propagation.shared is not None:
+            groups.setdefault(m.propagation.shared, []).append(m)
+    members: dict[int, list[Mount]] = {}  # group -> members already in the new group
+    visiting: set[int] = set()
+
+    def join(src_group: int, m: Mount) -> None:
+        """Join ``m`` to the new group of dumped group ``src_group`` (and its master)."""
+        for src in members[src_group]:
+            if src.dev == m.dev and _within(m.root, src.root):
+                ops.set_group(handle(src), handle(m))
+                return
+        raise RestoreError(
+            f"{m.describe()}: no mount of its peer group {src_group} has a root containing "
+            f"{m.root!r}, so it cannot be joined to the group"
+        )
+
+    def slave_of(master: int | None, m: Mount) -> None:
+        if master is None:
+            return
+        if master not in groups:
+            log.warning(
+                "%s: its master group %d is not in this namespace; it is restored without it",
+                m.describe(), master,
+            )
+            return
+        build(master)
+        join(master, m)
+        ops.set_propagation(handle(m), MS_SLAVE)
+
+    def build(gid: int) -> None:
+        if gid in members:
+            return
+        if gid in visiting:
+            raise RestoreError(f"peer group {gid} is its own master (corrupt images)")
+        visiting.add(gid)
+        group = sorted(groups[gid], key=lambda x: len(x.root.rstrip("/")))
+        rep = group[0]
+        slave_of(rep.propagation.master, rep)
+        ops.set_propagation(handle(rep), MS_SHARED)
+        members[gid] = [rep]
+        for m in group[1:]:
+            join(gid, m)
+            members[gid].append(m)
+        visiting.discard(gid)
+
+    for gid in groups:
+        build(gid)
+    for m in mounts:
+        p = m.propagation
+        if p.shared is None and p.master is not None:
+            slave_of(p.master, m)
+        if p.unbindable:
+            ops.set_propagation(handle(m), MS_UNBINDABLE)
