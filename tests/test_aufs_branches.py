@@ -140,3 +140,10 @@ def test_branches_are_parsed_once_per_superblock_and_logged(
     assert logged[0] == f"aufs si={SI} branches=4"
     assert logged[1] == f"aufs si={SI} br0 rw {BRANCHES[0][0]}"
     assert len(logged) == 5  # one header and four branches, logged once
+
+
+def test_unreadable_branch_file_is_named(tmp_path: Path) -> None:
+    d = write_branches(tmp_path, SI, branch_lines([("/a", "rw")]))
+    (d / "br1").mkdir()  # a br file that cannot be read as one
+    with pytest.raises(DumpError, match=r"mount 90: cannot read .*/br1: EISDIR"):
+        read_branches(str(tmp_path), SI, "mount 90")

@@ -38,8 +38,12 @@ def proc_with(tmp_path: Path, text: str) -> str:
 
 def test_plan_is_one_legacy_mount_with_branches_in_order(tmp_path: Path) -> None:
     got = plan(MOUNT, STATE, proc_with(tmp_path, WITH_AUFS))
+    branches = EXPECTED_BR.removeprefix("br:")
     assert got == NewSuperblock(
-        "aufs", "none", params=(), legacy_data=f"{EXPECTED_BR},dio,dirperm1"
+        "aufs",
+        "none",
+        params=(("br", branches), ("dio", None), ("dirperm1", None)),
+        legacy_data=f"{EXPECTED_BR},dio,dirperm1",
     )
     assert got.dependencies() == ()
 

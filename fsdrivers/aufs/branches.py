@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import re
+import time
 
 import attrs
 from criu_fw.errors import DumpError
@@ -30,6 +31,7 @@ log = logging.getLogger("criu_fw.aufs")
 
 #: AUFS creates at most br0..br999 in sysfs; more means something is not what we think.
 MAX_BRANCHES = 1000
+_BUSY_RETRIES = 20
 _BR_NAME = re.compile(r"br([0-9]+)")
 # The base permission and any number of "+attribute"s, as au_optstr_br_perm() writes them.
 PERMISSION = re.compile(r"(rw|ro|rr)(\+[a-z][a-z0-9_]*)*")
@@ -115,13 +117,24 @@ def read_branches(sys_root: str, si: str, where: str) -> tuple[Branch, ...]:
     out = []
     for i in range(count):
         path = os.path.join(base, f"br{i}")
+        out.append(_parse_br(_read_br(path, where), f"{where}: {path}"))
+    return tuple(out)
+
+
+def _read_br(path: str, where: str) -> bytes:
+    # AUFS answers EBUSY instead of waiting when a remount holds the superblock's lock
+    # (sysaufs_si_show only try-locks): worth a few retries before giving up.
+    for attempt in range(_BUSY_RETRIES + 1):
         try:
             with open(path, "rb") as f:
-                data = f.read(1 << 16)
+                return f.read(1 << 16)
         except OSError as exc:
-            raise DumpError(f"{where}: cannot read {path}: {exc.strerror}") from exc
-        out.append(_parse_br(data, f"{where}: {path}"))
-    return tuple(out)
+            if exc.errno == errno.EBUSY and attempt < _BUSY_RETRIES:
+                time.sleep(0.01)
+                continue
+            why = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            raise DumpError(f"{where}: cannot read {path}: {why} ({exc.strerror})") from exc
+    raise AssertionError("unreachable")
 
 
 def escape_path(path: str) -> str:

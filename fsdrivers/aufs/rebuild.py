@@ -1,9 +1,13 @@
-"""Restoring an AUFS mount: one mount(2) request with the ``br:`` option.
+"""Restoring an AUFS mount: one request with the ``br:`` option.
 
-AUFS has no support for the new mount API (fsopen/fsconfig), so the plan carries only
-``legacy_data``: ``br:<path0>=<perm0>:<path1>=<perm1>...`` in branch order (br0, the top,
-first), followed by the superblock options mountinfo showed (``dio``, ``dirperm1``, ``xino=``),
-minus ``si=`` (assigned by the kernel) and ``rw``/``ro`` (flags, not options).
+The request is the mount(2) data ``br:<path0>=<perm0>:<path1>=<perm1>...`` in branch order
+(br0, the top, first), followed by the superblock options mountinfo showed (``dio``,
+``dirperm1``, ``xino=``), minus ``si=`` (assigned by the kernel) and ``rw``/``ro`` (flags, not
+options). Older AUFS only parses mount(2) data, hence ``legacy_data``. The same options are
+also given as ``params`` (``("br", "<path0>=<perm0>:...")``): fsopen("aufs") succeeds on any
+kernel that has aufs (through the kernel's legacy adapter, or aufs >= 5.x's own fs_context,
+whose ``br`` parameter takes the same list), and a superblock created that way with no
+parameters would have no branches.
 
 Before planning, the running kernel is checked for aufs in ``/proc/filesystems``: without it
 the restore fails with that reason, before anything is mounted.
@@ -60,17 +64,25 @@ def _branch_option(b: Branch, i: int, mount: Mount) -> str:
     return f"{b.path}={b.perm}"
 
 
-def mount_data(mount: Mount, state: AufsState) -> str:
-    """The mount(2) data string that recreates ``state``'s branches."""
+def mount_params(mount: Mount, state: AufsState) -> tuple[tuple[str, str | None], ...]:
+    """The options that recreate ``state``'s branches, as (key, value) pairs (None: a flag)."""
     if not state.branches:
         raise RestoreError(f"{mount.describe()}: the images list no AUFS branches")
     branches = ":".join(_branch_option(b, i, mount) for i, b in enumerate(state.branches))
-    extra = [
-        opt
-        for opt in mount.super_options
-        if opt not in ("rw", "ro") and not opt.startswith(_NOT_CARRIED)
-    ]
-    return ",".join([f"br:{branches}", *extra])
+    out: list[tuple[str, str | None]] = [("br", branches)]
+    for opt in mount.super_options:
+        if opt in ("rw", "ro") or opt.startswith(_NOT_CARRIED):
+            continue
+        key, sep, value = opt.partition("=")
+        out.append((key, value if sep else None))
+    return tuple(out)
+
+
+def mount_data(mount: Mount, state: AufsState) -> str:
+    """The mount(2) data string: ``br:<branches>`` then the other options."""
+    params = mount_params(mount, state)
+    rest = [k if v is None else f"{k}={v}" for k, v in params[1:]]
+    return ",".join([f"br:{params[0][1]}", *rest])
 
 
 def plan(mount: Mount, state: object, proc_root: str = "/proc") -> NewSuperblock:
@@ -80,6 +92,7 @@ def plan(mount: Mount, state: object, proc_root: str = "/proc") -> NewSuperblock
             f"{mount.describe()}: the images hold no AUFS branch list for this mount "
             f"(found {type(state).__name__})"
         )
+    params = mount_params(mount, state)
     data = mount_data(mount, state)
     require_aufs(mount, proc_root)
-    return NewSuperblock("aufs", mount.source, legacy_data=data)
+    return NewSuperblock("aufs", mount.source, params=params, legacy_data=data)
