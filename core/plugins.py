@@ -133,9 +133,14 @@ class LoadProblem:
     name: str
     distribution: str
     reason: str
+    version: str = ""
+
+    @property
+    def origin(self) -> str:
+        return f"{self.distribution} {self.version}".rstrip()
 
     def __str__(self) -> str:
-        return f"driver {self.name!r} from distribution {self.distribution} skipped: {self.reason}"
+        return f"driver {self.name!r} from distribution {self.origin} skipped: {self.reason}"
 
 
 def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
@@ -155,9 +160,12 @@ class DriverManager:
         self.drivers: dict[str, DriverInfo] = {}
         self.problems: list[LoadProblem] = []
         self._owner: dict[str, str] = {}
-        self._patterns: list[tuple[str, str]] = []
+        #: (pattern, driver), most specific first; driver None: contested (see conflicts).
+        self._patterns: list[tuple[str, str | None]] = []
         self._fallback: str | None = None
         self._callers: dict[tuple[str, str], Callable[..., Any]] = {}
+        #: fstypes (or patterns, "*" for the fallback) that several drivers claim: the names.
+        self.conflicts: dict[str, tuple[str, ...]] = {}
         #: Registered plugins that own no fstype (tracing, dry run): name -> object.
         self.wrappers: dict[str, object] = {}
 
@@ -179,14 +187,15 @@ class DriverManager:
                 continue
             if ep.name in self.drivers:
                 self._problem(ep.name, dist, f"a driver named {ep.name!r} is already loaded "
-                              f"from {self.drivers[ep.name].origin}", None)
+                              f"from {self.drivers[ep.name].origin}", None, version=version)
                 continue
             try:
                 obj = ep.load()
                 if isinstance(obj, type):  # an entry point naming the class, not an instance
                     obj = obj()
             except Exception as exc:  # a broken third-party package must not break us
-                self._problem(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}", exc)
+                self._problem(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}", exc,
+                              version=version)
                 continue
             self._add(ep.name, obj, dist, version)
         for obj in plugins:
@@ -199,28 +208,30 @@ class DriverManager:
         return self
 
     def _problem(
-        self, name: str, dist: str, reason: str, exc: BaseException | None, strict: bool = False
+        self, name: str, dist: str, reason: str, exc: BaseException | None,
+        strict: bool = False, version: str = "",
     ) -> None:
         if self.config.strict or strict:
             raise DriverLoadError(name, dist, reason) from exc
-        self.problems.append(LoadProblem(name, dist, reason))
+        self.problems.append(LoadProblem(name, dist, reason, version))
 
     def _add(self, name: str, obj: object, dist: str, version: str, strict: bool = False) -> None:
         if name in self.drivers or name in self.wrappers:
-            self._problem(name, dist, f"a plugin named {name!r} is already loaded", None, strict)
+            self._problem(name, dist, f"a plugin named {name!r} is already loaded", None, strict,
+                          version)
             return
         try:
             fstypes = declared_fstypes(obj)
             self.pm.register(obj, name=name)
         except Exception as exc:
-            self._problem(name, dist, f"registration failed: {exc}", exc, strict)
+            self._problem(name, dist, f"registration failed: {exc}", exc, strict, version)
             return
         try:
             # Catches misspelled hook names (``def parse_mounts``) right away.
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(obj)
-            self._problem(name, dist, f"unknown hook: {exc}", exc, strict)
+            self._problem(name, dist, f"unknown hook: {exc}", exc, strict, version)
             return
         hooks = tuple(
             h.name for h in (self.pm.get_hookcallers(obj) or ()) if h.name in HOOKS
@@ -245,15 +256,8 @@ class DriverManager:
         for info in self.drivers.values():
             for t in info.fstypes:
                 claims.setdefault(t, []).append(info.name)
-        if len(fallbacks) > 1:
-            chosen_fb = self.config.prefer.get("*")
-            if chosen_fb is None:
-                raise DriverConflictError("*", fallbacks[0], fallbacks[1])
-            if chosen_fb not in fallbacks:
-                raise UsageError(f"--prefer *={chosen_fb}: driver {chosen_fb!r} is not a fallback")
-            self._fallback = chosen_fb
-        elif fallbacks:
-            self._fallback = fallbacks[0]
+        if fallbacks:
+            claims["*"] = fallbacks  # "*" in --prefer picks between fallbacks
         for fstype, names in sorted(claims.items()):
             chosen = self.config.prefer.get(fstype)
             if chosen is not None:
@@ -266,10 +270,19 @@ class DriverManager:
                         f"--prefer {fstype}={chosen}: driver {chosen!r} does not claim {fstype!r}"
                     )
             elif len(names) > 1:
-                raise DriverConflictError(fstype, *sorted(names)[:2])
+                # Recorded, not raised: a contested fstype fails where it is used (owner()),
+                # so that one bad package cannot break `criu-fw drivers` or other fstypes.
+                self.conflicts[fstype] = tuple(sorted(names))
+                if self.config.strict:
+                    self.check_conflicts()
+                if fstype != "*" and ("*" in fstype or "?" in fstype):
+                    self._patterns.append((fstype, None))
+                continue
             else:
                 chosen = names[0]
-            if "*" in fstype or "?" in fstype:
+            if fstype == "*":
+                self._fallback = chosen
+            elif "*" in fstype or "?" in fstype:
                 self._patterns.append((fstype, chosen))
             else:
                 self._owner[fstype] = chosen
@@ -283,16 +296,35 @@ class DriverManager:
         # Longer patterns are more specific: "fuse.sshfs*" before "fuse.*".
         self._patterns.sort(key=lambda p: (-len(p[0]), p[0]))
 
+    def check_conflicts(self) -> None:
+        """Raise :class:`DriverConflictError` for the first fstype that several drivers claim
+        and the configuration does not settle (``owner()`` raises it for that fstype)."""
+        for fstype, names in sorted(self.conflicts.items()):
+            raise DriverConflictError(fstype, names[0], names[1])
+
     # -- the registry ----------------------------------------------------------------------
 
     def owner(self, fstype: str) -> str:
-        """The name of the driver that handles ``fstype`` (``generic`` if nobody claims it)."""
+        """The name of the driver that handles ``fstype`` (``generic`` if nobody claims it).
+
+        Raises :class:`DriverConflictError` naming both drivers when two claim ``fstype``
+        and ``--prefer`` picks neither.
+        """
         name = self._owner.get(fstype)
         if name is not None:
             return name
+        if fstype in self.conflicts:
+            names = self.conflicts[fstype]
+            raise DriverConflictError(fstype, names[0], names[1])
         for pattern, chosen in self._patterns:
             if fnmatch.fnmatchcase(fstype, pattern):
+                if chosen is None:
+                    names = self.conflicts[pattern]
+                    raise DriverConflictError(pattern, names[0], names[1])
                 return chosen
+        if "*" in self.conflicts:
+            names = self.conflicts["*"]
+            raise DriverConflictError("*", names[0], names[1])
         if self._fallback is None:
             raise DriverError(
                 FALLBACK_DRIVER, f"no driver for fstype {fstype!r} and no fallback loaded"

@@ -1,4 +1,9 @@
-"""The command group, global options and the error boundary shared by every command."""
+"""The command group, global options and the error boundary shared by every command.
+
+Commands that need drivers call :func:`driver_manager` (drivers are loaded on first use,
+never for ``--help``) and hand the manager to the library (``dump(..., manager=mgr)``), so that
+``--prefer``, ``--block-driver``, ``--strict-drivers`` and ``--trace`` apply to every command.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,16 @@ import click
 from .. import __version__
 from ..errors import CriuFwError
 from ..plugins import DriverConfig, DriverManager, load_drivers
+from ..tracing import Tracer
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text
 
 
 class Group(click.Group):
-    """Turns every criu-fw error into one line and an exit status."""
+    """Turns every criu-fw error into one line and an exit status (traceback: ``--debug``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -22,13 +33,25 @@ class Group(click.Group):
         except CriuFwError as exc:
             if ctx.meta.get("criu_fw.debug"):
                 raise
-            click.echo(f"criu-fw: error: {exc}", err=True)
+            click.echo(f"criu-fw: error: {_one_line(exc)}", err=True)
             sys.exit(exc.exit_code)
         except OSError as exc:
             if ctx.meta.get("criu_fw.debug"):
                 raise
-            click.echo(f"criu-fw: error: {exc}", err=True)
+            click.echo(f"criu-fw: error: {_one_line(exc)}", err=True)
             sys.exit(1)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            # A bug, not a user error: still one line, the traceback with --debug.
+            if ctx.meta.get("criu_fw.debug"):
+                raise
+            click.echo(
+                f"criu-fw: internal error: {type(exc).__name__}: {_one_line(exc)} "
+                "(run with --debug for the traceback)",
+                err=True,
+            )
+            sys.exit(70)
 
 
 @click.group(cls=Group)
@@ -40,13 +63,20 @@ class Group(click.Group):
               help="Do not load this driver (also CRIU_FW_BLOCK_DRIVERS).")
 @click.option("--strict-drivers", is_flag=True,
               help="A driver that fails to load is fatal (also CRIU_FW_STRICT_DRIVERS=1).")
+@click.option("--trace", is_flag=True,
+              help="Print every driver hook call (driver, mount, result, time) on stderr.")
 @click.pass_context
 def main(
     ctx: click.Context, debug: bool, prefer: tuple[str, ...], blocked: tuple[str, ...],
-    strict_drivers: bool,
+    strict_drivers: bool, trace: bool,
 ) -> None:
     """Checkpoint/restore of mount namespaces, open files and file mappings."""
     ctx.meta["criu_fw.debug"] = debug
+    plugins: list[object] = []
+    if trace:
+        plugins.append(Tracer(emit=lambda line: click.echo(f"criu-fw: {line}", err=True),
+                              keep=False))
+    ctx.meta["criu_fw.plugins"] = plugins
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="criu-fw: %(levelname)s: %(message)s")
     pairs = {}
@@ -58,14 +88,24 @@ def main(
     ctx.obj = DriverConfig.from_env(prefer=pairs, blocked=blocked, strict=strict_drivers)
 
 
-def driver_manager(ctx: click.Context) -> DriverManager:
-    """Load drivers on first use by a command (never for --help), report skipped ones."""
+def driver_manager(ctx: click.Context, report: bool = True) -> DriverManager:
+    """Load drivers on first use by a command (never for --help); skipped ones are reported
+    on stderr unless ``report`` is false (``criu-fw drivers`` lists them itself)."""
     mgr = ctx.meta.get("criu_fw.manager")
     if mgr is None:
         config = ctx.find_root().obj
-        mgr = load_drivers(config if isinstance(config, DriverConfig) else None)
-        for problem in mgr.problems:
+        mgr = load_drivers(
+            config if isinstance(config, DriverConfig) else None, cli_plugins(ctx)
+        )
+        for problem in mgr.problems if report else ():
             click.echo(f"criu-fw: warning: {problem}", err=True)
         ctx.meta["criu_fw.manager"] = mgr
     assert isinstance(mgr, DriverManager)
     return mgr
+
+
+def cli_plugins(ctx: click.Context) -> list[object]:
+    """The cross-cutting plugins the global options asked for (``--trace``)."""
+    plugins = ctx.meta.get("criu_fw.plugins", [])
+    assert isinstance(plugins, list)
+    return plugins
