@@ -82,6 +82,9 @@ class RestoreContext:
     """State of one restore, shared by every hook call of that restore."""
 
     image_dir: str
+    #: Where the restoring kernel's /proc is read (``/proc/filesystems``: which filesystem
+    #: types it has); a recorded directory in tests.
+    proc_root: str = "/proc"
     #: ``--root``: the directory to use as the root where the images cannot rebuild it.
     root: str | None = None
     #: ``--external mnt[KEY]:PATH``: key -> path on the restoring host.

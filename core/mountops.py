@@ -73,6 +73,8 @@ class Call:
     params: tuple[tuple[str, ParamArg], ...] = ()
     flags: int = 0
     clear: int = 0
+    #: ``new_superblock``: the mount(2) data for filesystems the new API cannot create.
+    legacy_data: str | None = None
 
 
 class MountOps:
@@ -152,7 +154,10 @@ class RecordingMountOps(MountOps):
     ) -> int:
         h = self._new()
         self.calls.append(
-            Call("new_superblock", handle=h, fstype=fstype, source=source, params=tuple(params))
+            Call(
+                "new_superblock", handle=h, fstype=fstype, source=source, params=tuple(params),
+                legacy_data=legacy_data,
+            )
         )
         return h
 

@@ -127,6 +127,7 @@ def restore(
     config: DriverConfig | None = None,
     ops: MountOps | None = None,
     namespaces: Sequence[NamespaceImage] | None = None,
+    proc_root: str = "/proc",
 ) -> RestoreResult:
     """Restore every mount namespace dumped in ``image_dir``.
 
@@ -143,6 +144,7 @@ def restore(
     :param ops: a mount layer to use instead of the kernel, in this process (a dry run with
         :class:`~criu_fw.mountops.RecordingMountOps`): nothing is forked, mounted or written.
     :param namespaces: restore these instead of reading ``image_dir`` (first = root).
+    :param proc_root: where drivers read the restoring kernel's /proc (``filesystems``).
     """
     if command is not None and detach:
         raise UsageError("a command and --detach exclude each other")
@@ -156,7 +158,10 @@ def restore(
     else:
         spaces = list(namespaces)
         root_ns = spaces[0].ns_id
-    ctx = RestoreContext(image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops)
+    ctx = RestoreContext(
+        image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
+        proc_root=proc_root,
+    )
     plans: list[tuple[NamespacePlan, list]] = []  # type: ignore[type-arg]
     for ns in spaces:
         plan = plan_namespace(ns, mgr, ctx)
