@@ -21,7 +21,7 @@ import os
 import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, BinaryIO, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
 
 import attrs
 from google.protobuf.message import DecodeError, Message
@@ -37,6 +37,9 @@ from .proto import (
     mnt_pb2,
     pstree_pb2,
 )
+
+if TYPE_CHECKING:
+    from .plugins import DriverManager
 
 #: The largest entry a reader accepts. CRIU's largest entries (an mm_entry with thousands of
 #: VMAs) stay far below this; a size word above it means a corrupt or hostile image.
@@ -389,7 +392,9 @@ def _bytes_text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
-def message_to_dict(msg: Message, pretty: bool = True, hexed: bool = False) -> dict[str, Any]:
+def message_to_dict(
+    msg: Message, pretty: bool = True, hexed: bool = False, mgr: DriverManager | None = None
+) -> dict[str, Any]:
     """One entry as ``crit show`` (``pretty``) or ``crit decode`` prints it.
 
     Set fields only, in field-number order. Differences from crit: ``bytes`` fields of
@@ -401,7 +406,7 @@ def message_to_dict(msg: Message, pretty: bool = True, hexed: bool = False) -> d
     desc = msg.DESCRIPTOR
     full = desc.full_name
     if full == "google.protobuf.Any":
-        return _any_to_dict(msg, pretty)
+        return _any_to_dict(msg, pretty, mgr)
     hex_fields = _HEX.get(full, set())
     dev_fields = _DEV.get(full, set())
     flag_fields = _FLAGS.get(full, {})
@@ -412,7 +417,7 @@ def message_to_dict(msg: Message, pretty: bool = True, hexed: bool = False) -> d
 
         def conv(v: Any, field: Any = field, is_hex: bool = is_hex) -> Any:
             if field.type == field.TYPE_MESSAGE:
-                return message_to_dict(v, pretty, is_hex)
+                return message_to_dict(v, pretty, is_hex, mgr)
             if field.type == field.TYPE_ENUM:
                 ev = field.enum_type.values_by_number.get(v)
                 return ev.name if ev is not None else v
@@ -443,32 +448,46 @@ def message_to_dict(msg: Message, pretty: bool = True, hexed: bool = False) -> d
     return out
 
 
-def _any_to_dict(msg: Message, pretty: bool) -> dict[str, Any]:
-    from google.protobuf import any_pb2, symbol_database
+def _any_to_dict(msg: Message, pretty: bool, mgr: DriverManager | None) -> dict[str, Any]:
+    from google.protobuf import any_pb2, descriptor_pool, message_factory
 
     anymsg = cast(any_pb2.Any, msg)
     name = anymsg.TypeName()
     out: dict[str, Any] = {"@type": name}
+    state_type = mgr.state_type(name) if mgr is not None else None
+    cls: type[Message] | None = state_type.MESSAGE if state_type is not None else None
+    if cls is None:
+        try:  # a driver module imported earlier has put its messages in the default pool
+            desc = descriptor_pool.Default().FindMessageTypeByName(name)
+        except KeyError:
+            out["value"] = _bytes_text(anymsg.value)
+            return out
+        cls = message_factory.GetMessageClass(desc)
+    inner = cls()
     try:
-        cls = symbol_database.Default().GetSymbol(name)
-    except KeyError:
+        anymsg.Unpack(inner)
+    except DecodeError:
         out["value"] = _bytes_text(anymsg.value)
         return out
-    inner = cls()
-    if anymsg.Unpack(inner):
-        out.update(message_to_dict(inner, pretty))
+    out.update(message_to_dict(inner, pretty, mgr=mgr))
     return out
 
 
-def image_to_dict(path: str, pretty: bool = True) -> dict[str, Any]:
-    """An image as ``crit show`` (``pretty``) or ``crit decode`` would give it."""
+def image_to_dict(
+    path: str, pretty: bool = True, mgr: DriverManager | None = None
+) -> dict[str, Any]:
+    """An image as ``crit show`` (``pretty``) or ``crit decode`` would give it.
+
+    ``mgr`` resolves the driver states in criu-fw's own image to their drivers' messages
+    (without it, only messages already imported are shown field by field).
+    """
     name = read_magic(path)
-    entries = [message_to_dict(e, pretty) for e in iter_image(path)]
+    entries = [message_to_dict(e, pretty, mgr=mgr) for e in iter_image(path)]
     return {"magic": name, "entries": entries}
 
 
-def image_to_json(path: str, pretty: bool = True) -> str:
+def image_to_json(path: str, pretty: bool = True, mgr: DriverManager | None = None) -> str:
     """:func:`image_to_dict` as JSON text, indented like ``crit show``."""
     import json
 
-    return json.dumps(image_to_dict(path, pretty), indent=4)
+    return json.dumps(image_to_dict(path, pretty, mgr), indent=4)

@@ -33,3 +33,23 @@ def test_show_bad_image_is_one_line(tmp_path: Path) -> None:
         1,
         f"criu-fw: error: {tmp_path}/none.img: no such image file\n",
     )
+
+
+def test_show_fw_image_with_driver_state(tmp_path: Path) -> None:
+    from criu_fw.imageset import write_mount_namespace
+    from criu_fw.model import Dev, Mount, MountTree
+    from test_imageset import LabelState
+
+    tree = MountTree((Mount(1, 0, Dev(0, 30), "/", "/", "tmpfs", "none", ("rw",), ("rw",)),))
+    write_mount_namespace(str(tmp_path), 3, tree, drivers={1: "generic"},
+                          states={1: LabelState("hello")})  # fmt: skip
+    res = CliRunner().invoke(main, ["show", str(tmp_path / "fw-mountpoints-3.img")])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.output)
+    assert shown["magic"] == "FW_MNTS"
+    assert shown["entries"][0]["header"]["mount_count"] == 1
+    assert shown["entries"][1]["mount"]["state"] == {
+        "@type": "google.protobuf.StringValue",
+        "value": "hello",
+    }
+    assert shown["entries"][1]["mount"]["fstype"] == "tmpfs"

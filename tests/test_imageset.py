@@ -235,3 +235,49 @@ def test_writer_checks_its_arguments(tmp_path: Path) -> None:
         write_mount_namespace(str(tmp_path), 1, SMALL, drivers={1: "generic", 2: "generic"})
     with pytest.raises(ValueError, match=r"external names mount id\(s\) \[9\]"):
         write_small(tmp_path, external={9: "x"})
+
+
+def _private_message() -> type[Message]:
+    """A state message in a pool of its own: only its driver can tell what it is."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    f = descriptor_pb2.FileDescriptorProto(name="x/private.proto", package="xpriv",
+                                           syntax="proto3")  # fmt: skip
+    m = f.message_type.add(name="Priv")
+    m.field.add(name="layers", number=1, type=9, label=3)
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("xpriv.Priv"))
+
+
+PRIV = _private_message()
+
+
+@attrs.frozen
+class PrivState(DriverState):
+    MESSAGE: ClassVar[type[Message]] = PRIV
+    layers: tuple[str, ...]
+
+    def to_message(self) -> Message:
+        return PRIV(layers=list(self.layers))
+
+    @classmethod
+    def from_message(cls, message: Any) -> Self:
+        return cls(tuple(message.layers))
+
+
+class PrivDriver(FsDriver):
+    name = "privfs"
+    fstypes = ("criufwprivfs",)
+    state_types = (PrivState,)
+
+
+def test_state_in_a_private_pool_round_trips_and_shows(tmp_path: Path) -> None:
+    write_small(tmp_path, states={3: PrivState(("a", "b"))})
+    mgr = manager(PrivDriver())
+    assert read_mount_namespace(str(tmp_path), 1, mgr).states[3] == PrivState(("a", "b"))
+    path = str(tmp_path / "fw-mountpoints-1.img")
+    shown = images.image_to_dict(path, mgr=mgr)["entries"][3]["mount"]["state"]
+    assert shown == {"@type": "xpriv.Priv", "layers": ["a", "b"]}
+    raw = images.image_to_dict(path)["entries"][3]["mount"]["state"]
+    assert raw == {"@type": "xpriv.Priv", "value": "\n\x01a\n\x01b"}

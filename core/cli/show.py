@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ..images import image_to_json
+from ..images import image_to_json, read_magic
+from .base import driver_manager
 
 
 @click.command("show")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--raw", is_flag=True, help="Plain numbers, as `crit decode` prints them.")
-def show_cmd(image: str, raw: bool) -> None:
+@click.pass_context
+def show_cmd(ctx: click.Context, image: str, raw: bool) -> None:
     """Print IMAGE (a CRIU image or criu-fw's own) as JSON."""
-    click.echo(image_to_json(image, pretty=not raw))
+    # Only criu-fw's own image holds driver state, whose messages the drivers define.
+    mgr = driver_manager(ctx) if read_magic(image) == "FW_MNTS" else None
+    click.echo(image_to_json(image, pretty=not raw, mgr=mgr))
