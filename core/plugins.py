@@ -119,7 +119,7 @@ class DriverInfo:
 
     @property
     def origin(self) -> str:
-        return "built-in" if self.builtin else f"{self.distribution} {self.version}"
+        return "built-in" if self.builtin else f"{self.distribution} {self.version}".rstrip()
 
     @property
     def state_types(self) -> tuple[type[DriverState], ...]:
@@ -211,6 +211,7 @@ class DriverManager:
         self, name: str, dist: str, reason: str, exc: BaseException | None,
         strict: bool = False, version: str = "",
     ) -> None:
+        reason = " ".join(reason.split())  # pluggy's messages span lines; ours are one line
         if self.config.strict or strict:
             raise DriverLoadError(name, dist, reason) from exc
         self.problems.append(LoadProblem(name, dist, reason, version))
