@@ -1,0 +1,406 @@
+"""Finding where each layer of an overlay really is now, with identity checks.
+
+The option strings are what the mounter passed (or the d_path of a layer fd at mount time):
+they go stale after pivot_root/chroot (an old prefix stays on), they may be relative to the
+mounter's cwd, and a layer directory may have been overmounted since. So every layer gets a
+short, ordered list of candidate paths (as shown; under the overlay's ancestors for a chroot or
+a relative path; with leading components stripped for a stale prefix; finally the same path on
+the dumping host, for a container root mounted by a runtime), and each candidate is opened
+inside the dumped namespace's root and checked:
+
+* the mount it lands on (statx mount id) must be in the dumped tree; a mount attached *after*
+  the overlay right on the layer path means the layer is the directory underneath (its inode is
+  read from the parent directory's entry, which readdir reports without crossing the mount);
+* identity against the overlay itself: a non-directory entry of the layer that no layer above
+  provides must be the very file the overlay shows under that name (inode, size, mtime; the
+  overlay reports the real inode, on a per-layer pseudo device when xino is off). A candidate
+  that contradicts this is rejected; one that confirms it wins over one that cannot be checked
+  (empty layer directory, data-only layer).
+
+Cost: a few syscalls per candidate, candidates bounded by the depth of the path; no scan of
+the mount table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import os
+import posixpath
+from collections.abc import Iterator, Sequence
+
+import attrs
+from criu_fw.errors import DumpError, SyscallError
+from criu_fw.model import Dev, Mount, MountTree
+
+from .options import LayerSpec, OverlayOptions, Role
+from .walk import RootView, Stat, dir_entries, fd_path, statx
+
+#: Open errors that just mean "not this candidate".
+_MISS = frozenset(
+    {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.EACCES, errno.ENAMETOOLONG}
+)
+#: Files compared per layer before a candidate counts as checked.
+_SAMPLES = 3
+
+
+class OverlayLayerError(DumpError, LookupError):
+    """A layer of an overlay cannot be found (or confirmed) where the dump can reach it."""
+
+
+class Verdict(enum.IntEnum):
+    CONTRADICTED = 0
+    UNKNOWN = 1
+    CONFIRMED = 2
+
+
+@attrs.frozen
+class ResolvedLayer:
+    """Where one layer is: a mount of the dumped namespace and a path below its mountpoint,
+    or (``mnt_id is None``) a path on the dumping host."""
+
+    spec: LayerSpec
+    mnt_id: int | None
+    #: Relative to where mount ``mnt_id`` is mounted (``/`` is its root); a host path otherwise.
+    path: str
+    dev: Dev
+    ino: int
+    #: How it was found: ``as shown``, ``relative``, ``chroot``, ``stale prefix``,
+    #: ``overmounted`` or ``host``.
+    found: str
+    verdict: Verdict = Verdict.UNKNOWN
+
+    @property
+    def external(self) -> bool:
+        return self.mnt_id is None
+
+
+@attrs.define
+class _Probe:
+    layer: ResolvedLayer
+    fd: int | None  # an O_PATH fd of the directory, for the identity check
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _under(path: str, mountpoint: str) -> str | None:
+    """``path`` relative to ``mountpoint`` (``/`` for the mountpoint itself), or None."""
+    if path == mountpoint:
+        return "/"
+    if mountpoint == "/":
+        return path if path.startswith("/") else None
+    if path.startswith(mountpoint + "/"):
+        return path[len(mountpoint) :]
+    return None
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    while path not in ("/", ""):
+        path = posixpath.dirname(path)
+        yield path
+
+
+def candidates(spec: LayerSpec, mountpoint: str, cwd: str | None) -> list[tuple[str, str]]:
+    """``(absolute namespace path, how)`` pairs to try for one layer, most likely first."""
+    out: dict[str, str] = {}
+
+    def add(path: str, how: str) -> None:
+        out.setdefault(posixpath.normpath(path) if path != "//" else "/", how)
+
+    bases = [a for a in _ancestors(mountpoint)]
+    for text in spec.spellings():
+        if text.startswith("/"):
+            add(text, "as shown")
+            # Mounted inside a chroot that sits below the overlay: same string, deeper place.
+            for base in bases:
+                if base != "/":
+                    add(base + text, "chroot")
+            # Mounted before a pivot_root/chroot into a subdirectory: drop the old prefix.
+            parts = [p for p in text.split("/") if p]
+            for k in range(1, len(parts)):
+                add("/" + "/".join(parts[k:]), "stale prefix")
+        else:
+            for base in bases:
+                add(posixpath.join(base, text), "relative")
+            if cwd:
+                add(posixpath.join(cwd, text), "relative")
+    return list(out.items())
+
+
+class LayerResolver:
+    """Resolves the layers of one overlay mount of one dumped namespace."""
+
+    def __init__(
+        self,
+        overlay: Mount,
+        tree: MountTree,
+        view: RootView,
+        *,
+        host: RootView | None = None,
+        cwd: str | None = None,
+        positions: dict[int, int] | None = None,
+    ) -> None:
+        self.overlay = overlay
+        self.tree = tree
+        self.view = view
+        self.host = host
+        self.cwd = cwd
+        self.positions = positions if positions is not None else _positions(tree)
+        self._ovl_fd: int | None = None
+
+    # -- the overlay's own view, for identity checks ------------------------------------
+
+    def _open_overlay(self) -> int | None:
+        try:
+            fd = self.view.open(self.overlay.mountpoint)
+        except SyscallError:
+            return None
+        if statx("", fd).mnt_id != self.overlay.mnt_id:
+            os.close(fd)  # something covers the overlay's root: no view of it from here
+            return None
+        return fd
+
+    # -- probing one candidate -------------------------------------------------------------
+
+    def _probe_ns(self, spec: LayerSpec, path: str, how: str) -> _Probe | None:
+        try:
+            fd = self.view.open(path)
+        except SyscallError as e:
+            if e.errno in _MISS:
+                return None
+            raise
+        keep = False
+        try:
+            st = statx("", fd)
+            mount = self.tree.find(st.mnt_id)
+            if mount is None or not st.is_dir or mount.dev == self.overlay.dev:
+                return None
+            rel = self._rel_in(mount, fd, path, st)
+            if rel is None:
+                return None
+            if rel == "/" and self._after_overlay(mount):
+                return self._covered(spec, mount)
+            keep = True
+            return _Probe(ResolvedLayer(spec, mount.mnt_id, rel, st.dev, st.ino, how), fd)
+        finally:
+            if not keep:
+                os.close(fd)
+
+    def _rel_in(self, mount: Mount, fd: int, path: str, st: Stat) -> str | None:
+        """The canonical path of ``fd`` below ``mount``'s mountpoint, checked by re-opening."""
+        for shown in (fd_path(fd), path):
+            rel = _under(shown, mount.mountpoint)
+            if rel is None:
+                continue
+            try:
+                again = self.view.stat(shown, follow=True)
+            except SyscallError:
+                continue
+            if (again.dev, again.ino, again.mnt_id) == (st.dev, st.ino, mount.mnt_id):
+                return rel
+        return None
+
+    def _after_overlay(self, mount: Mount) -> bool:
+        return self.positions.get(mount.mnt_id, -1) > self.positions.get(self.overlay.mnt_id, -1)
+
+    def _covered(self, spec: LayerSpec, over: Mount) -> _Probe | None:
+        """The directory a later mount ``over`` hides: the layer the overlay was given."""
+        below = self.tree.parent(over)
+        if below is None or below.mountpoint == over.mountpoint:
+            return None
+        rel = _under(over.mountpoint, below.mountpoint)
+        if rel is None:
+            return None
+        try:
+            pfd = self.view.open(posixpath.dirname(over.mountpoint))
+        except SyscallError:
+            return None
+        try:
+            entry = dir_entries(pfd).get(posixpath.basename(over.mountpoint))
+        finally:
+            os.close(pfd)
+        if entry is None or not entry[1]:
+            return None
+        layer = ResolvedLayer(spec, below.mnt_id, rel, below.dev, entry[0], "overmounted")
+        return _Probe(layer, None)
+
+    def _probe_host(self, spec: LayerSpec, path: str) -> _Probe | None:
+        if self.host is None or not path.startswith("/"):
+            return None
+        try:
+            fd = self.host.open(path)
+        except SyscallError as e:
+            if e.errno in _MISS:
+                return None
+            raise
+        st = statx("", fd)
+        if not st.is_dir or st.dev == self.overlay.dev:
+            os.close(fd)
+            return None
+        layer = ResolvedLayer(spec, None, fd_path(fd), st.dev, st.ino, "host")
+        return _Probe(layer, fd)
+
+    # -- identity against the overlay ----------------------------------------------------
+
+    def _verdict(
+        self, probe: _Probe, above: set[str], upper: ResolvedLayer | None
+    ) -> tuple[Verdict, dict[str, tuple[int, bool, bool]]]:
+        layer = probe.layer
+        if layer.spec.role is Role.WORK:
+            if upper is None:
+                return Verdict.UNKNOWN, {}
+            if layer.dev != upper.dev:
+                return Verdict.CONTRADICTED, {}
+            if probe.fd is None:
+                return Verdict.UNKNOWN, {}
+            has_work = dir_entries(probe.fd).get("work", (0, False, False))[1]
+            return (Verdict.CONFIRMED if has_work else Verdict.UNKNOWN), {}
+        if probe.fd is None:
+            return Verdict.UNKNOWN, {}
+        entries = dir_entries(probe.fd)
+        if layer.spec.role is Role.DATA or self._ovl_fd is None or self.overlay.root != "/":
+            return Verdict.UNKNOWN, entries
+        matched = mismatched = 0
+        for name, (_ino, is_dir, special) in entries.items():
+            if is_dir or special or name in above:
+                continue
+            try:
+                mine = statx(name, probe.fd, follow=False)
+                shown = statx(name, self._ovl_fd, follow=False)
+            except SyscallError:
+                continue  # hidden (opaque upper, whiteout) or racing: no evidence
+            if _same_file(mine, shown):
+                matched += 1
+                break
+            mismatched += 1
+            if mismatched >= _SAMPLES:
+                break
+        if matched:
+            return Verdict.CONFIRMED, entries
+        return (Verdict.CONTRADICTED if mismatched else Verdict.UNKNOWN), entries
+
+    # -- the whole overlay ---------------------------------------------------------------
+
+    def resolve(self, options: OverlayOptions) -> tuple[ResolvedLayer, ...]:
+        """Every layer (upper, work, lowers topmost first, data-only last), or raise."""
+        self._ovl_fd = self._open_overlay()
+        try:
+            above: set[str] = set()
+            out: list[ResolvedLayer] = []
+            upper: ResolvedLayer | None = None
+            for spec in options.layers:
+                layer, entries = self._resolve_one(spec, above, upper)
+                if spec.role is Role.UPPER:
+                    upper = layer
+                if spec.role in (Role.UPPER, Role.LOWER):
+                    above.update(entries)
+                out.append(layer)
+            return tuple(out)
+        finally:
+            if self._ovl_fd is not None:
+                os.close(self._ovl_fd)
+                self._ovl_fd = None
+
+    def _probes(self, spec: LayerSpec) -> Iterator[_Probe]:
+        tried = candidates(spec, self.overlay.mountpoint, self.cwd)
+        for path, how in tried:
+            probe = self._probe_ns(spec, path, how)
+            if probe is not None:
+                yield probe
+        for text in spec.spellings():
+            probe = self._probe_host(spec, text)
+            if probe is not None:
+                yield probe
+
+    def _resolve_one(
+        self, spec: LayerSpec, above: set[str], upper: ResolvedLayer | None
+    ) -> tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]]:
+        fallback: tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]] | None = None
+        contradicted: list[str] = []
+        for probe in self._probes(spec):
+            try:
+                verdict, entries = self._verdict(probe, above, upper)
+            finally:
+                probe.close()
+            layer = attrs.evolve(probe.layer, verdict=verdict)
+            if verdict is Verdict.CONFIRMED:
+                return layer, entries
+            if verdict is Verdict.UNKNOWN and fallback is None:
+                fallback = (layer, entries)
+            elif verdict is Verdict.CONTRADICTED:
+                contradicted.append(_where(layer, self.tree))
+        if fallback is not None:
+            return fallback
+        why = (
+            f"directories at {', '.join(contradicted)} are not the layer the overlay shows"
+            if contradicted
+            else "no candidate path exists in the dumped mount namespace or on this host"
+        )
+        raise OverlayLayerError(
+            f"{self.overlay.describe()}: {spec.option} layer {spec.raw!r} not found ({why}); "
+            f"declare the overlay external with --external mnt[{self.overlay.mountpoint}]:KEY"
+        )
+
+
+def _where(layer: ResolvedLayer, tree: MountTree) -> str:
+    if layer.mnt_id is None:
+        return f"host:{layer.path}"
+    mount = tree.find(layer.mnt_id)
+    base = mount.mountpoint if mount is not None else f"mount {layer.mnt_id}:"
+    return posixpath.normpath(base + "/" + layer.path.lstrip("/"))
+
+
+def _same_file(mine: Stat, shown: Stat) -> bool:
+    if (mine.size, mine.mtime_ns) != (shown.size, shown.mtime_ns):
+        return False
+    if mine.ino == shown.ino:
+        return True
+    # xino puts the layer's fsid in the high bits of the inode number the overlay reports.
+    return shown.ino >> 32 != 0 and (shown.ino & 0xFFFFFFFF) == mine.ino
+
+
+def _positions(tree: MountTree) -> dict[int, int]:
+    """Kernel listing order (= creation order for mounts of one namespace)."""
+    return {m.mnt_id: i for i, m in enumerate(tree.mounts)}
+
+
+def namespace_path(tree: MountTree, layer: ResolvedLayer) -> str:
+    """The layer as an absolute path of the dumped namespace (host path for external ones)."""
+    return _where(layer, tree)
+
+
+def open_views(root: str, host_root: str | None) -> tuple[RootView, RootView | None]:
+    """The dumped namespace's root and, when it is not the same namespace, the dumper's."""
+    view = RootView(root)
+    host = None
+    if host_root is not None:
+        try:
+            host = RootView(host_root)
+        except OSError:
+            host = None
+        if host is not None and _same_root(view, host):
+            host.close()
+            host = None
+    return view, host
+
+
+def _same_root(a: RootView, b: RootView) -> bool:
+    with contextlib.suppress(SyscallError):
+        sa, sb = statx("", a.fd), statx("", b.fd)
+        return (sa.dev, sa.ino, sa.mnt_id) == (sb.dev, sb.ino, sb.mnt_id)
+    return False
+
+
+__all__: Sequence[str] = (
+    "LayerResolver",
+    "OverlayLayerError",
+    "ResolvedLayer",
+    "Verdict",
+    "candidates",
+    "namespace_path",
+    "open_views",
+)

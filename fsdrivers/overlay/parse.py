@@ -1,0 +1,135 @@
+"""Dump side of the overlay driver: options parsed, layers resolved, layer mounts claimed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from criu_fw.context import DumpContext
+from criu_fw.errors import DumpError, SyscallError
+from criu_fw.model import Mount, MountTree
+
+from .index import OverlayIndex, index_of, release_misreports
+from .layers import LayerResolver, OverlayLayerError, ResolvedLayer, open_views
+from .options import OverlayOptionError, OverlayOptions, parse_options
+from .state import OverlayState
+from .walk import RootView
+
+#: The driver's stable name (its entry point), used to claim layer mounts.
+DRIVER_NAME = "overlay"
+
+
+def external_key(mount: Mount, tree: MountTree, ctx: DumpContext) -> str | None:
+    key = ctx.externals.get(mount.mountpoint)
+    if key is None:
+        key = ctx.external_mounts.get((tree.ns_id, mount.mnt_id))
+    return key
+
+
+def root_of(tree: MountTree, ctx: DumpContext) -> tuple[str, int | None]:
+    """The directory standing for the namespace's root, and the pid it belongs to."""
+    if ctx.recorded:
+        if ctx.root is None:
+            raise DumpError(
+                f"mount namespace {tree.ns_id}: overlay layers cannot be checked on a recorded "
+                "/proc without --root (the directory that stands for the namespace's root)"
+            )
+        return ctx.root, None
+    pid = ctx.ns_pids.get(tree.ns_id) or ctx.root_pid
+    if not pid:
+        raise DumpError(f"mount namespace {tree.ns_id}: no process known to read it through")
+    return f"{ctx.proc_root}/{pid}/root", pid
+
+
+def parse_overlay(mount: Mount, tree: MountTree, ctx: DumpContext) -> OverlayState:
+    """The state of one overlay mount; mounts of the same superblock share one state."""
+    try:
+        options = parse_options(mount.super_options)
+    except OverlayOptionError as e:
+        raise DumpError(f"{mount.describe()}: {e}") from None
+    index = index_of(ctx)
+    key = (tree.ns_id, mount.dev)
+    state = index.states.get(key)
+    if state is None:
+        state = _resolve(mount, tree, ctx, options, index)
+        index.states[key] = state
+    index.add(tree.ns_id, mount.mnt_id, state)
+    for layer in state.layers:
+        if layer.mnt_id is not None:
+            ctx.claim_files(tree.ns_id, layer.mnt_id, DRIVER_NAME)
+    return state
+
+
+def _resolve(
+    mount: Mount, tree: MountTree, ctx: DumpContext, options: OverlayOptions, index: OverlayIndex
+) -> OverlayState:
+    ext = external_key(mount, tree, ctx)
+    root, pid = root_of(tree, ctx)
+    cwd = None
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            cwd = os.readlink(f"{ctx.proc_root}/{pid}/cwd")
+    host_root = None if ctx.recorded else "/"
+    positions = index.positions.get(tree.ns_id)
+    if positions is None:
+        positions = {m.mnt_id: i for i, m in enumerate(tree.mounts)}
+        index.positions[tree.ns_id] = positions
+    view, host = open_views(root, host_root)
+    try:
+        resolver = LayerResolver(mount, tree, view, host=host, cwd=cwd, positions=positions)
+        layers: tuple[ResolvedLayer, ...]
+        try:
+            layers = resolver.resolve(options)
+        except OverlayLayerError:
+            if ext is None:
+                raise
+            layers = ()  # declared external: restore binds it from outside, layers unneeded
+        if index.misreports is None and not ctx.recorded:
+            index.misreports = _probe_misreport(view, mount)
+    finally:
+        view.close()
+        if host is not None:
+            host.close()
+    return OverlayState(
+        layers=layers,
+        features=options.features,
+        readonly=options.readonly and options.upper is not None,
+        new_api=options.new_api,
+        external_key=ext,
+    )
+
+
+def _probe_misreport(view: RootView, overlay: Mount) -> bool | None:
+    """Open one regular file of the overlay and see which mount the kernel names for it."""
+    try:
+        dfd = view.open(overlay.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    except SyscallError:
+        return None
+    try:
+        with os.scandir(dfd) as it:
+            names = [e.name for e in it if e.is_file(follow_symlinks=False)]
+        for name in names[:4]:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            except OSError:
+                continue
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    for line in f:
+                        if line.startswith("mnt_id:"):
+                            return int(line.split()[1]) != overlay.mnt_id
+            finally:
+                os.close(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    return None
+
+
+def misreports(ctx: DumpContext) -> bool:
+    """Whether this dump's kernel reports overlay files on the layer's mount."""
+    index = index_of(ctx)
+    if index.misreports is None:
+        index.misreports = bool(release_misreports(ctx.proc_root))
+    return index.misreports
