@@ -51,7 +51,7 @@ def test_plan_is_one_legacy_mount_with_branches_in_order(tmp_path: Path) -> None
 def test_no_aufs_in_proc_filesystems_fails_saying_so(tmp_path: Path) -> None:
     with pytest.raises(
         RestoreError,
-        match=r"mount 90 at '/' \(aufs.*this kernel has no aufs "
+        match=r"^this kernel has no aufs "
         r"\(not in .*/proc/filesystems\); nothing was mounted",
     ):
         plan(MOUNT, STATE, proc_with(tmp_path, WITHOUT_AUFS))
@@ -64,11 +64,9 @@ def test_this_kernel_really_has_no_aufs() -> None:
 
 
 def test_driver_reads_the_restore_proc_root(tmp_path: Path) -> None:
-    ctx = RestoreContext(image_dir=str(tmp_path))
     proc = proc_with(tmp_path, WITH_AUFS)
-    if hasattr(ctx, "proc_root"):
-        ctx.proc_root = proc
-        assert AufsDriver().rebuild_mount(MOUNT, STATE, ctx) == plan(MOUNT, STATE, proc)
+    ctx = RestoreContext(image_dir=str(tmp_path), proc_root=proc)
+    assert AufsDriver().rebuild_mount(MOUNT, STATE, ctx) == plan(MOUNT, STATE, proc)
     # Without an aufs-capable proc root (the real /proc here), the driver refuses.
     with pytest.raises(RestoreError, match="this kernel has no aufs"):
         AufsDriver().rebuild_mount(MOUNT, STATE, RestoreContext(image_dir=str(tmp_path)))

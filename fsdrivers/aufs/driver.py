@@ -84,6 +84,4 @@ class AufsDriver(FsDriver):
     def rebuild_mount(
         self, mount: Mount, state: DriverState | None, ctx: RestoreContext
     ) -> MountPlan | None:
-        # RestoreContext.proc_root is the restore engine's; a context without one reads /proc.
-        proc_root = getattr(ctx, "proc_root", None) or "/proc"
-        return rebuild.plan(mount, state, str(proc_root))
+        return rebuild.plan(mount, state, ctx.proc_root)

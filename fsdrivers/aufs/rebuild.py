@@ -42,24 +42,25 @@ def filesystems(proc_root: str = "/proc") -> frozenset[str]:
     return frozenset(n.decode("ascii", "replace") for n in names if n)
 
 
-def require_aufs(mount: Mount, proc_root: str = "/proc") -> None:
+def require_aufs(proc_root: str = "/proc") -> None:
     if "aufs" not in filesystems(proc_root):
+        # No mount in the message: the restore engine prefixes every rebuild error with it.
         raise RestoreError(
-            f"{mount.describe()}: this kernel has no aufs (not in "
-            f"{os.path.join(proc_root, 'filesystems')}); nothing was mounted"
+            f"this kernel has no aufs (not in {os.path.join(proc_root, 'filesystems')}); "
+            f"nothing was mounted"
         )
 
 
-def _branch_option(b: Branch, i: int, mount: Mount) -> str:
+def _branch_option(b: Branch, i: int) -> str:
     for ch in _UNSAYABLE:
         if ch in b.path:
             raise RestoreError(
-                f"{mount.describe()}: branch br{i} {b.path!r} contains {ch!r}, which AUFS's "
+                f"AUFS branch br{i} {b.path!r} contains {ch!r}, which AUFS's "
                 f"br: mount option cannot express"
             )
     if not b.path.startswith("/") or PERMISSION.fullmatch(b.perm) is None:
         raise RestoreError(
-            f"{mount.describe()}: branch br{i} {b.path!r}={b.perm!r} in the images is malformed"
+            f"AUFS branch br{i} {b.path!r}={b.perm!r} in the images is malformed"
         )
     return f"{b.path}={b.perm}"
 
@@ -67,8 +68,8 @@ def _branch_option(b: Branch, i: int, mount: Mount) -> str:
 def mount_params(mount: Mount, state: AufsState) -> tuple[tuple[str, str | None], ...]:
     """The options that recreate ``state``'s branches, as (key, value) pairs (None: a flag)."""
     if not state.branches:
-        raise RestoreError(f"{mount.describe()}: the images list no AUFS branches")
-    branches = ":".join(_branch_option(b, i, mount) for i, b in enumerate(state.branches))
+        raise RestoreError("the images list no AUFS branches")
+    branches = ":".join(_branch_option(b, i) for i, b in enumerate(state.branches))
     out: list[tuple[str, str | None]] = [("br", branches)]
     for opt in mount.super_options:
         if opt in ("rw", "ro") or opt.startswith(_NOT_CARRIED):
@@ -89,10 +90,10 @@ def plan(mount: Mount, state: object, proc_root: str = "/proc") -> NewSuperblock
     """``rebuild_mount`` for an AUFS mount (raises before anything could be mounted)."""
     if not isinstance(state, AufsState):
         raise RestoreError(
-            f"{mount.describe()}: the images hold no AUFS branch list for this mount "
+            f"the images hold no AUFS branch list for this mount "
             f"(found {type(state).__name__})"
         )
     params = mount_params(mount, state)
     data = mount_data(mount, state)
-    require_aufs(mount, proc_root)
+    require_aufs(proc_root)
     return NewSuperblock("aufs", mount.source, params=params, legacy_data=data)
