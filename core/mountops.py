@@ -248,7 +248,7 @@ class KernelMountOps(MountOps):
             return self._legacy(fstype, source, params, legacy_data)
         opened: list[int] = []
         try:
-            for key, value in params:
+            for _key, value in params:
                 if isinstance(value, Fd):
                     # handle -1: a host path (an external directory), opened as it is.
                     where = value.path if value.handle < 0 else _fdpath(value.handle, value.path)
@@ -278,7 +278,9 @@ class KernelMountOps(MountOps):
         assert self.scratch is not None
         data = legacy_data
         if data is None:
-            data = ",".join(k if v is None else f"{k}={v}" for k, v in params if not isinstance(v, Fd))
+            data = ",".join(
+                k if v is None else f"{k}={v}" for k, v in params if not isinstance(v, Fd)
+            )
         kernel.mount(source, self.scratch, fstype, 0, data or None)
         try:
             return kernel.open_tree(

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from .base import main
 from .drivers import drivers_cmd
+from .restore import restore_cmd
 from .show import show_cmd
+from .verify import verify_cmd
 
 main.add_command(drivers_cmd)
 main.add_command(show_cmd)
+main.add_command(restore_cmd)
+main.add_command(verify_cmd)
 
 __all__ = ["main"]

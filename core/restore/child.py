@@ -11,6 +11,7 @@ it, disappears with it: the caller's namespace is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -86,10 +87,8 @@ def spawn(
 
 def _reap(pid: int, kill: bool) -> int:
     if kill:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
 

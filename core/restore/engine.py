@@ -8,6 +8,7 @@ a new private namespace (see :mod:`.child`); the caller's namespace is never cha
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -63,10 +64,8 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
@@ -212,7 +211,9 @@ def _builder(
     plan: NamespacePlan, steps: list, mgr: DriverManager, ctx: RestoreContext  # type: ignore[type-arg]
 ) -> Callable[[KernelMountOps, str], Callable[[], None]]:
     def build(ops: KernelMountOps, root_path: str) -> Callable[[], None]:
-        ex = Executor(plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path=root_path, chroot=root_path)
+        ex = Executor(
+            plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path=root_path, chroot=root_path
+        )
         ex.run(steps)
         return ex.finish
 

@@ -19,7 +19,7 @@ from ..model import Mount
 from ..mountops import Fd, MountOps, ParamArg
 from ..plan import ExternalRef, PathRef
 from ..plugins import DriverManager
-from .order import ATTACH, CREATE, SB, Step
+from .order import CREATE, SB, Step
 from .plans import NamespacePlan, SuperblockJob
 from .propagation import apply_propagation, needs_propagation
 
@@ -199,6 +199,9 @@ class Executor:
             self._release(parent.mnt_id)
         self._release(m.mnt_id)
 
+    def _make_readonly(self, m: Mount) -> None:
+        self.ops.reconfigure(self.handle[m.mnt_id], [("ro", None)])
+
     # -- after pivot_root -----------------------------------------------------------------
 
     def finish(self) -> None:
@@ -214,8 +217,7 @@ class Executor:
             raise RestoreError(f"mount namespace {self.plan.ns_id}: propagation: {exc}") from exc
         for sb in self.plan.superblocks.values():
             if sb.readonly:
-                h = self.handle[sb.mount.mnt_id]
-                self._guard(sb.mount, lambda _: self.ops.reconfigure(h, [("ro", None)]), None)
+                self._guard(sb.mount, self._make_readonly, sb.mount)
         for mnt_id in list(self.keep):
             self._release(mnt_id)
         for h in self.sb_handle.values():

@@ -176,7 +176,8 @@ def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) 
     def ask(m: Mount) -> MountPlan | None:
         driver = ns.drivers.get(m.mnt_id) or mgr.owner(m.fstype)
         try:
-            plan = mgr.call("rebuild_mount", driver, mount=m, state=ns.states.get(m.mnt_id), ctx=ctx)
+            state = ns.states.get(m.mnt_id)
+            plan = mgr.call("rebuild_mount", driver, mount=m, state=state, ctx=ctx)
         except CriuFwError as exc:
             if isinstance(exc, DriverError):
                 raise RestoreError(f"{m.describe()}: {exc}") from exc
@@ -229,7 +230,7 @@ def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) 
                     )
                 plan = BindExternal(ExternalRef(path=ctx.root))
             elif ctx.root is not None:
-                log.info("%s is rebuilt from the images; --root %s is not used", m.describe(), ctx.root)
+                log.info("%s is rebuilt from the images, not taken from --root", m.describe())
         if plan is None:
             plan = default_superblock(m)
         if isinstance(plan, NewSuperblock):
@@ -263,7 +264,8 @@ def _resolve_binds(tree: MountTree, jobs: dict[int, MountJob], binds: dict[int, 
             job = jobs.get(ref.mnt_id)
             if job is not None:
                 path = _join(job.path, rel) if job.sb is None else _join(src.root, rel)
-                jobs[mnt_id] = MountJob(tree.get(mnt_id), job.sb, path, bind_of=binds[mnt_id].mnt_id)
+                origin = binds[mnt_id].mnt_id
+                jobs[mnt_id] = MountJob(tree.get(mnt_id), job.sb, path, bind_of=origin)
                 break
             chain.append(ref.mnt_id)
             nxt = binds[ref.mnt_id]

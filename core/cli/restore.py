@@ -1,0 +1,78 @@
+"""``criu-fw restore``: rebuild the dumped mount namespaces (a thin layer over restore())."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+import click
+
+from ..errors import UsageError
+from ..mountops import RecordingMountOps
+from ..restore import restore
+from .base import driver_manager
+
+_EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")
+
+
+def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        m = _EXTERNAL.match(v)
+        if m is None:
+            raise UsageError(f"--external {v!r}: expected mnt[KEY]:PATH")
+        out[m.group("key")] = m.group("path")
+    return out
+
+
+@click.command("restore")
+@click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
+              help="The image directory written by criu-fw dump.")
+@click.option("--root", metavar="PATH",
+              help="Directory to use as the root where the root mount cannot be rebuilt.")
+@click.option("--external", "externals", multiple=True, metavar="mnt[KEY]:PATH",
+              help="Where the external mount dumped under KEY comes from here.")
+@click.option("--detach", is_flag=True,
+              help="Leave a holder process in the restored namespace, print its PID, return.")
+@click.option("--pidfile", metavar="FILE", help="With --detach: write the holder's PID here.")
+@click.option("--dry-run", is_flag=True, help="Print the mount requests, mount nothing.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def restore_cmd(
+    ctx: click.Context, image_dir: str, root: str | None, externals: tuple[str, ...],
+    detach: bool, pidfile: str | None, dry_run: bool, command: tuple[str, ...],
+) -> None:
+    """Rebuild the dumped mount namespaces in new private namespaces.
+
+    With `-- CMD [ARG...]`, run CMD in the restored namespace (root = the restored root, cwd
+    /) and exit with its status. With --detach, print the PID of a process inside the restored
+    namespace (for nsenter -t PID -m) and return. Otherwise print the PID and hold the
+    namespace until interrupted.
+    """
+    mgr = driver_manager(ctx)
+    ops = RecordingMountOps() if dry_run else None
+    result = restore(
+        image_dir, root=root, externals=parse_externals(externals),
+        command=list(command) or None, detach=detach, pidfile=pidfile,
+        plugins=(), config=mgr.config, ops=ops,
+    )
+    if ops is not None:
+        for call in ops.calls:
+            click.echo(call)
+        return
+    if command:
+        sys.exit(result.exit_code or 0)
+    click.echo(str(result.pid))
+    for ns_id, pid in result.holders.items():
+        if ns_id != result.root_ns:
+            click.echo(f"{pid} mnt_ns={ns_id}")
+    if detach:
+        return
+    sys.stdout.flush()
+    try:
+        os.waitpid(result.pid, 0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        result.terminate()

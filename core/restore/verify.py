@@ -1,0 +1,206 @@
+"""``verify()``: compare a live mount namespace with the images, difference by difference.
+
+Mounts are matched structurally, never by id: the roots, then under each matched parent the
+children at the same mountpoint, in stacking order (preferring equal fstype, source and root).
+For each matched pair the fstype, source, root, per-mount options and superblock options are
+compared; propagation is compared as topology (which mounts are peers of which, which group
+each is a slave of), and superblock sharing (which mounts show the same filesystem), so
+mount ids, peer-group ids and device numbers, which legitimately change, never count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from ..model import Mount, MountTree
+from .plans import base_root
+
+#: Superblock options that depend on state outside the mount's parameters: overlay shows
+#: ``uuid=on`` only on the first mount of a fresh upper directory.
+_VOLATILE_OPTIONS: Mapping[str, frozenset[str]] = {"overlay": frozenset({"uuid"})}
+
+
+@attrs.frozen
+class VerifyResult:
+    differences: tuple[str, ...]
+    matched: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+
+def _super_options(m: Mount) -> list[str]:
+    skip = _VOLATILE_OPTIONS.get(m.fstype, frozenset())
+    return [o for o in m.super_options if o.partition("=")[0] not in skip]
+
+
+def _match_children(
+    dk: Iterable[Mount], lk: Iterable[Mount]
+) -> tuple[list[tuple[Mount, Mount]], list[Mount], list[Mount]]:
+    by_place_d: dict[str, list[Mount]] = {}
+    by_place_l: dict[str, list[Mount]] = {}
+    for m in dk:
+        by_place_d.setdefault(m.mountpoint, []).append(m)
+    for m in lk:
+        by_place_l.setdefault(m.mountpoint, []).append(m)
+    pairs: list[tuple[Mount, Mount]] = []
+    missing: list[Mount] = []
+    extra: list[Mount] = []
+    for place, ds in by_place_d.items():
+        ls = list(by_place_l.pop(place, ()))
+        rest: list[Mount] = []
+        for d in ds:
+            same = next(
+                (x for x in ls if (x.fstype, x.source, x.root) == (d.fstype, d.source, d.root)),
+                None,
+            )
+            if same is not None:
+                ls.remove(same)
+                pairs.append((d, same))
+            else:
+                rest.append(d)
+        for d in rest:
+            if ls:
+                pairs.append((d, ls.pop(0)))
+            else:
+                missing.append(d)
+        extra.extend(ls)
+    for ls in by_place_l.values():
+        extra.extend(ls)
+    return pairs, missing, extra
+
+
+def compare_trees(dumped: MountTree, live: MountTree) -> VerifyResult:
+    """Every difference between a dumped tree and a live one, one line each."""
+    diffs: list[str] = []
+    d_root = base_root(dumped)
+    live_roots = [m for m in live.roots if m.mountpoint == "/"]
+    if not live_roots:
+        return VerifyResult(("the live namespace has no root mount",), 0)
+    pairs: list[tuple[Mount, Mount]] = [(d_root, live_roots[0])]
+    todo = [(d_root, live_roots[0])]
+    while todo:
+        d, lv = todo.pop()
+        got, missing, extra = _match_children(dumped.children(d), live.children(lv))
+        for m in missing:
+            diffs.append(f"{m.mountpoint}: missing: {m.fstype} {m.source!r} root {m.root!r}")
+            for sub in _descendants(dumped, m):
+                diffs.append(f"{sub.mountpoint}: missing (under a missing mount): {sub.fstype}")
+        for m in extra:
+            diffs.append(f"{m.mountpoint}: extra mount: {m.fstype} {m.source!r} root {m.root!r}")
+        pairs.extend(got)
+        todo.extend(got)
+    for d, lv in pairs:
+        diffs.extend(_compare_mount(d, lv))
+    diffs.extend(_compare_sharing(dumped, live, pairs))
+    return VerifyResult(tuple(diffs), len(pairs))
+
+
+def _descendants(tree: MountTree, m: Mount) -> Iterable[Mount]:
+    stack = list(tree.children(m))
+    while stack:
+        x = stack.pop()
+        yield x
+        stack.extend(tree.children(x))
+
+
+def _compare_mount(d: Mount, lv: Mount) -> list[str]:
+    out = []
+    where = d.mountpoint
+    for what, a, b in (
+        ("fstype", d.fstype, lv.fstype),
+        ("source", d.source, lv.source),
+        ("root", d.root, lv.root),
+    ):
+        if a != b:
+            out.append(f"{where}: {what} {a!r} in the images, {b!r} live")
+    if sorted(d.mount_options) != sorted(lv.mount_options):
+        out.append(
+            f"{where}: mount options {','.join(d.mount_options)} in the images, "
+            f"{','.join(lv.mount_options)} live"
+        )
+    if sorted(_super_options(d)) != sorted(_super_options(lv)):
+        out.append(
+            f"{where}: superblock options {','.join(d.super_options)} in the images, "
+            f"{','.join(lv.super_options)} live"
+        )
+    if d.propagation.unbindable != lv.propagation.unbindable:
+        state = "unbindable" if d.propagation.unbindable else "bindable"
+        out.append(f"{where}: {state} in the images, not live")
+    return out
+
+
+def _compare_sharing(
+    dumped: MountTree, live: MountTree, pairs: list[tuple[Mount, Mount]]
+) -> list[str]:
+    """Peer groups, masters and superblocks compared as relations between matched mounts."""
+    to_live = {d.mnt_id: lv.mnt_id for d, lv in pairs}
+    place = {lv.mnt_id: lv.mountpoint for _, lv in pairs}
+    d_groups: dict[int, set[int]] = {}
+    l_groups: dict[int, set[int]] = {}
+    for m in dumped:
+        if m.propagation.shared is not None:
+            d_groups.setdefault(m.propagation.shared, set()).add(m.mnt_id)
+    for m in live:
+        if m.propagation.shared is not None:
+            l_groups.setdefault(m.propagation.shared, set()).add(m.mnt_id)
+
+    def names(ids: Iterable[int]) -> str:
+        shown = sorted(place.get(i, f"<mount {i}>") for i in ids)
+        return ", ".join(shown) if shown else "none"
+
+    def d_set(gid: int | None) -> set[int] | None:
+        if gid is None:
+            return None
+        return {to_live.get(i, -i) for i in d_groups.get(gid, ())}
+
+    def l_set(gid: int | None) -> set[int] | None:
+        return None if gid is None else set(l_groups.get(gid, ()))
+
+    out: list[str] = []
+    d_dev: dict[object, set[int]] = {}
+    l_dev: dict[object, set[int]] = {}
+    for d, lv in pairs:
+        d_dev.setdefault(d.dev, set()).add(lv.mnt_id)
+        l_dev.setdefault(lv.dev, set()).add(lv.mnt_id)
+        where = d.mountpoint
+        ds, ls = d_set(d.propagation.shared), l_set(lv.propagation.shared)
+        if ds != ls:
+            a = "private" if ds is None else f"shared with {names(ds - {lv.mnt_id}) }"
+            b = "private" if ls is None else f"shared with {names(ls - {lv.mnt_id})}"
+            out.append(f"{where}: propagation: {a} in the images, {b} live")
+        dm, lm = d.propagation.master, lv.propagation.master
+        if dm is not None and dm not in d_groups:
+            if lm is None:
+                out.append(f"{where}: propagation: slave of a group outside the namespace in "
+                           f"the images, not a slave live")
+            continue
+        dms, lms = d_set(dm), l_set(lm)
+        if dms != lms:
+            a = "no master" if dms is None else f"slave of {names(dms)}"
+            b = "no master" if lms is None else f"slave of {names(lms)}"
+            out.append(f"{where}: propagation: {a} in the images, {b} live")
+    for d, lv in pairs:
+        if d_dev[d.dev] != l_dev[lv.dev]:
+            out.append(
+                f"{d.mountpoint}: shares its filesystem with {names(d_dev[d.dev] - {lv.mnt_id})} "
+                f"in the images, with {names(l_dev[lv.dev] - {lv.mnt_id})} live"
+            )
+    return out
+
+
+def verify(pid: int, image_dir: str, ns_id: int | None = None) -> VerifyResult:
+    """Compare the mount namespace of process ``pid`` with the dumped namespace ``ns_id``
+    (default: the root namespace of the images)."""
+    from ..imageset import read_mount_namespace
+    from ..mountinfo import read_mountinfo
+    from .engine import image_namespaces
+
+    root, _ids = image_namespaces(image_dir)
+    if ns_id is None:
+        ns_id = root
+    dumped = read_mount_namespace(image_dir, ns_id).tree
+    return compare_trees(dumped, read_mountinfo(pid))
