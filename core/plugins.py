@@ -154,7 +154,8 @@ class DriverManager:
     """The plugin manager of one dump or restore: drivers, registry and typed hook calls."""
 
     def __init__(self, config: DriverConfig | None = None) -> None:
-        self.config = config if config is not None else DriverConfig()
+        # No config given: the documented environment variables (CRIU_FW_*) apply.
+        self.config = config if config is not None else DriverConfig.from_env()
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.drivers: dict[str, DriverInfo] = {}
@@ -213,7 +214,7 @@ class DriverManager:
     ) -> None:
         reason = " ".join(reason.split())  # pluggy's messages span lines; ours are one line
         if self.config.strict or strict:
-            raise DriverLoadError(name, dist, reason) from exc
+            raise DriverLoadError(name, f"{dist} {version}".rstrip(), reason) from exc
         self.problems.append(LoadProblem(name, dist, reason, version))
 
     def _add(self, name: str, obj: object, dist: str, version: str, strict: bool = False) -> None:
@@ -232,7 +233,7 @@ class DriverManager:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(obj)
-            self._problem(name, dist, f"unknown hook: {exc}", exc, strict, version)
+            self._problem(name, dist, str(exc), exc, strict, version)
             return
         hooks = tuple(
             h.name for h in (self.pm.get_hookcallers(obj) or ()) if h.name in HOOKS
@@ -377,5 +378,8 @@ class DriverManager:
 def load_drivers(
     config: DriverConfig | None = None, plugins: Iterable[object] = ()
 ) -> DriverManager:
-    """A manager with every available driver loaded (nothing is loaded at import time)."""
+    """A manager with every available driver loaded (nothing is loaded at import time).
+
+    ``config=None`` reads the CRIU_FW_* environment variables (:meth:`DriverConfig.from_env`).
+    """
     return DriverManager(config).load(plugins)
