@@ -109,7 +109,8 @@ def candidates(spec: LayerSpec, mountpoint: str, cwd: str | None) -> list[tuple[
     out: dict[str, str] = {}
 
     def add(path: str, how: str) -> None:
-        out.setdefault(posixpath.normpath(path) if path != "//" else "/", how)
+        norm = posixpath.normpath(path)
+        out.setdefault("/" + norm.lstrip("/") if norm.startswith("//") else norm, how)
 
     bases = [a for a in _ancestors(mountpoint)]
     for text in spec.spellings():
@@ -351,7 +352,8 @@ def _where(layer: ResolvedLayer, tree: MountTree) -> str:
         return f"host:{layer.path}"
     mount = tree.find(layer.mnt_id)
     base = mount.mountpoint if mount is not None else f"mount {layer.mnt_id}:"
-    return posixpath.normpath(base + "/" + layer.path.lstrip("/"))
+    rest = layer.path.strip("/")
+    return (base.rstrip("/") + "/" + rest) if rest else base
 
 
 def _same_file(mine: Stat, shown: Stat) -> bool:

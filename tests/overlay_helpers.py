@@ -1,0 +1,117 @@
+"""Helpers for the overlay tests: a DumpContext over live scenarios, file records as the dump
+engine takes them (fd link, fdinfo, stat through the link)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from criu_fw.context import DumpContext
+from criu_fw.files import FileIdentity, FileMapping, OpenFile
+from criu_fw.fsdrivers.overlay import driver
+from criu_fw.fsdrivers.overlay.state import OverlayState
+from criu_fw.model import Dev, Mount, MountTree
+from criu_fw.mountinfo import read_mountinfo
+from criu_fw.testing import NamespaceScenario
+
+
+def ns_id(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+
+
+def live_context(*scenarios: NamespaceScenario, **kw: object) -> DumpContext:
+    trees: dict[int, MountTree] = {}
+    pids: dict[int, int] = {}
+    for s in scenarios:
+        nid = ns_id(s.pid)
+        trees[nid] = read_mountinfo(s.pid, ns_id=nid)
+        pids[nid] = s.pid
+    return DumpContext(
+        image_dir=tempfile.gettempdir(),
+        trees=trees,
+        ns_pids=pids,
+        root_pid=scenarios[0].pid,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def tree_of(ctx: DumpContext, s: NamespaceScenario) -> MountTree:
+    return ctx.trees[ns_id(s.pid)]
+
+
+def at(tree: MountTree, mountpoint: str) -> Mount:
+    found = [m for m in tree if m.mountpoint == mountpoint]
+    assert found, f"nothing mounted at {mountpoint}"
+    return found[-1]
+
+
+def parse(ctx: DumpContext, tree: MountTree, mount: Mount) -> OverlayState:
+    state = driver.parse_mount(mount=mount, tree=tree, ctx=ctx)
+    assert isinstance(state, OverlayState)
+    return state
+
+
+def open_files(pid: int) -> list[OpenFile]:
+    out = []
+    for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        link = os.readlink(f"/proc/{pid}/fd/{name}")
+        if not link.startswith("/"):
+            continue
+        path, deleted = link, False
+        if path.endswith(" (deleted)"):
+            path, deleted = path[: -len(" (deleted)")], True
+        info = dict(
+            line.split(":", 1) for line in open(f"/proc/{pid}/fdinfo/{name}").read().splitlines()
+        )
+        st = os.stat(f"/proc/{pid}/fd/{name}")
+        out.append(
+            OpenFile(
+                pid=pid,
+                fd=int(name),
+                path=path,
+                flags=int(info["flags"].strip(), 8),
+                pos=int(info["pos"]),
+                mnt_id=int(info["mnt_id"]),
+                size=st.st_size,
+                mode=st.st_mode,
+                identity=FileIdentity(Dev.from_kdev(st.st_dev), st.st_ino),
+                deleted=deleted,
+            )
+        )
+    return out
+
+
+def mappings(pid: int) -> list[FileMapping]:
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            if len(fields) < 6 or not fields[5].startswith("/"):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            path = fields[5].rstrip("\n")
+            deleted = path.endswith(" (deleted)")
+            if deleted:
+                path = path[: -len(" (deleted)")]
+            link = f"/proc/{pid}/map_files/{fields[0]}"
+            st = os.stat(link)
+            from criu_fw.fsdrivers.overlay.walk import statx
+
+            mnt_id = statx(link).mnt_id
+            perms = fields[1]
+            prot = (4 if perms[0] == "r" else 0) | (2 if perms[1] == "w" else 0)
+            out.append(
+                FileMapping(
+                    pid=pid,
+                    start=start,
+                    end=end,
+                    pgoff=int(fields[2], 16),
+                    prot=prot,
+                    shared=perms[3] == "s",
+                    path=path,
+                    mnt_id=mnt_id,
+                    identity=FileIdentity(Dev.from_kdev(st.st_dev), st.st_ino),
+                    deleted=deleted,
+                )
+            )
+    return out
