@@ -209,3 +209,29 @@ def test_default_fixture_is_what_the_docstring_says() -> None:
     assert any(t.startswith(NGINX_LAYER) for t in targets)
     assert any(t.startswith(BASE_LAYER) for t in targets)
     assert Fd(5, f"{NGINX_LAYER}/bin/nginx", 22) in default_fds()
+
+
+def test_which_driver_handled_what(tmp_path: Path) -> None:
+    from criu_fw.tracing import Tracer
+
+    rec = build(tmp_path / "rec")
+    tracer = Tracer()
+    dump(
+        rec.pid,
+        str(tmp_path / "img"),
+        proc_root=str(rec.proc),
+        sys_root=str(rec.sys),
+        root=str(rec.root),
+        plugins=[tracer],
+    )
+    parsed = {s.split(" (")[0]: d for h, d, s in tracer.calls("parse_mount")}
+    assert parsed == {
+        "mount 90 at '/'": "aufs",
+        "mount 91 at '/proc'": "generic",
+        "mount 92 at '/dev'": "generic",
+    }
+    vmas = tracer.calls("fixup_vma")
+    assert len(vmas) == 3 and {d for _, d, _ in vmas} == {"aufs"}
+    by_path = {s.split(" on ")[0]: d for _, d, s in tracer.calls("fixup_fd_path")}
+    assert by_path[repr(f"{NGINX_LAYER}/bin/nginx")] == "aufs"  # fdinfo said host mount 22
+    assert by_path["'/dev/null'"] == "generic"
