@@ -1,0 +1,200 @@
+"""The restore engine's planning, ordering and error paths.
+
+Most checks run the whole engine on a dumped tree with RecordingMountOps (nothing is mounted)
+and assert on the recorded requests; the kernel-error checks restore for real, in a child's
+private namespace, and rely on the autouse fixture that fails a test which changed the
+caller's mount table.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import ClassVar
+
+import pytest
+from criu_fw import hookimpl
+from criu_fw.context import RestoreContext
+from criu_fw.driver import DriverState, FsDriver
+from criu_fw.errors import MountNotFoundError, RestoreError, SyscallError
+from criu_fw.model import Mount, MountTree
+from criu_fw.mountinfo import parse, read_mountinfo
+from criu_fw.mountops import Call, Fd, KernelMountOps, RecordingMountOps
+from criu_fw.plan import MountPlan, NewSuperblock, PathRef
+from criu_fw.restore import SimpleNamespace, restore
+
+MOUNTINFO = """\
+1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+2 1 0:40 / /a rw,relatime - tmpfs ta rw,size=1024k
+3 2 0:41 / /a/x rw,nosuid,relatime - tmpfs tx rw
+4 2 0:42 / /a rw,relatime - tmpfs over rw
+5 4 0:43 / /a/k ro,relatime - tmpfs tk rw
+6 1 0:40 /sub /b rw,relatime shared:7 - tmpfs ta rw,size=1024k
+7 1 0:40 /sub /c rw,relatime shared:7 - tmpfs ta rw,size=1024k
+8 1 0:40 /sub/deeper /d rw,relatime master:7 - tmpfs ta rw,size=1024k
+"""
+
+
+def tree_of(text: str = MOUNTINFO) -> MountTree:
+    return MountTree.from_mounts(parse(text.encode()), ns_id=9)
+
+
+def dry(tree: MountTree, **kw: object) -> RecordingMountOps:
+    ops = RecordingMountOps()
+    restore("/nonexistent", ops=ops, namespaces=[SimpleNamespace(9, tree)], **kw)  # type: ignore[arg-type]
+    return ops
+
+
+def test_every_superblock_once_and_binds_from_it() -> None:
+    ops = dry(tree_of(), root="/srv/root")
+    supers = ops.of("new_superblock")
+    assert [(c.fstype, c.source, c.params) for c in supers] == [
+        ("tmpfs", "ta", (("size", "1024k"),)),
+        ("tmpfs", "tx", ()),
+        ("tmpfs", "over", ()),
+        ("tmpfs", "tk", ()),
+    ]
+    ta = supers[0].handle
+    clones = [c for c in ops.of("clone") if c.other == ta]
+    # /a, /b, /c and /d are all cut from the one tmpfs, each at its own root.
+    assert sorted(str(c.path) for c in clones) == ["/", "/sub", "/sub", "/sub/deeper"]
+    # The root comes from --root.
+    assert ops.of("clone")[0] == Call("clone", handle=ops.of("clone")[0].handle, path="/srv/root")
+
+
+def test_overmount_is_attached_after_what_it_covers() -> None:
+    ops = dry(tree_of(), root="/")
+    handle_of = {}
+    for c in ops.calls:
+        if c.op in ("new_superblock", "clone") and c.handle is not None:
+            handle_of.setdefault(c.source or c.path, c.handle)
+    attaches = [c for c in ops.of("attach")]
+    order = [c.handle for c in attaches]
+    over = handle_of["over"]
+    tx = handle_of["tx"]
+    tk = handle_of["tk"]
+    assert order.index(tx) < order.index(over)
+    # The overmount's own child is attached to the overmount itself, not through a path.
+    (attach_tk,) = [c for c in attaches if c.handle == tk]
+    assert attach_tk.other == over and attach_tk.path == "k"
+    (attach_over,) = [c for c in attaches if c.handle == over]
+    assert attach_over.path == ""  # stacked on the mount at /a, relative to it
+
+
+def test_flags_and_propagation_requests() -> None:
+    ops = dry(tree_of(), root="/")
+    # nosuid on a leaf, ro on a leaf (MOUNT_ATTR_NOSUID = 2, RDONLY = 1), and the --root
+    # bind, whose flags were the host mount's, set to the dumped ones explicitly.
+    assert sorted(c.flags for c in ops.of("set_attr")) == [0, 1, 2]
+    props = [(c.op, c.flags) for c in ops.calls if c.op in ("set_propagation", "set_group")]
+    # /b made shared, /c joins it, /d joins the group then becomes a slave.
+    assert props == [
+        ("set_propagation", 0x100000),
+        ("set_group", 0),
+        ("set_group", 0),
+        ("set_propagation", 0x80000),
+    ]
+
+
+class _LayerFs(FsDriver):
+    """A test driver whose superblock takes a directory by descriptor, like overlay."""
+
+    fstypes: ClassVar[tuple[str, ...]] = ("layerfs",)
+    name = "layerfs"
+
+    def __init__(self, ref: int, path: str = "/") -> None:
+        self.ref, self.path = ref, path
+
+    @hookimpl
+    def rebuild_mount(
+        self, mount: Mount, state: DriverState | None, ctx: RestoreContext
+    ) -> MountPlan | None:
+        return NewSuperblock("layerfs", "l", (("lowerdir+", PathRef(self.ref, self.path)),))
+
+
+LAYERED = """\
+1 0 0:30 / / rw - tmpfs root rw
+2 1 0:31 / /lower rw - tmpfs low rw
+3 1 0:32 / /merged rw - layerfs l rw
+4 3 0:33 / /merged/in rw - tmpfs in rw
+"""
+
+
+def test_a_layer_is_placed_before_the_superblock_that_uses_it() -> None:
+    ops = dry(tree_of(LAYERED), plugins=[_LayerFs(2, "/dir")])
+    (call,) = [c for c in ops.of("new_superblock") if c.fstype == "layerfs"]
+    assert call.params == (("lowerdir+", Fd(2, "/dir")),)
+    low = next(c.handle for c in ops.of("new_superblock") if c.source == "low")
+    seq = ops.calls
+    attach_low = next(i for i, c in enumerate(seq) if c.op == "attach" and c.handle == low)
+    assert attach_low < seq.index(call)
+
+
+def test_a_cycle_names_the_mounts() -> None:
+    with pytest.raises(RestoreError, match=r"in a cycle: create superblock of mount 3 at '/merged' .* -> attach mount 3"):
+        dry(tree_of(LAYERED), plugins=[_LayerFs(4)])
+
+
+def test_a_missing_dependency_names_both_mounts() -> None:
+    with pytest.raises(MountNotFoundError) as err:
+        dry(tree_of(LAYERED), plugins=[_LayerFs(77)])
+    assert str(err.value) == (
+        "mount 3 at '/merged' (layerfs, source 'l'): needs mount 77, which is not in the "
+        "images of mount namespace 9"
+    )
+
+
+def test_root_that_cannot_be_rebuilt_needs_root_option() -> None:
+    ops = RecordingMountOps()
+    with pytest.raises(RestoreError, match=r"mount 1 at '/' \(ext4, source '/dev/sda1'\).*--root"):
+        restore("/x", ops=ops, namespaces=[SimpleNamespace(9, tree_of())])
+    assert ops.calls == []
+
+
+def test_external_mount_needs_a_mapping() -> None:
+    ns = SimpleNamespace(9, tree_of(), external={3: "data"})
+    with pytest.raises(RestoreError) as err:
+        restore("/x", root="/", ops=RecordingMountOps(), namespaces=[ns])
+    assert str(err.value) == (
+        "mount 3 at '/a/x' (tmpfs, source 'tx'): external mount with key 'data' has no "
+        "mapping; give --external mnt[data]:PATH"
+    )
+    ops = RecordingMountOps()
+    restore("/x", root="/", ops=ops, namespaces=[ns], externals={"data": "/srv/data"})
+    assert any(c.op == "clone" and c.path == "/srv/data" and c.other is None for c in ops.calls)
+
+
+def test_long_string_parameter_is_refused_clearly() -> None:
+    with pytest.raises(SyscallError) as err:
+        KernelMountOps().new_superblock("overlay", "o", [("lowerdir+", "/" + "x" * 300)])
+    assert err.value.errno == errno.EINVAL
+    assert "at most 255" in str(err.value)
+
+
+@pytest.mark.privileged
+def test_kernel_refusal_names_the_mount_and_leaves_nothing(tmp_path: os.PathLike[str]) -> None:
+    host = read_mountinfo("self")
+    root = host.root
+    bad = Mount(999999, root.mnt_id, root.dev.__class__(0, 9999), "/", str(tmp_path), "tmpfs",
+                "bad", ("rw", "relatime"), ("rw", "bogus_opt"))
+    tree = MountTree.from_mounts([*host.mounts, bad])
+    with pytest.raises(RestoreError) as err:
+        restore("/x", root="/", namespaces=[SimpleNamespace(1, tree)], detach=True)
+    msg = str(err.value)
+    assert msg.startswith(f"mount 999999 at {str(tmp_path)!r} (tmpfs, source 'bad'): fsconfig")
+    assert "Unknown parameter 'bogus_opt'" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.privileged
+def test_command_runs_in_the_restored_root_and_gives_its_status(tmp_path: os.PathLike[str]) -> None:
+    host = read_mountinfo("self")
+    root = host.root
+    extra = Mount(999998, root.mnt_id, root.dev.__class__(0, 9998), "/", str(tmp_path), "tmpfs",
+                  "marker", ("rw", "relatime"), ("rw",))
+    tree = MountTree.from_mounts([*host.mounts, extra])
+    res = restore(
+        "/x", root="/", namespaces=[SimpleNamespace(1, tree)],
+        command=["sh", "-c", "grep -q ' marker ' /proc/self/mountinfo && test $(pwd) = / && exit 7"],
+    )
+    assert res.exit_code == 7
