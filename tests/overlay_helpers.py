@@ -60,9 +60,8 @@ def open_files(pid: int) -> list[OpenFile]:
         path, deleted = link, False
         if path.endswith(" (deleted)"):
             path, deleted = path[: -len(" (deleted)")], True
-        info = dict(
-            line.split(":", 1) for line in open(f"/proc/{pid}/fdinfo/{name}").read().splitlines()
-        )
+        with open(f"/proc/{pid}/fdinfo/{name}") as f:
+            info = dict(line.split(":", 1) for line in f.read().splitlines())
         st = os.stat(f"/proc/{pid}/fd/{name}")
         out.append(
             OpenFile(

@@ -22,9 +22,9 @@ BASIC = """
 mkdir W && mount -t tmpfs w W && mkdir W/low W/up W/wk W/ovl
 mount -t tmpfs low W/low && mkdir W/low/a W/low/b
 echo a > W/low/a/fa; echo b > W/low/b/fb; echo u > W/up/fu
-mount -t overlay overlay -o lowerdir=$PWD/W/low/a:$PWD/W/low/b,upperdir=$PWD/W/up,workdir=$PWD/W/wk W/ovl
+mount -t overlay overlay W/ovl \\
+  -o lowerdir=$PWD/W/low/a:$PWD/W/low/b,upperdir=$PWD/W/up,workdir=$PWD/W/wk
 """
-
 
 
 def with_usr(root: str) -> str:
@@ -91,7 +91,8 @@ def test_stale_prefix_after_pivot_root(scenario: Scn) -> None:
         """
 mkdir new && mount -t tmpfs newroot new && mkdir new/l1 new/l2 new/up new/wk new/ovl new/old
 echo 1 > new/l1/f1; echo 2 > new/l2/f2; echo 1 > new/l2/decoy
-mount -t overlay overlay -o lowerdir=$PWD/new/l1:$PWD/new/l2,upperdir=$PWD/new/up,workdir=$PWD/new/wk new/ovl
+mount -t overlay overlay new/ovl \\
+  -o lowerdir=$PWD/new/l1:$PWD/new/l2,upperdir=$PWD/new/up,workdir=$PWD/new/wk
 """
         + with_usr("new")
         + """

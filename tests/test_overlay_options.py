@@ -140,7 +140,8 @@ def test_new_api_raw_paths_and_datadir() -> None:
 def test_relative_and_noncanonical_paths_kept_as_shown() -> None:
     o = parse_options(["rw", "lowerdir=a:b", "upperdir=up", "workdir=wk"])
     assert [x.text for x in o.lowers] == ["a", "b"]
-    o = parse_options(["rw", "lowerdir=/W/alink/:/W//b/../b", "upperdir=/W/up8/", "workdir=/W/./wk8"])
+    shown = ["rw", "lowerdir=/W/alink/:/W//b/../b", "upperdir=/W/up8/", "workdir=/W/./wk8"]
+    o = parse_options(shown)
     assert [x.text for x in o.lowers] == ["/W/alink/", "/W//b/../b"]
 
 
