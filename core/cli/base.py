@@ -8,6 +8,7 @@ never for ``--help``) and hand the manager to the library (``dump(..., manager=m
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,11 @@ class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            # `criu-fw tree | head`: the reader left; stop quietly, as a SIGPIPE'd tool would.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(141)
         except CriuFwError as exc:
             if ctx.meta.get("criu_fw.debug"):
                 raise
