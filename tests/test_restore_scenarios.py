@@ -23,6 +23,8 @@ from roundtrip import dump_scenario
 
 pytestmark = pytest.mark.privileged
 
+Restored = tuple[NamespaceScenario, str, RestoreResult]
+
 WEIRD = "sp ace\ttab\nnl\\back"
 
 SCRIPT = r"""
@@ -65,7 +67,7 @@ mount -t tmpfs weird "$weird"; echo odd > "$weird/o"
 
 
 @pytest.fixture(scope="module")
-def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NamespaceScenario, str, RestoreResult]]:
+def restored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restored]:
     images = str(tmp_path_factory.mktemp("img") / "images")
     scn = NamespaceScenario(SCRIPT)
     result: RestoreResult | None = None
@@ -88,35 +90,36 @@ def inside(result: RestoreResult, script: str) -> str:
     return res.stdout.decode("utf-8", "surrogateescape")
 
 
-def test_verify_passes_and_trees_match(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_verify_passes_and_trees_match(restored: Restored) -> None:
     scn, images, result = restored
     assert verify(result.pid, images).differences == ()
     # And against the live original, too: the restored tree is the dumped one.
     assert compare_trees(read_mountinfo(scn.pid), read_mountinfo(result.pid)).differences == ()
 
 
-def test_binds_of_a_directory_and_a_file(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_binds_of_a_directory_and_a_file(restored: Restored) -> None:
     scn, _, result = restored
     w = scn.workdir
     assert inside(result, f"cat {w}/dstdir/f {w}/dstfile") == "fromdir\nfromfile\n"
 
 
-def test_read_only_bind_of_a_writable_mount(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_read_only_bind_of_a_writable_mount(restored: Restored) -> None:
     scn, _, result = restored
     w = scn.workdir
     assert inside(result, f"touch {w}/ro_dst/x 2>/dev/null && echo rw || echo ro") == "ro\n"
     assert inside(result, f"touch {w}/src/x && echo rw") == "rw\n"
 
 
-def test_stacked_tmpfs_and_hidden_content(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_stacked_tmpfs_and_hidden_content(restored: Restored) -> None:
     scn, _, result = restored
     w = scn.workdir
-    assert inside(result, f"cat {w}/twice/high; umount {w}/twice; cat {w}/twice/low") == "high\nlow\n"
+    out = inside(result, f"cat {w}/twice/high; umount {w}/twice; cat {w}/twice/low")
+    assert out == "high\nlow\n"
     out = inside(result, f"cat {w}/stack/k/t; umount -l {w}/stack; cat {w}/stack/c/u")
     assert out == "top\nunder\n"
 
 
-def test_bind_into_itself_and_moved_subtree(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_bind_into_itself_and_moved_subtree(restored: Restored) -> None:
     scn, _, result = restored
     w = scn.workdir
     assert inside(result, f"cat {w}/inself/sub/f") == "self\n"
@@ -124,7 +127,7 @@ def test_bind_into_itself_and_moved_subtree(restored: tuple[NamespaceScenario, s
     assert out == "moved\ninner\n"
 
 
-def test_propagation_works_after_restore(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_propagation_works_after_restore(restored: Restored) -> None:
     scn, _, result = restored
     w = scn.workdir
     # A new mount on a shared mount reaches its peer and its slaves, not the other way round.
@@ -137,7 +140,7 @@ def test_propagation_works_after_restore(restored: tuple[NamespaceScenario, str,
     assert out == "4\n1\n"  # peers, p1, sl, ss
 
 
-def test_weird_names(restored: tuple[NamespaceScenario, str, RestoreResult]) -> None:
+def test_weird_names(restored: Restored) -> None:
     scn, _, result = restored
     path = os.path.join(scn.workdir, WEIRD, "o")
     with open(f"/proc/{result.pid}/root{path}") as f:
