@@ -47,10 +47,10 @@ os.unlink(sys.argv[-1])
 open("mapped", "w").close()
 time.sleep(100000)
 PY
-%s m.py W/ovl/fa W/ovl/fu W/ovl/fc W/ovl/fd &
+PYTHON m.py W/ovl/fa W/ovl/fu W/ovl/fc W/ovl/fd &
 echo $! > m.pid
 while [ ! -e mapped ]; do sleep 0.05; done
-""" % sys.executable
+""".replace("PYTHON", sys.executable)
 
 
 @pytest.fixture
