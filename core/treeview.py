@@ -26,6 +26,8 @@ def read_tree(
         ns_id = os.stat(os.path.join(proc_root, str(pid), "ns", "mnt")).st_ino
     except FileNotFoundError:
         raise UsageError(f"no process {pid} (no {proc_root}/{pid}/ns/mnt)") from None
+    except PermissionError:
+        ns_id = 0  # mountinfo may still be readable (a sandbox's pid 1); statmount is not
     if reader == "mountinfo":
         from .mountinfo import read_mountinfo
 

@@ -1,0 +1,146 @@
+"""The CLI commands of the foundation: drivers, tree, check; the error boundary; --trace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from criu_fw.cli import main
+from criu_fw.cli.base import driver_manager
+from criu_fw.errors import DriverError
+from criu_fw.mountinfo import parse
+from criu_fw.testing import NamespaceScenario
+
+CONSOLE = Path(sys.executable).parent / "criu-fw"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    res = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+    return res.exit_code, res.stdout, res.stderr
+
+
+def test_help_loads_no_driver() -> None:
+    code, out, _ = run("--help")
+    assert code == 0
+    for cmd in ("drivers", "tree", "check"):
+        assert cmd in out
+    assert "--trace" in out and "--prefer" in out
+
+
+def test_drivers_table_and_json() -> None:
+    code, out, _ = run("drivers")
+    assert code == 0
+    header, *lines = out.splitlines()
+    assert header.split() == ["DRIVER", "FSTYPES", "ORIGIN", "HOOKS"]
+    names = {line.split()[0] for line in lines if line and line[0].islower()}
+    assert {"generic", "overlay", "aufs"} <= names
+    assert any("+fallback" in line and line.startswith("generic ") for line in lines)
+    code, out, _ = run("--block-driver", "aufs", "drivers", "--json")
+    assert code == 0 and '"name": "aufs"' not in out and '"name": "overlay"' in out
+
+
+def test_usage_errors_are_one_line_with_status_2() -> None:
+    code, _, err = run("--prefer", "overlay=nosuch", "drivers")
+    assert code == 2
+    assert err == "criu-fw: error: --prefer overlay=nosuch: no driver named 'nosuch' is loaded\n"
+    code, _, err = run("drivers", env={"CRIU_FW_PREFER": "garbage"})
+    assert code == 2 and err.count("\n") == 1 and "CRIU_FW_PREFER" in err
+
+
+@pytest.mark.privileged
+def test_tree_draws_a_live_namespace_with_both_readers(
+    scenario: Callable[..., NamespaceScenario],
+) -> None:
+    s = scenario(
+        "mkdir -p a b r o/l o/u o/w o/m \"$(printf 'n\\nl')\" && mount -t tmpfs srcA a"
+        " && mount --make-shared a && mount --bind a b && mount -t ramfs ram r"
+        " && mount -t overlay ovl -o lowerdir=o/l,upperdir=o/u,workdir=o/w o/m"
+        " && mount -t tmpfs weird \"$(printf 'n\\nl')\""
+    )
+    base = os.path.realpath(s.workdir)
+    outs = {}
+    for reader in ("mountinfo", "statmount"):
+        code, out, err = run("tree", "-t", str(s.pid), "--reader", reader)
+        assert code == 0, err
+        outs[reader] = out
+        rows = {line.split()[0].lstrip("├└─│ "): line.split() for line in out.splitlines()[1:]}
+        assert rows[f"{base}/o/m"][1:4] == ["ovl", "overlay", "overlay"]
+        assert rows[f"{base}/r"][1:5] == ["ram", "ramfs", "generic", "private"]
+        assert rows[f"{base}/a"][1:4] == ["srcA", "tmpfs", "generic"]
+        assert rows[f"{base}/b"][4].startswith("shared:")
+        # The newline in a name is shown escaped: one mount, one line.
+        assert f"{base}/n\\x0al" in rows
+    # Same tree, same drawing; statmount adds the unique ids.
+    strip = [line.rsplit(None, 1)[0] for line in outs["mountinfo"].splitlines()]
+    assert strip == [line.rsplit(None, 1)[0] for line in outs["statmount"].splitlines()]
+    assert "/0x8" in outs["statmount"] and "/0x8" not in outs["mountinfo"]
+
+
+def test_tree_of_a_missing_process_is_one_line_and_traceback_only_with_debug() -> None:
+    code, _, err = run("tree", "-t", "999999999")
+    assert code == 2 and err == "criu-fw: error: no process 999999999 (no /proc/999999999/ns/mnt)\n"
+    with pytest.raises(Exception, match="no process 999999999"):
+        CliRunner().invoke(main, ["--debug", "tree", "-t", "999999999"], catch_exceptions=False)
+
+
+@click.command("call-hook")
+@click.pass_context
+def call_hook(ctx: click.Context) -> None:
+    """A stand-in for a command that calls hooks (dump, restore)."""
+    mgr = driver_manager(ctx)
+    mount = next(iter(parse(b"7 1 0:9 / /x rw - myfs src rw")))
+    with contextlib.suppress(DriverError):
+        mgr.call_for_fstype("rebuild_mount", "myfs", mount=mount, state=None, ctx=None)
+
+
+def test_trace_prints_each_hook_call() -> None:
+    main.add_command(call_hook)
+    try:
+        code, out, err = run("--trace", "call-hook")
+        assert code == 0, err
+        (line,) = [x for x in err.splitlines() if "trace:" in x]
+        assert line.startswith("criu-fw: trace: rebuild_mount -> generic: mount 7 at '/x'")
+        code, out, err = run("call-hook")
+        assert "trace:" not in err
+    finally:
+        main.commands.pop("call-hook")
+    code, out, _ = run("--trace", "drivers", "--json")
+    assert code == 0 and '"wrappers": [\n    "tracing"' in out
+
+
+def test_check_lists_every_feature_and_exits_0() -> None:
+    code, out, _ = run("check")
+    assert code == 0
+    lines = out.splitlines()
+    names = [line.split(":")[0][5:].replace(" (optional)", "") for line in lines]
+    assert names == [
+        "mnt_id in fdinfo", "statx mount ids", "listmount/statmount", "NS_GET_MNTNS_ID",
+        "pidfd_open", "new mount API", "mount_setattr", "MOVE_MOUNT_SET_GROUP",
+        "MOVE_MOUNT_BENEATH", "overlay lowerdir+", "overlay layers by fd", "open_tree_attr",
+        "idmapped mounts",
+    ]
+    assert all(line[:4] in ("yes ", "no  ") for line in lines)
+    # This project's machines (Linux 6.18) have all of the mandatory ones.
+    if os.uname().release >= "6.8":
+        assert all(line.startswith("yes") for line in lines if "(optional)" not in line), out
+
+
+def test_real_console_script() -> None:
+    res = subprocess.run([str(CONSOLE), "tree", "-t", str(os.getpid()), "--reader", "mountinfo"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].split() == [
+        "TARGET", "SOURCE", "FSTYPE", "DRIVER", "PROPAGATION", "ID"
+    ]
+    res = subprocess.run([str(CONSOLE), "tree", "--reader", "nope"], capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and "Invalid value for '--reader'" in res.stderr
+    res = subprocess.run([str(CONSOLE), "check", "--json"], capture_output=True, text=True)
+    assert res.returncode == 0 and '"name": "new mount API"' in res.stdout
