@@ -83,8 +83,15 @@ def fixup_vma(vma: FileMapping, mount: Mount | None, ctx: DumpContext) -> FileMa
     """Correct the path or mount of one file mapping where the kernel reports them wrongly.
 
     Phase: dump, once per file-backed mapping of every dumped process, with the same routing
-    and the same return contract as :func:`fixup_fd_path` (the path comes from
-    /proc/PID/map_files, the identity from stat'ing that link).
+    as :func:`fixup_fd_path` (the path comes from /proc/PID/map_files, the identity from
+    stat'ing that link).
+
+    :param vma: The mapping as /proc/PID/maps and map_files reported it.
+    :param mount: The mount the core found for the mapped file, or ``None``.
+    :param ctx: The dump.
+
+    :returns: A corrected copy (``attrs.evolve(vma, path=..., mnt_id=...)``), or ``None`` when
+        the kernel's report is right. As for open files, "could not check" must raise.
 
     .. versionadded:: 0.1
     """
@@ -127,11 +134,11 @@ def dump_content(mount: Mount, path: str, ctx: DumpContext) -> str | None:
     :param mount: A mount of the superblock.
     :param path: A directory through which the *whole* filesystem of ``mount`` is readable,
         content hidden under overmounts included (the core provides a copy of the mount that
-        has no children, so nothing covers anything).
+        has no children, so nothing covers anything). Read-only: the driver must not change it.
     :param ctx: The dump; the image goes into ``ctx.image_dir``.
 
     :returns: The name of the image file written into ``ctx.image_dir``, or ``None`` when
-        this filesystem needs no content saved.
+        this filesystem needs no content saved (kernel filesystems, disk-backed ones).
 
     .. versionadded:: 0.1
     """
@@ -146,8 +153,12 @@ def restore_content(mount: Mount, image: str, path: str, ctx: RestoreContext) ->
 
     :param mount: The dumped mount.
     :param image: The image file name ``dump_content`` returned (inside ``ctx.image_dir``).
-    :param path: Where the new, still empty filesystem is reachable.
-    :returns: ``True`` once restored; ``None`` if this driver does not handle that image.
+    :param path: Where the new, still empty filesystem is reachable; the driver writes there
+        and nowhere else.
+    :param ctx: The restore.
+
+    :returns: ``True`` once restored; ``None`` if this driver does not handle that image
+        (the restore then fails naming the image: content is never silently dropped).
 
     .. versionadded:: 0.1
     """
