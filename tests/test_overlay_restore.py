@@ -136,3 +136,23 @@ PY
         assert inside(res.pid, f"cat {D}/ovl/only{low} {D}/ovl/only0") == f"{low}\n0\n"
     finally:
         res.terminate()
+
+
+def test_container_root_on_host_layers_restores_without_root(scenario: Scn) -> None:
+    s = scenario(
+        """
+mkdir l1 l2 up wk root && echo 1 > l1/f1 && echo 2 > l2/f2
+mount -t overlay overlay root -o lowerdir=$PWD/l1:$PWD/l2,upperdir=$PWD/up,workdir=$PWD/wk
+mkdir -p root/usr root/proc root/old && mount --bind /usr root/usr && mount -t proc p root/proc
+for d in bin lib lib64 sbin; do ln -s usr/$d root/$d; done
+cd root && pivot_root . old && cd / && umount -l /old
+"""
+    )
+    res = rebuild(s.pid, "/", root=None)
+    try:
+        root = at(context_of(res.pid)[1], "/")
+        assert root.fstype == "overlay"
+        assert f"lowerdir+={s.workdir}/l1" in root.super_options
+        assert inside(res.pid, "cat /f1 /f2") == "1\n2\n"
+    finally:
+        res.terminate()
