@@ -74,13 +74,15 @@ class Executor:
         self.deferred_attrs: list[Mount] = []
         self.direct: set[int] = set()  # mounts that are their superblock's own root mount
         tree = plan.tree
+        last_user: dict[int, int] = {}
         for job in plan.jobs.values():
             if job.sb is not None:
                 self.sb_users[job.sb] = self.sb_users.get(job.sb, 0) + 1
+                last_user[job.sb] = job.mount.mnt_id
         for sbk, n in self.sb_users.items():
-            sole = [j for j in plan.jobs.values() if j.sb == sbk]
-            if n == 1 and sole[0].path == "/":
-                self.direct.add(sole[0].mount.mnt_id)
+            only = plan.jobs[last_user[sbk]]
+            if n == 1 and only.path == "/":
+                self.direct.add(only.mount.mnt_id)
         for sb in plan.superblocks.values():
             for ref in sb.plan.dependencies():
                 self.refs[ref] = self.refs.get(ref, 0) + 1

@@ -17,9 +17,8 @@ order wins, so the result is deterministic. A cycle is reported with the mounts 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
-
-import attrs
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from ..errors import MountNotFoundError, RestoreError
 from ..model import Mount, MountTree
@@ -29,8 +28,9 @@ SB, CREATE, ATTACH = 0, 1, 2
 KIND_NAMES = ("create superblock of", "create", "attach")
 
 
-@attrs.frozen(order=True)
-class Step:
+class Step(NamedTuple):
+    """One step; a plain tuple, because the sort hashes hundreds of thousands of them."""
+
     kind: int
     key: int  # superblock key for SB, dumped mount id otherwise
 
@@ -101,10 +101,11 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
 
 
 def _toposort(
-    deps: dict[Step, set[Step]], prio: object, plan: NamespacePlan, tree: MountTree
+    deps: dict[Step, set[Step]],
+    key: Callable[[Step], tuple[int, int]],
+    plan: NamespacePlan,
+    tree: MountTree,
 ) -> list[Step]:
-    key = prio  # typed loosely to keep the signature short; it is prio() above
-    assert callable(key)
     waiting = {s: len(d) for s, d in deps.items()}
     users: dict[Step, list[Step]] = {}
     for s, ds in deps.items():
