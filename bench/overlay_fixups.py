@@ -16,9 +16,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from criu_fw.fsdrivers.overlay import driver  # noqa: E402
-from criu_fw.testing import NamespaceScenario  # noqa: E402
-from overlay_helpers import at, live_context, open_files, parse, tree_of  # noqa: E402
+from criu_fw.fsdrivers.overlay import driver
+from criu_fw.testing import NamespaceScenario
+from overlay_helpers import at, live_context, open_files, parse, tree_of
 
 
 def script(overlays: int, files: int) -> str:
