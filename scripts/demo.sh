@@ -1,6 +1,105 @@
 #!/usr/bin/env bash
-# The README's main job. Until restore lands it shows the drivers and the live mount tree.
+# The README's main job: the whole round trip on an embedded example that needs nothing from
+# the user. It builds a small container-like mount namespace (a tmpfs root after pivot_root
+# with a shell in it, an overlay, binds, an overmount, a shared group, a file held open by a
+# process), dumps it, restores it, verifies the restored namespace against the images and
+# prints both trees. Every mount happens in private namespaces of child processes; every
+# process started here is ended by its PID; the temporary directory is removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
-.venv/bin/criu-fw drivers
+py=.venv/bin/python
+cli=.venv/bin/criu-fw
+
+work=$(mktemp -d /tmp/criu-fw-demo-XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The container: a Python process builds the tree, pivots into the tmpfs root and execs the
+# container's own /bin/sh (copied in with its libraries), which holds /merged/hello open.
+cat >"$work/container.py" <<'EOF'
+import os, shutil, subprocess, sys
+from criu_fw import kernel
+root = sys.argv[1]
+kernel.enter_private_namespace()
+kernel.mount("rootfs", root, "tmpfs", 0, "size=64m,mode=755")
+def sh(cmd): subprocess.run(["sh", "-ec", cmd], check=True, cwd=root)
+libs = subprocess.run(["sh", "-c", "ldd /bin/sh | grep -o '/[^ ]*'"], capture_output=True,
+                      text=True, check=True).stdout.split()
+for f in ["/bin/sh", "/bin/cat", "/bin/ls", "/bin/sleep"] + libs:
+    os.makedirs(root + os.path.dirname(f), exist_ok=True)
+    shutil.copy2(f, root + f)
+for lib in subprocess.run(["sh", "-c", "ldd /bin/ls | grep -o '/[^ ]*'"], capture_output=True,
+                          text=True).stdout.split():
+    os.makedirs(root + os.path.dirname(lib), exist_ok=True)
+    shutil.copy2(lib, root + lib)
+sh("""
+mkdir -p layers proc data bind over shared peer merged
+mount -t tmpfs layers layers
+mkdir layers/lower layers/upper layers/work
+echo 'hello from the lower layer' > layers/lower/hello
+mount -t overlay overlay -o lowerdir=layers/lower,upperdir=layers/upper,workdir=layers/work merged
+echo 'written through the overlay' > merged/new
+echo 'a bound directory' > data/file
+mount --bind data bind
+mount -t tmpfs under over; echo 'hidden under the overmount' > over/hidden
+mount -t tmpfs top over; echo 'on top' > over/visible
+mount -t tmpfs shr shared; mount --make-shared shared; mount --bind shared peer
+mount -t proc proc proc
+""")
+os.chdir(root)
+os.mkdir("old")
+kernel.pivot_root(".", "old")
+kernel.umount2("/old", kernel.MNT_DETACH)
+os.rmdir("/old")
+os.chdir("/")
+# From here on only what is inside the container runs: its shell holds the open file.
+os.execv("/bin/sh", ["/bin/sh", "-c",
+         "exec 3</merged/hello; echo ready; exec /bin/sleep 100000 <&3 >&3 2>&3"])
+EOF
+
+mkdir "$work/root"
+unshare -m --propagation private "$py" "$work/container.py" "$work/root" >"$work/container.out" &
+cpid=$!
+pids+=("$cpid")
+for _ in $(seq 100); do grep -q ready "$work/container.out" 2>/dev/null && break; sleep 0.1; done
+grep -q ready "$work/container.out" || { echo "demo: the container did not start" >&2; exit 1; }
+# The container's own process is the python child of unshare (unshare execs it: same PID).
+echo "== the original namespace (process $cpid)"
+"$cli" tree -t "$cpid"
+
+echo
+echo "== dump"
+if "$cli" dump --help >/dev/null 2>&1; then
+    "$cli" dump -t "$cpid" -D "$work/images"
+else
+    "$py" -c "import sys; from criu_fw.dump import dump; print(dump(int(sys.argv[1]), sys.argv[2]))" \
+        "$cpid" "$work/images"
+fi
+ls "$work/images"
+
+echo
+echo "== restore"
+rpid=$("$cli" restore -D "$work/images" --detach --pidfile "$work/restored.pid" | head -n 1)
+pids+=("$rpid")
+echo "restored namespace held by process $rpid"
+
+echo
+echo "== the restored namespace (process $rpid)"
+"$cli" tree -t "$rpid"
+
+echo
+echo "== verify"
+"$cli" verify -D "$work/images" -t "$rpid"
+
+echo
+echo "== inside the restored namespace, with its own shell"
+nsenter -t "$rpid" -m -- /bin/sh -c '
+    cat /merged/hello /merged/new /bind/file /over/visible
+    ls /shared /peer
+'
+echo "demo: round trip complete"
