@@ -19,7 +19,7 @@ from criu_fw.mountinfo import read_mountinfo
 from criu_fw.restore import RestoreResult, restore
 from criu_fw.restore.verify import compare_trees, verify
 from criu_fw.testing import NamespaceScenario
-from roundtrip import dump_scenario
+from test_roundtrip import dump_scenario
 
 pytestmark = pytest.mark.privileged
 
