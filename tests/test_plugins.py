@@ -218,7 +218,7 @@ class StringTypes(FsDriver):
 @pytest.mark.parametrize(
     "plugin, reason",
     [
-        (Misspelled(), "unknown hook: .*parse_mounts"),
+        (Misspelled(), "unknown hook 'parse_mounts' in plugin"),
         (WrongArgs(), "registration failed: .*bogus"),
         (StringTypes(), "registration failed: fstypes must be a collection"),
     ],
