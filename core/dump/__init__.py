@@ -1,1 +1,7 @@
-"""Checkpoint: read a live process tree and its mount namespaces into images."""
+"""The dump engine: :func:`dump` checkpoints a process tree's mounts, files and mappings."""
+
+from __future__ import annotations
+
+from .engine import DumpResult, dump
+
+__all__ = ["DumpResult", "dump"]

@@ -1,0 +1,382 @@
+"""``dump()``: checkpoint the mount namespaces, open files and file mappings of a process tree.
+
+Order of work (CRIU's): freeze the tree top-down; find its mount namespaces; per mount the
+owner's ``parse_mount`` (parents first); per fd, cwd, root, exe and mapping the ``fixup_*``
+hooks; per superblock that needs it ``dump_content`` through a helper's childless copy of a
+mount; then re-read every namespace's mountinfo and start again (bounded) if anyone changed
+it. The tree is resumed in a ``finally``. Images go into a temporary directory next to the
+target (same filesystem), are fsync'ed, ``inventory.img`` is written last, and the directory
+is renamed into place: a reader sees a complete dump or none.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from ..context import DumpContext
+from ..driver import DriverState
+from ..errors import CriuFwError, DumpError
+from ..imageset import write_mount_namespace
+from ..model import Dev, Mount
+from ..plugins import DriverConfig, DriverManager, load_drivers
+from ..proto import fdinfo_pb2, fs_pb2
+from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
+from .ids import FileIds, TableIds
+from .maps import MapsReader
+from .namespaces import FilesystemViews, Namespace, changed_namespaces, find_namespaces
+from .procfs import ProcFS
+from .procs import Freezer, Process, collect_tree
+from .routing import Router
+from .writer import (
+    ProcessImages,
+    mapping_flags,
+    mm_entry,
+    mm_fields,
+    reg_entry,
+    vma_entry,
+    write_inventory,
+    write_process_images,
+)
+
+log = logging.getLogger("criu_fw.dump")
+
+#: How many times the dump starts again when the mount table changed under it.
+RETRIES = 3
+
+
+@attrs.frozen
+class DumpResult:
+    """What a dump wrote, for callers and the CLI's summary."""
+
+    image_dir: str
+    pids: tuple[int, ...]
+    #: Small namespace id -> number of mounts.
+    namespaces: Mapping[int, int]
+    files: int
+    mappings: int
+    #: (ns_id, mnt_id) -> external key.
+    external: Mapping[tuple[int, int], str]
+    content_images: tuple[str, ...]
+    attempts: int
+    #: Seconds per phase: freeze, mounts, files, content, check, write.
+    timings: Mapping[str, float]
+
+
+@attrs.define
+class _Attempt:
+    """The state of one pass over the frozen tree."""
+
+    ctx: DumpContext
+    namespaces: list[Namespace]
+    ns_of: dict[int, int]
+    drivers: dict[int, dict[int, str]] = attrs.field(factory=dict)
+    states: dict[int, dict[int, DriverState | None]] = attrs.field(factory=dict)
+    content: dict[int, dict[int, str]] = attrs.field(factory=dict)
+    procs: list[ProcessImages] = attrs.field(factory=list)
+    files: list[fdinfo_pb2.file_entry] = attrs.field(factory=list)
+    n_files: int = 0
+    n_maps: int = 0
+
+
+def dump(
+    pid: int,
+    image_dir: str,
+    *,
+    plugins: Iterable[object] = (),
+    config: DriverConfig | None = None,
+    externals: Mapping[str, str] = {},  # noqa: B006 - read-only
+    auto_external: bool = False,
+    leave_stopped: bool = False,
+    proc_root: str = "/proc",
+    sys_root: str = "/sys",
+    root: str | None = None,
+    manager: DriverManager | None = None,
+) -> DumpResult:
+    """Dump the tree of process ``pid`` into ``image_dir`` (missing or empty); all or nothing.
+
+    ``externals`` maps mountpoints to keys (``--external mnt[MOUNTPOINT]:KEY``);
+    ``auto_external`` records mounts from outside the dump under the host path where the
+    dumper sees them. With a recorded ``proc_root``, nothing is frozen or entered and no
+    content is archived. Raises :class:`~criu_fw.errors.DumpError` (or another
+    :class:`~criu_fw.errors.CriuFwError`) with one line saying what failed.
+    """
+    target = os.path.abspath(image_dir)
+    tmp = _make_tmp(target)
+    fs = ProcFS(proc_root)
+    freezer = Freezer(fs, enabled=fs.live)
+    timings: dict[str, float] = {}
+    try:
+        mgr = manager if manager is not None else load_drivers(config, plugins)
+        t0 = time.perf_counter()
+        try:
+            procs = collect_tree(fs, pid, freezer)
+            timings["freeze"] = time.perf_counter() - t0
+            attempt, tries = _read_consistent(
+                fs, mgr, procs, tmp, timings,
+                dict(externals), auto_external, proc_root, sys_root, root, pid,
+            )
+        finally:
+            if leave_stopped:
+                freezer.leave()
+            else:
+                freezer.resume()
+        t0 = time.perf_counter()
+        _write(tmp, attempt)
+        _publish(tmp, target)
+        timings["write"] = time.perf_counter() - t0
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return DumpResult(
+        image_dir=target,
+        pids=tuple(p.pid for p in procs),
+        namespaces={ns.ns_id: len(ns.tree) for ns in attempt.namespaces},
+        files=attempt.n_files,
+        mappings=attempt.n_maps,
+        external=dict(attempt.ctx.external_mounts),
+        content_images=tuple(sorted({n for c in attempt.content.values() for n in c.values()})),
+        attempts=tries,
+        timings=timings,
+    )
+
+
+def _make_tmp(target: str) -> str:
+    parent = os.path.dirname(target)
+    if os.path.lexists(target):
+        if not os.path.isdir(target):
+            raise DumpError(f"image directory {target}: exists and is not a directory")
+        if os.listdir(target):
+            raise DumpError(f"image directory {target}: not empty; give an empty or new one")
+    try:
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.criu-fw-", dir=parent)
+    except OSError as exc:
+        raise DumpError(f"cannot create the image directory next to {target}: "
+                        f"{exc.strerror}") from exc
+
+
+def _read_consistent(
+    fs: ProcFS, mgr: DriverManager, procs: list[Process], tmp: str, timings: dict[str, float],
+    externals: dict[str, str], auto_external: bool, proc_root: str, sys_root: str,
+    root: str | None, pid: int,
+) -> tuple[_Attempt, int]:
+    changed: list[Namespace] = []
+    for n in range(1, RETRIES + 1):
+        _clear(tmp)
+        ctx = DumpContext(
+            image_dir=tmp, proc_root=proc_root, sys_root=sys_root, root_pid=pid,
+            externals=externals, recorded=not fs.live, root=root, auto_external=auto_external,
+        )
+        t0 = time.perf_counter()
+        namespaces, ns_of = find_namespaces(fs, procs)
+        attempt = _Attempt(ctx, namespaces, ns_of)
+        for ns in namespaces:
+            ctx.trees[ns.ns_id] = ns.tree
+            ctx.ns_pids[ns.ns_id] = ns.pid
+        router = Router(mgr, ctx)
+        _mounts(attempt, router)
+        t1 = time.perf_counter()
+        _files(fs, attempt, router, procs)
+        t2 = time.perf_counter()
+        if fs.live:
+            _content(attempt, router)
+        t3 = time.perf_counter()
+        changed = changed_namespaces(fs, namespaces) if fs.live else []
+        t4 = time.perf_counter()
+        for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2),
+                     ("check", t4 - t3)):
+            timings[k] = v
+        if not changed:
+            return attempt, n
+        log.warning("mount table of namespace %s changed during the dump; starting again",
+                    ", ".join(str(ns.ns_id) for ns in changed))
+    where = ", ".join(f"{ns.ns_id} (process {ns.pid})" for ns in changed)
+    raise DumpError(
+        f"the mount table of namespace {where} kept changing during the dump "
+        f"({RETRIES} attempts); nothing was written"
+    )
+
+
+def _clear(tmp: str) -> None:
+    for name in os.listdir(tmp):
+        os.unlink(os.path.join(tmp, name))
+
+
+def _mounts(a: _Attempt, router: Router) -> None:
+    ctx = a.ctx
+    for ns in a.namespaces:
+        drivers: dict[int, str] = {}
+        states: dict[int, DriverState | None] = {}
+        for m in ns.tree.topo_order():
+            d = router.owner(m.fstype)
+            drivers[m.mnt_id] = d
+            state = router.call("parse_mount", d, mount=m, tree=ns.tree, ctx=ctx)
+            if state is not None:
+                states[m.mnt_id] = state
+        a.drivers[ns.ns_id] = drivers
+        a.states[ns.ns_id] = states
+
+
+def _wants_content(router: Router, driver: str, fstype: str) -> bool:
+    if not router.implements("dump_content", driver):
+        return False
+    wanted = getattr(router.mgr.info(driver).obj, "content_fstypes", None)
+    return wanted is None or fstype in wanted
+
+
+def _content(a: _Attempt, router: Router) -> None:
+    """dump_content once per superblock, through a childless copy of one of its mounts."""
+    ext = a.ctx.external_mounts
+    seen: set[Dev] = set()
+    per_ns: dict[int, list[Mount]] = {}
+    all_of: dict[Dev, list[tuple[int, Mount]]] = {}
+    for ns in a.namespaces:
+        for m in ns.tree.mounts:
+            all_of.setdefault(m.dev, []).append((ns.ns_id, m))
+    for dev, mounts in all_of.items():
+        if dev in seen:
+            continue
+        seen.add(dev)
+        ns_id, first = mounts[0]
+        if not _wants_content(router, a.drivers[ns_id][first.mnt_id], first.fstype):
+            continue
+        best = _view_mount(a, mounts)
+        if best is None or (best[0], best[1].mnt_id) in ext:
+            continue
+        per_ns.setdefault(best[0], []).append(best[1])
+    for ns in a.namespaces:
+        chosen = per_ns.get(ns.ns_id)
+        if not chosen:
+            continue
+        with FilesystemViews(ns.pid, ns.tree, chosen) as paths:
+            for m, path in zip(chosen, paths, strict=True):
+                name = router.call("dump_content", a.drivers[ns.ns_id][m.mnt_id],
+                                   mount=m, path=path, ctx=a.ctx)
+                if name is None:
+                    continue
+                for other_ns, other in all_of[m.dev]:
+                    a.content.setdefault(other_ns, {})[other.mnt_id] = name
+
+
+def _view_mount(a: _Attempt, mounts: list[tuple[int, Mount]]) -> tuple[int, Mount] | None:
+    """The mount of a superblock whose copy shows the most: the widest root, visible first."""
+    trees = a.ctx.trees
+    return min(
+        mounts,
+        key=lambda nm: (nm[1].root.count("/") if nm[1].root != "/" else 0,
+                        trees[nm[0]].lookup(nm[1].mountpoint) is not nm[1]),
+        default=None,
+    )
+
+
+def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> None:
+    live = fs.live
+    reader = FileReader(fs, live)
+    maps = MapsReader(fs, live)
+    ids = FileIds(live)
+    tables = TableIds(live)
+    known_devs = {m.dev for ns in a.namespaces for m in ns.tree.mounts}
+    seen_tables: set[int] = set()
+    for k, proc in enumerate(procs, 1):
+        ns_id = a.ns_of[proc.pid]
+        tree = a.ctx.trees[ns_id]
+        files_id = tables.files_id(proc.pid)
+        pi = ProcessImages(proc, ns_id, files_id, k)
+        pi.shares_table = files_id in seen_tables
+        seen_tables.add(files_id)
+        if not pi.shares_table:
+            for f in reader.fds(proc.pid):
+                f, mount = router.fixup("fixup_fd_path", f, tree)
+                mnt = mount.mnt_id if mount is not None else None
+                fid, new = ids.for_fd(f, mnt)
+                if new:
+                    a.files.append(reg_entry(fid, f, path=f.path, flags=f.flags, pos=f.pos,
+                                             mnt_id=mnt, size=f.size, mode=f.mode))
+                pi.add_fd(f.fd, fid, f.flags)
+                a.n_files += 1
+        special: dict[int, int] = {}
+        for which in (FD_CWD, FD_ROOT, FD_EXE):
+            sf = reader.special(proc.pid, which)
+            if sf is None:
+                continue
+            sf, mount = router.fixup("fixup_fd_path", sf, tree)
+            fid = ids.new()
+            a.files.append(reg_entry(fid, sf, path=sf.path, flags=sf.flags, pos=0,
+                                     mnt_id=mount.mnt_id if mount is not None else None,
+                                     size=sf.size, mode=sf.mode))
+            special[which] = fid
+        if FD_CWD in special or FD_ROOT in special:
+            cwd = special.get(FD_CWD, special.get(FD_ROOT, 0))
+            pi.fs = fs_pb2.fs_entry(cwd_id=cwd, root_id=special.get(FD_ROOT, cwd))
+        vmas = []
+        for v in maps.vmas(proc.pid, known_devs):
+            shmid = v.inode
+            if v.file is not None:
+                fm, mount = router.fixup("fixup_vma", v.file, tree)
+                mnt = mount.mnt_id if mount is not None else None
+                flags = mapping_flags(v)
+                shmid, new = ids.for_mapping(fm.path, mnt, flags, fm.identity)
+                if new:
+                    a.files.append(reg_entry(shmid, None, path=fm.path, flags=flags, pos=0,
+                                             mnt_id=mnt))
+                a.n_maps += 1
+            vmas.append(vma_entry(v, shmid))
+        pi.mm = mm_entry(mm_fields(fs.read(proc.pid, "stat", optional=True)),
+                         special.get(FD_EXE, 0), vmas)
+        a.procs.append(pi)
+
+
+def _write(tmp: str, a: _Attempt) -> None:
+    try:
+        for ns in a.namespaces:
+            write_mount_namespace(
+                tmp, ns.ns_id, ns.tree,
+                drivers=a.drivers[ns.ns_id],
+                states=a.states.get(ns.ns_id, {}),
+                external={m: k for (n, m), k in a.ctx.external_mounts.items() if n == ns.ns_id},
+                content=a.content.get(ns.ns_id, {}),
+            )
+        write_process_images(tmp, a.procs, a.files)
+        _fsync_all(tmp)
+        # The completion mark: written (and synced) only after everything else is on disk.
+        write_inventory(tmp, a.procs[0])
+        _fsync_all(tmp, only="inventory.img")
+    except CriuFwError:
+        raise
+    except OSError as exc:
+        raise DumpError(f"writing images into {tmp} failed: "
+                        f"{errno.errorcode.get(exc.errno or 0, '')} ({exc.strerror})") from exc
+
+
+def _fsync_all(d: str, only: str | None = None) -> None:
+    for name in [only] if only else os.listdir(d):
+        fd = os.open(os.path.join(d, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _publish(tmp: str, target: str) -> None:
+    try:
+        os.rename(tmp, target)  # replaces an empty directory atomically
+    except OSError as exc:
+        raise DumpError(f"cannot publish the images as {target}: {exc.strerror}") from exc
+    os.chmod(target, 0o755)
+    dfd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)

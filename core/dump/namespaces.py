@@ -1,0 +1,172 @@
+"""The mount namespaces of a process tree, and a helper that sees a whole filesystem of one.
+
+Namespaces get CRIU-like small ids (1, 2, ...) in the order the processes (parents first)
+reveal them; the kernel's identity is the inode of ``/proc/PID/ns/mnt``. A recording without
+``ns/mnt`` links groups processes by identical mountinfo text instead.
+
+:class:`FilesystemViews` runs ``nshelper.py`` in a fresh single-threaded interpreter: the
+main process never calls setns, whatever threads it has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+
+import attrs
+
+from ..errors import DumpError
+from ..model import Mount, MountTree
+from ..mountinfo import parse
+from . import nshelper
+from .procfs import ProcFS
+from .procs import Process
+
+
+@attrs.frozen
+class Namespace:
+    """One dumped mount namespace."""
+
+    #: The small id used in image names (mountpoints-<ns_id>.img) and ids-<pid>.img.
+    ns_id: int
+    #: The kernel's identity (nsfs inode), or 0 when the recording had no ns link.
+    inode: int
+    #: A process of the tree inside it (mountinfo and the content helper go through it).
+    pid: int
+    #: The mountinfo bytes the tree was parsed from (the consistency check compares them).
+    raw: bytes = attrs.field(repr=False)
+    tree: MountTree = attrs.field(repr=False)
+
+
+def read_mountinfo_raw(fs: ProcFS, pid: int) -> bytes:
+    return fs.must_read(pid, "mountinfo")
+
+
+def find_namespaces(fs: ProcFS, procs: Sequence[Process]) -> tuple[list[Namespace], dict[int, int]]:
+    """Every distinct mount namespace of ``procs`` and, per pid, its namespace's small id."""
+    key_of: dict[int, tuple[int, bytes]] = {}
+    raws: dict[int, bytes] = {}
+    for p in procs:
+        link = fs.readlink(p.pid, "ns/mnt", optional=True)
+        if link is not None:
+            key_of[p.pid] = (fs.ns_inode(p.pid), b"")
+        else:
+            raw = read_mountinfo_raw(fs, p.pid)
+            raws[p.pid] = raw
+            key_of[p.pid] = (0, hashlib.sha256(raw).digest())
+    ids: dict[tuple[int, bytes], int] = {}
+    first: dict[int, int] = {}
+    ns_of: dict[int, int] = {}
+    for p in procs:
+        key = key_of[p.pid]
+        if key not in ids:
+            ids[key] = len(ids) + 1
+            first[ids[key]] = p.pid
+        ns_of[p.pid] = ids[key]
+    out = []
+    for key, ns_id in ids.items():
+        pid = first[ns_id]
+        raw = raws.get(pid) or read_mountinfo_raw(fs, pid)
+        source = fs.path(pid, "mountinfo")
+        out.append(Namespace(ns_id, key[0], pid, raw, MountTree(tuple(parse(raw, source)), ns_id)))
+    return out, ns_of
+
+
+def changed_namespaces(fs: ProcFS, namespaces: Iterable[Namespace]) -> list[Namespace]:
+    """The namespaces whose mount table differs now from what was read."""
+    return [ns for ns in namespaces if read_mountinfo_raw(fs, ns.pid) != ns.raw]
+
+
+def chain_of(tree: MountTree, mount: Mount) -> list[Mount]:
+    """``mount`` and its ancestors, the namespace's root mount first."""
+    chain = [mount]
+    seen = {mount.mnt_id}
+    cur = tree.parent(mount)
+    while cur is not None and cur.mnt_id not in seen:
+        chain.append(cur)
+        seen.add(cur.mnt_id)
+        cur = tree.parent(cur)
+    chain.reverse()
+    return chain
+
+
+class FilesystemViews:
+    """Detached, childless copies of some mounts of one namespace, readable by path.
+
+    ``with FilesystemViews(pid, tree, mounts) as paths:`` gives, for each mount, a directory
+    (``/proc/<helper>/fd/<N>``) through which its whole filesystem below the mount's root is
+    visible, content hidden under overmounts included. Nothing changes in the namespace.
+    """
+
+    def __init__(self, pid: int, tree: MountTree, mounts: Sequence[Mount]) -> None:
+        self.pid = pid
+        self.tree = tree
+        self.mounts = list(mounts)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> list[str]:
+        if not self.mounts:
+            return []
+        targets = []
+        for m in self.mounts:
+            targets.append([
+                [c.dev.major, c.dev.minor, os.fsencode(c.root).hex(), os.fsencode(c.mountpoint).hex()]
+                for c in chain_of(self.tree, m)
+            ])
+        request = json.dumps({"pid": self.pid, "targets": targets}) + "\n"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", nshelper.__file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(request.encode())
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+            reply = json.loads(line) if line else {"error": self._stderr() or "helper died"}
+        except (OSError, ValueError) as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        if "error" in reply:
+            self._stop()
+            raise DumpError(
+                f"namespace helper for process {self.pid}: {reply['error']}"
+            )
+        return [f"/proc/{self.proc.pid}/fd/{fd}" for fd in reply["fds"]]
+
+    def _stderr(self) -> str:
+        if self.proc is None or self.proc.stderr is None:
+            return ""
+        try:
+            self.proc.wait(timeout=5)
+            return self.proc.stderr.read().decode("utf-8", "replace").strip().splitlines()[-1]
+        except (subprocess.TimeoutExpired, IndexError, OSError):
+            return ""
+
+    def _stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop()

@@ -1,0 +1,118 @@
+"""Which drivers see which mount, file and mapping, called once each through indexes.
+
+The owner of an fstype is looked up once per fstype; whether a driver implements a hook (or
+a wrapper plugin wants to see every call) is decided once per (hook, driver). A file is routed
+by its kernel mount id through the namespace's id index (``MountTree.find``), else by its path
+(``MountTree.lookup``, proportional to the path's depth): never a scan of all mounts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+import attrs
+
+from ..context import DumpContext
+from ..errors import DumpError, MountNotFoundError
+from ..files import FileMapping, OpenFile
+from ..model import Mount, MountTree
+from ..plugins import DriverManager
+
+log = logging.getLogger("criu_fw.dump")
+
+F = TypeVar("F", OpenFile, FileMapping)
+
+
+class Router:
+    def __init__(self, mgr: DriverManager, ctx: DumpContext) -> None:
+        self.mgr = mgr
+        self.ctx = ctx
+        self._owner: dict[str, str] = {}
+        self._impl: dict[tuple[str, str], bool] = {}
+        self._wrapped: dict[str, bool] = {}
+
+    def owner(self, fstype: str) -> str:
+        name = self._owner.get(fstype)
+        if name is None:
+            name = self._owner[fstype] = self.mgr.owner(fstype)
+        return name
+
+    def implements(self, hook: str, driver: str) -> bool:
+        """Whether calling ``hook`` on ``driver`` can do anything (skips empty calls)."""
+        key = (hook, driver)
+        got = self._impl.get(key)
+        if got is None:
+            wrapped = self._wrapped.get(hook)
+            if wrapped is None:
+                impls = getattr(self.mgr.pm.hook, hook).get_hookimpls()
+                wrapped = any(i.hookwrapper or i.wrapper for i in impls)
+                self._wrapped[hook] = wrapped
+            info = self.mgr.drivers.get(driver)
+            got = wrapped or (info is not None and hook in info.hooks)
+            self._impl[key] = got
+        return got
+
+    def call(self, hook: str, driver: str, **kwargs: Any) -> Any:
+        if not self.implements(hook, driver):
+            return None
+        return self.mgr.call(hook, driver, **kwargs)
+
+    # -- files and mappings ----------------------------------------------------------------
+
+    def mount_of(self, tree: MountTree, mnt_id: int | None, path: str) -> Mount | None:
+        if mnt_id is not None:
+            m = tree.find(mnt_id)
+            if m is not None:
+                return m
+        try:
+            return tree.lookup(path)
+        except (MountNotFoundError, ValueError):
+            return None
+
+    def fixup(self, hook: str, item: F, tree: MountTree) -> tuple[F, Mount | None]:
+        """The item after its drivers' corrections, and the mount its final mnt_id names.
+
+        Called on the owner of the item's mount and on drivers that claimed the kernel's
+        mount id; two drivers that both correct the same item is an error naming both.
+        """
+        mount = self.mount_of(tree, item.mnt_id, item.path)
+        names: list[str] = []
+        if mount is not None:
+            names.append(self.owner(mount.fstype))
+        if item.mnt_id is not None:
+            for extra in self.ctx.claimants(tree.ns_id, item.mnt_id):
+                if extra not in names:
+                    names.append(extra)
+        fixed: F | None = None
+        by: str | None = None
+        arg = "file" if hook == "fixup_fd_path" else "vma"
+        for name in names:
+            res = self.call(hook, name, **{arg: item, "mount": mount, "ctx": self.ctx})
+            if res is None:
+                continue
+            if fixed is not None and res != fixed:
+                raise DumpError(
+                    f"drivers {by!r} and {name!r} both correct {describe(item)}; "
+                    "block one of them with --block-driver"
+                )
+            fixed, by = res, name
+        if fixed is None:
+            if item.mnt_id is not None and mount is not None and mount.mnt_id != item.mnt_id:
+                log.warning("%s: mount %d is not in mount namespace %d", describe(item),
+                            item.mnt_id, tree.ns_id)
+                return item, None
+            return item, mount
+        final = tree.find(fixed.mnt_id) if fixed.mnt_id is not None else None
+        return fixed, final
+
+
+def describe(item: OpenFile | FileMapping) -> str:
+    if isinstance(item, OpenFile):
+        what = {-1: "cwd", -2: "root", -3: "exe"}.get(item.fd, f"fd {item.fd}")
+        return f"process {item.pid} {what} {item.path!r}"
+    return f"process {item.pid} mapping {item.start:x}-{item.end:x} {item.path!r}"
+
+
+def evolve_mnt(item: F, mnt_id: int | None) -> F:
+    return attrs.evolve(item, mnt_id=mnt_id)
