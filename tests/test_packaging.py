@@ -31,7 +31,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         shutil.copytree(REPO / name, src / name, ignore=ignore)
     out = tmp_path_factory.mktemp("dist")
     res = subprocess.run(
-        # -x: the declared "wheel" requirement is not needed by setuptools >= 70.1 (offline).
+        # -x: the build requirements come from this venv (offline); do not re-check them.
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-x", "--outdir", str(out)],
         cwd=src, capture_output=True, text=True,
     )
