@@ -92,7 +92,7 @@ def dump(
     *,
     plugins: Iterable[object] = (),
     config: DriverConfig | None = None,
-    externals: Mapping[str, str] = {},  # noqa: B006 - read-only
+    externals: Mapping[str, str] = {},
     auto_external: bool = False,
     leave_stopped: bool = False,
     proc_root: str = "/proc",

@@ -59,7 +59,8 @@ class FileReader:
     def _identity(self, path: str) -> tuple[FileIdentity | None, int, int]:
         """(identity, size, mode) by stat'ing through a /proc magic link."""
         s = os.stat(path)
-        return FileIdentity(Dev(os.major(s.st_dev), os.minor(s.st_dev)), s.st_ino), s.st_size, s.st_mode
+        dev = Dev(os.major(s.st_dev), os.minor(s.st_dev))
+        return FileIdentity(dev, s.st_ino), s.st_size, s.st_mode
 
     def fds(self, pid: int) -> list[OpenFile]:
         fs = self.fs

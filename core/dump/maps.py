@@ -116,7 +116,7 @@ class MapsReader:
             if not line:
                 continue
             start, end, pgoff, prot, shared, dev, inode, name = parse_maps_line(line)
-            if not name.startswith("/") or inode == 0 and dev == Dev(0, 0):
+            if not name.startswith("/") or (inode == 0 and dev == Dev(0, 0)):
                 out.append(Vma(start, end, pgoff, prot, shared, dev, inode, name))
                 continue
             path, deleted = split_deleted(name)

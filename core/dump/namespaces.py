@@ -10,6 +10,7 @@ main process never calls setns, whatever threads it has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,7 +116,8 @@ class FilesystemViews:
         targets = []
         for m in self.mounts:
             targets.append([
-                [c.dev.major, c.dev.minor, os.fsencode(c.root).hex(), os.fsencode(c.mountpoint).hex()]
+                [c.dev.major, c.dev.minor, os.fsencode(c.root).hex(),
+                 os.fsencode(c.mountpoint).hex()]
                 for c in chain_of(self.tree, m)
             ])
         request = json.dumps({"pid": self.pid, "targets": targets}) + "\n"
@@ -156,10 +158,8 @@ class FilesystemViews:
             return
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
-                try:
+                with contextlib.suppress(OSError):
                     stream.close()
-                except OSError:
-                    pass
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -89,15 +89,13 @@ def _statx_mnt_id(path: bytes) -> int:
     return int(struct.unpack_from("<Q", buf.raw, 144)[0])
 
 
-def _prefixes(parent_mp: bytes, mp: bytes) -> list[bytes]:
-    """The paths from just below ``parent_mp`` down to ``mp`` (``mp`` included)."""
-    if mp == parent_mp:
-        return [mp]
-    rest = mp[len(parent_mp):] if parent_mp != b"/" else mp
-    out, acc = [], (parent_mp if parent_mp != b"/" else b"")
-    for part in rest.strip(b"/").split(b"/"):
-        acc = acc + b"/" + part
-        out.append(acc)
+def _prefixes(path: bytes) -> list[bytes]:
+    """``/``, ``/a``, ``/a/b`` for ``/a/b``."""
+    out, acc = [b"/"], b""
+    for part in path.strip(b"/").split(b"/"):
+        if part:
+            acc = acc + b"/" + part
+            out.append(acc)
     return out
 
 
@@ -123,19 +121,37 @@ def _resolve(chain: list[tuple[str, bytes, bytes]]) -> list[int]:
     return out
 
 
-def _uncover(chain: list[tuple[str, bytes, bytes]], ids: list[int]) -> None:
-    """Unmount (lazily, in the private copy) whatever hides the chain's last mount."""
-    for i, (_, _, mp) in enumerate(chain):
-        parent_mp = chain[i - 1][2] if i else mp
-        for place in _prefixes(parent_mp, mp) if i else [mp]:
-            want = ids[i] if place == mp else ids[i - 1]
-            for _ in range(10000):
-                if _statx_mnt_id(place) == want:
-                    break
-                if _libc.umount2(place, MNT_DETACH) != 0:
-                    raise _err("umount2", place)
-            else:
-                raise HelperError(f"cannot uncover {place!r}")
+def _uncover(chain: list[tuple[str, bytes, bytes]], ids: list[int]) -> bool:
+    """Unmount (lazily, in the private copy) whatever hides the chain's last mount.
+
+    Walking the target's mountpoint from ``/``, each place must show the deepest mount of the
+    chain mounted at or above it; anything else there is a covering mount and goes.
+    Returns whether anything was unmounted (the copy no longer mirrors the namespace).
+    """
+    changed = False
+    mps = [c[2] for c in chain]
+    for place in _prefixes(mps[-1]):
+        i = max(k for k, mp in enumerate(mps) if mp == b"/" or mp == place
+                or place.startswith(mp + b"/"))
+        for _ in range(10000):
+            if _statx_mnt_id(place) == ids[i]:
+                break
+            if _libc.umount2(place, MNT_DETACH) != 0:
+                raise _err("umount2", place)
+            changed = True
+        else:
+            raise HelperError(f"cannot uncover {place!r}")
+    return changed
+
+
+def _private_copy(pidfd: int) -> None:
+    """Enter the target namespace, then a private copy of it that propagates nowhere."""
+    if _libc.syscall(SYS_setns, ctypes.c_int(pidfd), ctypes.c_int(CLONE_NEWNS)) < 0:
+        raise _err("setns", "target")
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise _err("unshare", "CLONE_NEWNS")
+    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise _err("mount", "/ MS_REC|MS_PRIVATE")
 
 
 def serve(request: dict[str, object]) -> list[int]:
@@ -143,23 +159,21 @@ def serve(request: dict[str, object]) -> list[int]:
     pidfd = _libc.syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0))
     if pidfd < 0:
         raise _err("pidfd_open", pid)
-    if _libc.syscall(SYS_setns, ctypes.c_int(pidfd), ctypes.c_int(CLONE_NEWNS)) < 0:
-        raise _err("setns", pid)
-    os.close(pidfd)
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        raise _err("unshare", "CLONE_NEWNS")
-    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        raise _err("mount", "/ MS_REC|MS_PRIVATE")
+    _private_copy(pidfd)
     fds = []
     for raw in request["targets"]:  # type: ignore[attr-defined]
         chain = [(f"{a}:{b}", bytes.fromhex(r), bytes.fromhex(p)) for a, b, r, p in raw]
         ids = _resolve(chain)
-        _uncover(chain, ids)
+        dirty = _uncover(chain, ids)
         fd = _libc.syscall(SYS_open_tree, ctypes.c_int(AT_FDCWD), chain[-1][2],
                            ctypes.c_uint(OPEN_TREE_CLONE))
         if fd < 0:
             raise _err("open_tree", chain[-1][2])
         fds.append(int(fd))
+        if dirty:
+            # The next target needs a copy that still has everything: a fresh one.
+            _private_copy(pidfd)
+    os.close(pidfd)
     return fds
 
 

@@ -117,7 +117,7 @@ class ProcFS:
         """The inode of ``/proc/PID/ns/<kind>`` (``mnt:[4026531840]`` -> 4026531840)."""
         link = self.readlink(pid, f"ns/{kind}")
         assert link is not None
-        head, sep, rest = link.partition(":[")
+        __, sep, rest = link.partition(":[")
         if not sep or not rest.endswith("]") or not rest[:-1].isdigit():
             raise DumpError(f"{self.path(pid, 'ns', kind)}: unexpected link {link!r}")
         return int(rest[:-1])

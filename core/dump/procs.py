@@ -10,6 +10,7 @@ stopped; processes that were already stopped before the dump are left stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -135,10 +136,8 @@ class Freezer:
     def resume(self) -> None:
         """SIGCONT everything this freezer stopped; a process that is gone is skipped."""
         for pid in reversed(self.stopped):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
         self.stopped.clear()
 
     def leave(self) -> list[int]:
@@ -182,7 +181,7 @@ def collect_tree(fs: ProcFS, root_pid: int, freezer: Freezer) -> list[Process]:
     freezer.stop(root_pid, stats[root_pid].state)
     while True:
         found = []
-        for pid, st in sorted(_scan(fs, stats).items()):
+        for _pid, st in sorted(_scan(fs, stats).items()):
             if st.ppid in stats:
                 found.append(st)
         if not found:

@@ -99,8 +99,12 @@ class Router:
             fixed, by = res, name
         if fixed is None:
             if item.mnt_id is not None and mount is not None and mount.mnt_id != item.mnt_id:
-                log.warning("%s: mount %d is not in mount namespace %d", describe(item),
-                            item.mnt_id, tree.ns_id)
+                # Opened before the namespace was copied (an inherited /dev/null): the mount
+                # its path lands on is right if it is the same filesystem.
+                if item.identity is not None and item.identity.dev == mount.dev:
+                    return item, mount
+                log.info("%s: mount %d is not in mount namespace %d", describe(item),
+                         item.mnt_id, tree.ns_id)
                 return item, None
             return item, mount
         final = tree.find(fixed.mnt_id) if fixed.mnt_id is not None else None

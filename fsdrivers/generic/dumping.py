@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import attrs
-
 from criu_fw import hookimpl
 from criu_fw.context import DumpContext
 from criu_fw.driver import DriverState
