@@ -10,12 +10,14 @@ from __future__ import annotations
 from .base import main
 from .check import check_cmd
 from .drivers import drivers_cmd
+from .dump import dump_cmd
 from .restore import restore_cmd
 from .show import show_cmd
 from .tree import tree_cmd
 from .verify import verify_cmd
 
 main.add_command(drivers_cmd)
+main.add_command(dump_cmd)
 main.add_command(show_cmd)
 main.add_command(tree_cmd)
 main.add_command(check_cmd)
