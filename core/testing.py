@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -45,28 +46,33 @@ class NamespaceScenario:
     ) -> None:
         self.workdir = tempfile.mkdtemp(prefix="criu-fw-scn-")
         full = f"set -e\ncd {self.workdir}\n{script}\necho {READY}\n{keep_running}\n"
+        # stderr goes to a file: background children of the script may keep a pipe open forever.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the scenario
         self.proc = subprocess.Popen(
             ["unshare", "-m", "--propagation", "private", "--", "sh", "-c", full],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=self._stderr,
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout
-        out: list[str] = []
-        while True:
-            line = self.proc.stdout.readline().decode("utf-8", "replace")
-            if not line:
-                err = self.proc.stderr.read().decode("utf-8", "replace") if self.proc.stderr else ""
+        buf = b""
+        while READY.encode() + b"\n" not in buf:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(left, 0))
+            chunk = os.read(fd, 65536) if ready else None
+            if not chunk:
+                self._stderr.seek(0)
+                err = self._stderr.read().decode("utf-8", "replace")
                 self.close()
-                raise RuntimeError(f"scenario failed before it was ready: {''.join(out)}{err}")
-            if line.strip() == READY:
-                break
-            out.append(line)
-            if time.monotonic() > deadline:
-                self.close()
-                raise TimeoutError("scenario did not get ready")
+                what = (
+                    "did not get ready in time" if chunk is None else "failed before it was ready"
+                )
+                raise RuntimeError(f"scenario {what}: {buf.decode('utf-8', 'replace')}{err}")
+            buf += chunk
+        out = [buf.decode("utf-8", "replace").split(READY + "\n", 1)[0]]
         self.output = "".join(out)
         self.pid = self.proc.pid
 
@@ -96,9 +102,9 @@ class NamespaceScenario:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
         # The namespace died with its last process, so the workdir holds no mounts here:
         # removing it only touches what the script created on the host's /tmp.
         shutil.rmtree(self.workdir, ignore_errors=True)
