@@ -18,6 +18,8 @@ from .errors import SyscallError
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+#: libc's syscall(2) with errno kept, for modules that marshal their own structs (statmount).
+raw_syscall = _syscall
 
 _mount = _libc.mount
 _mount.argtypes = [

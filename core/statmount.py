@@ -28,7 +28,6 @@ What the two readers cannot tell each other (why mountinfo stays the default):
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import fcntl
 import os
@@ -39,12 +38,10 @@ from typing import Final
 import attrs
 
 from .errors import MountinfoError, SyscallError
-from .kernel import SYS_listmount, SYS_statmount
+from .kernel import SYS_listmount, SYS_statmount, raw_syscall
 from .model import Dev, Mount, MountTree, Propagation
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
+_syscall = raw_syscall
 
 STATMOUNT_SB_BASIC: Final = 0x1
 STATMOUNT_MNT_BASIC: Final = 0x2
