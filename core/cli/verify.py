@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..restore.verify import verify
+from .base import driver_manager
 
 
 @click.command("verify")
@@ -15,10 +16,11 @@ from ..restore.verify import verify
               help="A process in the namespace to check.")
 @click.option("--ns", "ns_id", type=int, default=None, metavar="ID",
               help="The dumped mount namespace to compare with (default: the root one).")
-def verify_cmd(image_dir: str, pid: int, ns_id: int | None) -> None:
+@click.pass_context
+def verify_cmd(ctx: click.Context, image_dir: str, pid: int, ns_id: int | None) -> None:
     """Print every difference between PID's mount namespace and the images; exit 0 only
     when they match (mount ids, peer-group ids and device numbers do not count)."""
-    result = verify(pid, image_dir, ns_id)
+    result = verify(pid, image_dir, ns_id, mgr=driver_manager(ctx))
     for line in result.differences:
         click.echo(line)
     if result.differences:

@@ -6,15 +6,28 @@ For each matched pair the fstype, source, root, per-mount options and superblock
 compared; propagation is compared as topology (which mounts are peers of which, which group
 each is a slave of), and superblock sharing (which mounts show the same filesystem), so
 mount ids, peer-group ids and device numbers, which legitimately change, never count.
+
+Directories named in superblock options (an overlay's layers) are compared by where they lead,
+not by how they are spelled: the dump may have seen ``lowerdir=layers/lower`` (relative to a
+cwd long gone, or with a prefix that pivot_root made stale) and the restore passes the same
+directory by descriptor, which the kernel shows as ``lowerdir+=/layers/lower``. Where the
+images hold a driver state with ``layers`` (the overlay driver's), the owning driver's own
+``parse_mount`` reads the live mount the way a dump would, and the two layer lists are compared
+as (role, mount, path inside it); the options that spell those layers are then left out of the
+textual comparison.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
+from ..context import DumpContext
+from ..driver import DriverState
+from ..errors import CriuFwError
 from ..model import Mount, MountTree
+from ..plugins import DriverManager
 from .plans import base_root
 
 #: Superblock options that depend on state outside the mount's parameters: overlay shows
@@ -32,8 +45,8 @@ class VerifyResult:
         return not self.differences
 
 
-def _super_options(m: Mount) -> list[str]:
-    skip = _VOLATILE_OPTIONS.get(m.fstype, frozenset())
+def _super_options(m: Mount, also: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    skip = _VOLATILE_OPTIONS.get(m.fstype, frozenset()) | also
     return [o for o in m.super_options if o.partition("=")[0] not in skip]
 
 
@@ -73,8 +86,46 @@ def _match_children(
     return pairs, missing, extra
 
 
-def compare_trees(dumped: MountTree, live: MountTree) -> VerifyResult:
-    """Every difference between a dumped tree and a live one, one line each."""
+#: A layer as compared: (role, mount id on the live side or None for a host path, path).
+LayerKey = tuple[str, int | None, str]
+
+
+def layer_keys(state: DriverState | None, to_live: Callable[[int], int | None]) -> (
+    tuple[LayerKey, ...] | None
+):
+    """The layers a driver state names, with mount ids mapped by ``to_live``; None when the
+    state names no layers."""
+    layers = getattr(state, "layers", None)
+    if layers is None:
+        return None
+    out: list[LayerKey] = []
+    for layer in layers:
+        role = getattr(getattr(getattr(layer, "spec", None), "role", None), "value", "?")
+        mnt = getattr(layer, "mnt_id", None)
+        out.append((str(role), None if mnt is None else to_live(mnt), str(layer.path)))
+    return tuple(out)
+
+
+def _layer_options(state: DriverState | None) -> set[str]:
+    names = {"lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir"}
+    for layer in getattr(state, "layers", None) or ():
+        option = getattr(getattr(layer, "spec", None), "option", None)
+        if option:
+            names.add(str(option))
+    return names
+
+
+def compare_trees(
+    dumped: MountTree,
+    live: MountTree,
+    *,
+    states: Mapping[int, DriverState | None] | None = None,
+    live_states: Mapping[int, DriverState | None] | None = None,
+) -> VerifyResult:
+    """Every difference between a dumped tree and a live one, one line each.
+
+    ``states`` (dumped, by dumped id) and ``live_states`` (by live id): driver states whose
+    layers are compared instead of the options that spell them."""
     diffs: list[str] = []
     d_root = base_root(dumped)
     live_roots = [m for m in live.roots if m.mountpoint == "/"]
@@ -93,10 +144,34 @@ def compare_trees(dumped: MountTree, live: MountTree) -> VerifyResult:
             diffs.append(f"{m.mountpoint}: extra mount: {m.fstype} {m.source!r} root {m.root!r}")
         pairs.extend(got)
         todo.extend(got)
+    to_live = {d.mnt_id: lv.mnt_id for d, lv in pairs}
     for d, lv in pairs:
-        diffs.extend(_compare_mount(d, lv))
+        skip: set[str] = set()
+        if states is not None and live_states is not None:
+            ds, ls = states.get(d.mnt_id), live_states.get(lv.mnt_id)
+            dk = layer_keys(ds, to_live.get)
+            lk = layer_keys(ls, lambda i: i)
+            if dk is not None and lk is not None:
+                skip = _layer_options(ds) | _layer_options(ls)
+                if dk != lk:
+                    diffs.append(
+                        f"{d.mountpoint}: layers {_show_layers(dk, live)} in the images, "
+                        f"{_show_layers(lk, live)} live"
+                    )
+        diffs.extend(_compare_mount(d, lv, skip))
     diffs.extend(_compare_sharing(dumped, live, pairs))
     return VerifyResult(tuple(diffs), len(pairs))
+
+
+def _show_layers(keys: tuple[LayerKey, ...], live: MountTree) -> str:
+    def one(k: LayerKey) -> str:
+        role, mnt, path = k
+        if mnt is None:
+            return f"{role}:host:{path}"
+        m = live.find(mnt)
+        return f"{role}:{m.mountpoint if m is not None else '<unmatched>'}:{path}"
+
+    return "[" + ", ".join(map(one, keys)) + "]"
 
 
 def _descendants(tree: MountTree, m: Mount) -> Iterable[Mount]:
@@ -107,7 +182,7 @@ def _descendants(tree: MountTree, m: Mount) -> Iterable[Mount]:
         stack.extend(tree.children(x))
 
 
-def _compare_mount(d: Mount, lv: Mount) -> list[str]:
+def _compare_mount(d: Mount, lv: Mount, skip: set[str]) -> list[str]:
     out = []
     where = d.mountpoint
     for what, a, b in (
@@ -122,7 +197,7 @@ def _compare_mount(d: Mount, lv: Mount) -> list[str]:
             f"{where}: mount options {','.join(d.mount_options)} in the images, "
             f"{','.join(lv.mount_options)} live"
         )
-    if sorted(_super_options(d)) != sorted(_super_options(lv)):
+    if sorted(_super_options(d, skip)) != sorted(_super_options(lv, skip)):
         out.append(
             f"{where}: superblock options {','.join(d.super_options)} in the images, "
             f"{','.join(lv.super_options)} live"
@@ -192,15 +267,52 @@ def _compare_sharing(
     return out
 
 
-def verify(pid: int, image_dir: str, ns_id: int | None = None) -> VerifyResult:
+def live_states(
+    pid: int, live: MountTree, fstypes: Iterable[str], mgr: DriverManager, image_dir: str
+) -> tuple[dict[int, DriverState | None], list[str]]:
+    """Driver states of the live mounts of ``fstypes``, read by their owning drivers'
+    ``parse_mount`` as a dump would; plus a line for every mount a driver could not read."""
+    wanted = set(fstypes)
+    ctx = DumpContext(
+        image_dir=image_dir, root_pid=pid, trees={live.ns_id: live}, ns_pids={live.ns_id: pid}
+    )
+    out: dict[int, DriverState | None] = {}
+    problems: list[str] = []
+    for m in live.topo_order():
+        if m.fstype not in wanted:
+            continue
+        try:
+            out[m.mnt_id] = mgr.call(
+                "parse_mount", mgr.owner(m.fstype), mount=m, tree=live, ctx=ctx
+            )
+        except CriuFwError as exc:
+            problems.append(f"{m.mountpoint}: the live mount cannot be read: {exc}")
+    return out, problems
+
+
+def verify(
+    pid: int, image_dir: str, ns_id: int | None = None, mgr: DriverManager | None = None
+) -> VerifyResult:
     """Compare the mount namespace of process ``pid`` with the dumped namespace ``ns_id``
     (default: the root namespace of the images)."""
     from ..imageset import read_mount_namespace
     from ..mountinfo import read_mountinfo
+    from ..plugins import load_drivers
     from .engine import image_namespaces
 
-    root, _ids = image_namespaces(image_dir)
+    root, ids = image_namespaces(image_dir)
     if ns_id is None:
         ns_id = root
-    dumped = read_mount_namespace(image_dir, ns_id).tree
-    return compare_trees(dumped, read_mountinfo(pid))
+    elif ns_id not in ids:
+        from ..errors import ImageError
+
+        raise ImageError(image_dir, f"no mount namespace {ns_id} in the images (has "
+                         f"{', '.join(map(str, ids))})")
+    if mgr is None:
+        mgr = load_drivers()
+    dumped = read_mount_namespace(image_dir, ns_id, mgr)
+    live = read_mountinfo(pid)
+    with_state = {dumped.tree.get(i).fstype for i, st in dumped.states.items() if st is not None}
+    states, problems = live_states(pid, live, with_state, mgr, image_dir)
+    res = compare_trees(dumped.tree, live, states=dumped.states, live_states=states)
+    return attrs.evolve(res, differences=tuple(problems) + res.differences)
