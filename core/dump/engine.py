@@ -330,6 +330,8 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
             vmas.append(vma_entry(v, shmid))
         pi.mm = mm_entry(mm_fields(fs.read(proc.pid, "stat", optional=True)),
                          special.get(FD_EXE, 0), vmas)
+        # A process killed meanwhile reads as one with no files: make sure it was not.
+        fs.check_alive(proc.pid, "its files and mappings")
         a.procs.append(pi)
 
 

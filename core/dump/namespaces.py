@@ -25,7 +25,7 @@ from ..errors import DumpError
 from ..model import Mount, MountTree
 from ..mountinfo import parse
 from . import nshelper
-from .procfs import ProcFS
+from .procfs import ProcessGoneError, ProcFS
 from .procs import Process
 
 
@@ -138,6 +138,8 @@ class FilesystemViews:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         if "error" in reply:
             self._stop()
+            if not os.path.isdir(f"/proc/{self.pid}/ns"):
+                raise ProcessGoneError(self.pid, "its mount namespace")
             raise DumpError(
                 f"namespace helper for process {self.pid}: {reply['error']}"
             )

@@ -56,7 +56,20 @@ class ProcFS:
         return ProcReadError(path, exc)
 
     def exists(self, pid: int) -> bool:
-        return os.path.isdir(self.path(pid))
+        """Whether ``pid`` is there and not a zombie (a killed process that nobody reaped
+        keeps its /proc directory but has no files, maps or namespace any more)."""
+        try:
+            with open(self.path(pid, "stat"), "rb") as f:
+                state = f.read().rpartition(b")")[2][1:2]
+        except FileNotFoundError:
+            return os.path.isdir(self.path(pid))  # a recording may lack stat
+        except OSError:
+            return False
+        return state not in (b"Z", b"X")
+
+    def check_alive(self, pid: int, what: str) -> None:
+        if self.live and not self.exists(pid):
+            raise ProcessGoneError(pid, what)
 
     def read(self, pid: int | str, rel: str, *, optional: bool = False) -> bytes | None:
         """The bytes of ``/proc/PID/rel``; ``None`` if ``optional`` and it is missing."""
