@@ -1,0 +1,77 @@
+"""External mounts: binds from filesystems outside the dumped namespaces."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from criu_fw.dump import dump
+from criu_fw.errors import DriverError
+from criu_fw.images import read_image
+from criu_fw.proto import mnt_pb2
+from criu_fw.testing import NamespaceScenario
+
+pytestmark = pytest.mark.privileged
+
+Scenario = Callable[..., NamespaceScenario]
+
+#: A container-like namespace: its root is a tmpfs; /usr and /data are binds of host
+#: directories (the host's ext4 is not mounted in it at its own root any more).
+PIVOT = """
+mkdir -p newroot hostdir && echo host > hostdir/file
+mount -t tmpfs nr newroot
+mkdir newroot/usr newroot/data newroot/old newroot/tmp newroot/proc
+ln -s usr/bin newroot/bin && ln -s usr/lib newroot/lib && ln -s usr/lib64 newroot/lib64
+mount --rbind /usr newroot/usr
+mount --bind hostdir newroot/data
+cd newroot && pivot_root . old && cd / && mount -t proc proc /proc && umount -l /old
+"""
+
+
+@pytest.fixture
+def container(scenario: Scenario) -> NamespaceScenario:
+    return scenario(PIVOT)
+
+
+def _by_mp(image_dir: Path) -> dict[str, mnt_pb2.mnt_entry]:
+    return {m.mountpoint: m for m in read_image(str(image_dir / "mountpoints-1.img"),
+                                                mnt_pb2.mnt_entry)}
+
+
+def test_bind_from_outside_fails_naming_the_option(container: NamespaceScenario,
+                                                   tmp_path: Path) -> None:
+    with pytest.raises(DriverError) as err:
+        dump(container.pid, str(tmp_path / "img"))
+    msg = str(err.value)
+    assert "at /usr (ext4 /dev/" in msg or "at /data (ext4 /dev/" in msg, msg
+    assert "--external mnt[" in msg and "--external-auto" in msg
+    assert not (tmp_path / "img").exists()
+
+
+def test_declared_external(container: NamespaceScenario, tmp_path: Path) -> None:
+    res = dump(container.pid, str(tmp_path / "img"),
+               externals={"/usr": "usr-key", "/data": "data-key"})
+    mounts = _by_mp(tmp_path / "img")
+    assert mounts["/usr"].ext_mount and mounts["/usr"].ext_key == "usr-key"
+    assert mounts["/data"].ext_key == "data-key"
+    assert not mounts["/"].ext_mount  # the tmpfs root: its content is archived instead
+    assert f"tmpfs-dev-{mounts['/'].root_dev}.tar.gz.img" in res.content_images
+
+
+def test_auto_external_records_the_host_path(container: NamespaceScenario,
+                                             tmp_path: Path) -> None:
+    dump(container.pid, str(tmp_path / "img"), auto_external=True)
+    mounts = _by_mp(tmp_path / "img")
+    assert mounts["/usr"].ext_key == "/usr"
+    assert mounts["/data"].ext_key == os.path.join(container.workdir, "hostdir")
+
+
+def test_tmpfs_seen_only_through_a_subdirectory(scenario: Scenario, tmp_path: Path) -> None:
+    # The tmpfs's own root is mounted nowhere in the dump, and the dumper cannot see it.
+    scn = scenario("mkdir -p o data && mount -t tmpfs outer o && mkdir o/sub && "
+                   "mount --bind o/sub data && umount -l o")
+    with pytest.raises(DriverError, match=r"bind of /sub from a filesystem outside"):
+        dump(scn.pid, str(tmp_path / "img"), auto_external=True)
