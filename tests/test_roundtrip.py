@@ -41,7 +41,8 @@ printf 'bytes\000\001\377end' > a/f; chown 12:34 a/f; chmod 4711 a/f
 ln a/f a/hl; ln -s f a/sym; ln -s /nowhere/at/all a/dangling
 mkdir -m 1777 a/dir; echo deep > a/dir/deep; chown 7:8 a/dir
 truncate -s 8M a/sparse; printf tail >> a/sparse
-python3 -c 'import os; os.setxattr("a/f", "user.k", b"v\x00al"); os.setxattr("a/dir", "trusted.t", b"x")'
+python3 -c 'import os; os.setxattr("a/f", "user.k", b"v\x00al")'
+python3 -c 'import os; os.setxattr("a/dir", "trusted.t", b"x")'
 mkdir a/in; mount -t tmpfs tin a/in; echo inner > a/in/i
 mount --bind a b; mount -o remount,bind,ro,nosuid b
 mount -t tmpfs tc c; mount --make-shared c
@@ -124,7 +125,8 @@ def test_the_comparison_sees_a_changed_file_and_a_changed_flag(
     )
     try:
         assert holder.stdout is not None
-        assert holder.stdout.readline() == b"ready\n", holder.stderr.read() if holder.stderr else b""
+        err = holder.stderr
+        assert holder.stdout.readline() == b"ready\n", err.read() if err is not None else b""
         dump(holder.pid, third, auto_external=True)
     finally:
         holder.kill()
