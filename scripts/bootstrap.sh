@@ -12,6 +12,8 @@ command -v crit >/dev/null 2>&1 || need_apt+=(criu)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+# A static shell for the container-like test namespaces and the demo (no libraries to copy).
+{ command -v busybox >/dev/null 2>&1 || test -x /bin/busybox; } || need_apt+=(busybox-static)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
