@@ -66,7 +66,8 @@ class DumpResult:
     external: Mapping[tuple[int, int], str]
     content_images: tuple[str, ...]
     attempts: int
-    #: Seconds per phase: freeze, mounts, files, content, check, write.
+    #: Seconds per phase: freeze, mounts, files, content, check, write (of which
+    #: write_mounts and write_files).
     timings: Mapping[str, float]
 
 
@@ -129,7 +130,7 @@ def dump(
             else:
                 freezer.resume()
         t0 = time.perf_counter()
-        _write(tmp, attempt)
+        _write(tmp, attempt, timings)
         _publish(tmp, target)
         timings["write"] = time.perf_counter() - t0
     except BaseException:
@@ -335,8 +336,9 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
         a.procs.append(pi)
 
 
-def _write(tmp: str, a: _Attempt) -> None:
+def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
     try:
+        t0 = time.perf_counter()
         for ns in a.namespaces:
             write_mount_namespace(
                 tmp, ns.ns_id, ns.tree,
@@ -345,7 +347,10 @@ def _write(tmp: str, a: _Attempt) -> None:
                 external={m: k for (n, m), k in a.ctx.external_mounts.items() if n == ns.ns_id},
                 content=a.content.get(ns.ns_id, {}),
             )
+        t1 = time.perf_counter()
         write_process_images(tmp, a.procs, a.files)
+        t2 = time.perf_counter()
+        timings["write_mounts"], timings["write_files"] = t1 - t0, t2 - t1
         _fsync_all(tmp)
         # The completion mark: written (and synced) only after everything else is on disk.
         write_inventory(tmp, a.procs[0])

@@ -49,19 +49,40 @@ class FileIds:
         return n
 
     def for_fd(self, f: OpenFile, mnt_id: int | None) -> tuple[int, bool]:
-        """(id, new?) for an open fd; ``new`` is False when it shares an earlier description."""
+        """(id, new?) for an open fd; ``new`` is False when it shares an earlier description.
+
+        A bucket of same-looking fds is kept in the kernel's order of their descriptions
+        (kcmp orders them), so finding a match is a binary search: O(log n) kcmp calls even
+        when one file is open thousands of times.
+        """
         key = (f.path, mnt_id, f.flags, f.pos, f.identity)
         bucket = self._seen.get(key)
         if bucket is None:
             n = self.new()
             self._seen[key] = [(f.pid, f.fd, n)]
             return n, True
-        if self.live:
-            for pid, fd, n in bucket:
-                if kcmp(f.pid, pid, KCMP_FILE, f.fd, fd) == 0:
-                    return n, False
+        if not self.live:
+            return self.new(), True
+        lo, hi = 0, len(bucket)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            pid, fd, n = bucket[mid]
+            r = kcmp(f.pid, pid, KCMP_FILE, f.fd, fd)
+            if r == 0:
+                return n, False
+            if r == 1:
+                hi = mid
+            elif r == 2:
+                lo = mid + 1
+            else:  # no order available (3) or an error: compare one by one
+                for pid, fd, n in bucket:
+                    if kcmp(f.pid, pid, KCMP_FILE, f.fd, fd) == 0:
+                        return n, False
+                n = self.new()
+                bucket.append((f.pid, f.fd, n))
+                return n, True
         n = self.new()
-        bucket.append((f.pid, f.fd, n))
+        bucket.insert(lo, (f.pid, f.fd, n))
         return n, True
 
     def for_mapping(

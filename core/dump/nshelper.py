@@ -99,17 +99,30 @@ def _prefixes(path: bytes) -> list[bytes]:
     return out
 
 
+_Row = tuple[int, int, str, bytes, bytes]
+#: The current copy's mounts (parsed once per copy): (children by parent id, top mounts).
+_index: tuple[dict[int, list[_Row]], list[_Row]] | None = None
+
+
+def _copy_index() -> tuple[dict[int, list[_Row]], list[_Row]]:
+    global _index
+    if _index is None:
+        mounts = _mounts()
+        ids = {m[0] for m in mounts}
+        kids: dict[int, list[_Row]] = {}
+        tops = []
+        for m in mounts:
+            if m[1] in ids and m[1] != m[0]:
+                kids.setdefault(m[1], []).append(m)
+            else:
+                tops.append(m)
+        _index = (kids, tops)
+    return _index
+
+
 def _resolve(chain: list[tuple[str, bytes, bytes]]) -> list[int]:
     """The copy's mount ids of the chain, matched by (dev, root, mountpoint) under the parent."""
-    mounts = _mounts()
-    ids = {m[0] for m in mounts}
-    kids: dict[int, list[tuple[int, int, str, bytes, bytes]]] = {}
-    tops = []
-    for m in mounts:
-        if m[1] in ids and m[1] != m[0]:
-            kids.setdefault(m[1], []).append(m)
-        else:
-            tops.append(m)
+    kids, tops = _copy_index()
     out: list[int] = []
     candidates = tops
     for dev, root, mp in chain:
@@ -146,6 +159,8 @@ def _uncover(chain: list[tuple[str, bytes, bytes]], ids: list[int]) -> bool:
 
 def _private_copy(pidfd: int) -> None:
     """Enter the target namespace, then a private copy of it that propagates nowhere."""
+    global _index
+    _index = None
     if _libc.syscall(SYS_setns, ctypes.c_int(pidfd), ctypes.c_int(CLONE_NEWNS)) < 0:
         raise _err("setns", "target")
     if _libc.unshare(CLONE_NEWNS) != 0:
