@@ -5,18 +5,22 @@ a tmpfs mounted twice on one place, a stack over a tmpfs with children, a bind i
 subtree moved under an overmount, shared/slave/shared-and-slave/unbindable mounts with
 propagation onto binds, a name with a space, tab, newline and backslash), so the suite builds,
 dumps and restores it once. Hidden content is checked by unmounting inside the restored
-namespace.
+namespace. Separately: a container-like namespace (a tmpfs root after pivot_root holding a static
+busybox shell, /proc, an overmount) restored without --root and run with a command, and two
+processes in two mount namespaces, both restored and verified.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 from criu_fw.mountinfo import read_mountinfo
-from criu_fw.restore import RestoreResult, restore
+from criu_fw.restore import RestoreResult, image_namespaces, restore
 from criu_fw.restore.verify import compare_trees, verify
 from criu_fw.testing import NamespaceScenario
 from test_roundtrip import dump_scenario
@@ -145,3 +149,105 @@ def test_weird_names(restored: Restored) -> None:
     path = os.path.join(scn.workdir, WEIRD, "o")
     with open(f"/proc/{result.pid}/root{path}") as f:
         assert f.read() == "odd\n"
+
+
+# -- a container-like namespace: tmpfs root after pivot_root, a static shell in it -----------
+
+CONTAINER = r"""
+bb=$(command -v busybox || echo /bin/busybox)
+mkdir root; mount -t tmpfs -o mode=755 rootfs root
+mkdir -p root/bin root/proc root/data root/over root/old
+cp "$bb" root/bin/busybox
+for a in sh cat ls sleep umount; do ln -s busybox root/bin/$a; done
+mount -t proc proc root/proc
+mount -t tmpfs -o size=1m data root/data; echo payload > root/data/p
+mount -t tmpfs under root/over; echo hidden > root/over/h
+mount -t tmpfs top root/over; echo top > root/over/t
+cd root; pivot_root . old; /bin/umount -l /old; cd /
+"""
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not (shutil.which("busybox") or os.path.exists("/bin/busybox")):
+        pytest.skip("busybox-static is not installed (scripts/bootstrap.sh installs it)")
+    images = str(tmp_path_factory.mktemp("ctr") / "images")
+    scn = NamespaceScenario(CONTAINER)
+    try:
+        # The process lives in the container: its mount table is the container's only.
+        with open(f"/proc/{scn.pid}/mountinfo") as f:
+            assert [line.split()[4] for line in f] == ["/", "/proc", "/data", "/over", "/over"]
+        dump_scenario(scn, images)
+    finally:
+        scn.close()
+    yield images
+
+
+def test_container_shell_runs_after_restore_without_root(container: str) -> None:
+    """The dumped process is gone; the root comes back from the tmpfs archive alone."""
+    res = subprocess.run(
+        [sys.executable, "-m", "criu_fw", "restore", "-D", container, "--",
+         "/bin/sh", "-c", "echo ok; cat /data/p; test $PWD = / && exit 3"],
+        capture_output=True, check=False,
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (3, b"ok\npayload\n", b"")
+
+
+def test_container_detached_verifies_and_hides_what_it_hid(container: str) -> None:
+    # --root is given but not needed: a tmpfs root is rebuilt from the images all the same.
+    result = restore(container, root="/", detach=True)
+    try:
+        assert verify(result.pid, container).differences == ()
+        assert os.path.islink(f"/proc/{result.pid}/root/bin/sh")
+        out = subprocess.run(
+            ["nsenter", "-t", str(result.pid), "-m", "-r", "--", "/bin/sh", "-c",
+             "cat /over/t; umount /over; cat /over/h; ls /; cat /proc/self/mounts | wc -l"],
+            capture_output=True, check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        # Nothing of the restore's scaffolding is left: the namespace shows its 5 mounts.
+        assert out.stdout.decode().split() == [
+            "top", "hidden", "bin", "data", "old", "over", "proc", "4"
+        ]
+    finally:
+        result.terminate()
+
+
+# -- two processes in two mount namespaces --------------------------------------------------
+
+TWO = r"""
+mkdir -p one two
+mount -t tmpfs one one; echo first > one/f
+unshare -m --propagation private sh -c \
+    'mount -t tmpfs two two; echo second > two/f; mount --bind two one; exec sleep 100000' &
+while ! grep -q ' two ' /proc/$!/mountinfo 2>/dev/null; do sleep 0.02; done
+"""
+
+
+def test_two_processes_in_two_namespaces(tmp_path: os.PathLike[str]) -> None:
+    images = os.path.join(tmp_path, "images")
+    scn = NamespaceScenario(TWO)
+    result: RestoreResult | None = None
+    try:
+        dump_scenario(scn, images)
+        root_ns, ids = image_namespaces(images)
+        assert len(ids) == 2
+        result = restore(images, root="/", detach=True)
+        assert sorted(result.holders) == sorted(ids)
+        seen = {}
+        for ns_id, pid in result.holders.items():
+            assert verify(pid, images, ns_id).differences == ()
+            with open(f"/proc/{pid}/root{scn.workdir}/one/f") as f:
+                seen[ns_id] = f.read()
+            assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        other = next(i for i in ids if i != root_ns)
+        assert seen == {root_ns: "first\n", other: "second\n"}
+        # Each holder's namespace is its own: the two are different namespaces.
+        a, b = (os.readlink(f"/proc/{p}/ns/mnt") for p in result.holders.values())
+        assert a != b
+        # Verifying one namespace against the other's images finds the difference.
+        assert verify(result.holders[root_ns], images, other).differences != ()
+    finally:
+        if result is not None:
+            result.terminate()
+        scn.close()
