@@ -3,8 +3,11 @@ engine takes them (fd link, fdinfo, stat through the link)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import tempfile
+from collections.abc import Iterator
 
 from criu_fw.context import DumpContext
 from criu_fw.files import FileIdentity, FileMapping, OpenFile
@@ -114,3 +117,45 @@ def mappings(pid: int) -> list[FileMapping]:
                 )
             )
     return out
+
+
+# -- end to end: dump() -> restore() -> verify() ------------------------------------------
+
+
+def checkpoint(pid: int, images: str, **kw: object) -> None:
+    """Dump a scenario's tree; mounts it inherited from the host are recorded by host path."""
+    from criu_fw.dump import dump
+
+    kw.setdefault("auto_external", True)
+    dump(pid, images, **kw)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def restored(images: str, **kw: object) -> Iterator[int]:
+    """Restore ``images`` detached; yield the holder's PID; end it (by PID) afterwards."""
+    from criu_fw.restore import restore
+
+    res = restore(images, detach=True, **kw)  # type: ignore[arg-type]
+    try:
+        yield res.pid
+    finally:
+        res.terminate()
+
+
+def inside(pid: int, script: str) -> str:
+    """Run ``script`` in ``pid``'s mount namespace (and root); its stdout."""
+    res = subprocess.run(
+        ["nsenter", "-t", str(pid), "-m", "-r", "--", "sh", "-c", script], capture_output=True
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    return res.stdout.decode()
+
+
+def live_tree(pid: int) -> MountTree:
+    return read_mountinfo(pid, ns_id=ns_id(pid))
+
+
+def layer_options(m: Mount) -> tuple[str, ...]:
+    """The layer options of an overlay mount as mountinfo shows them."""
+    names = ("lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir")
+    return tuple(o for o in m.super_options if o.partition("=")[0] in names)

@@ -95,6 +95,12 @@ def check(t: _Target, mount: Mount | None, ctx: DumpContext) -> tuple[str, int] 
         return _map_by_device(t, ctx)
     tree = ctx.tree_of(mount)
     if mount.fstype == "overlay":
+        if t.mnt_id is not None and t.mnt_id != mount.mnt_id:
+            # Routed here by its path only: the kernel names a mount that is not in this
+            # namespace (an fd inherited from before the container's pivot_root, such as the
+            # host's /dev/null over a container whose root is an overlay). Not an overlay
+            # file; on a misreporting kernel its device may still name a layer.
+            return _map_by_device(t, ctx)
         _confirm(t, mount, ctx)
         return None
     if not misreports(ctx):
