@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from criu_fw.dump import dump
 from criu_fw.errors import DriverError
 from criu_fw.images import read_image
