@@ -72,6 +72,7 @@ class GenericRebuild:
             return None
         archive = os.path.join(ctx.image_dir, image)
         if not os.path.isfile(archive):
-            raise RestoreError(f"{archive}: missing content image of {mount.describe()}")
+            # The core prefixes the mount (mountpoint, fstype, source) and the driver.
+            raise RestoreError(f"{archive}: missing content image")
         extract_archive(archive, path)
         return True
