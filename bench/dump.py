@@ -180,7 +180,11 @@ def run_dump(pid: int, out_parent: str) -> dict[str, float]:
 
 def bench_mounts(n: int, repeat: int, out: str) -> dict[str, float]:
     work = tempfile.mkdtemp(prefix="criu-fw-bench-m-")
-    proc = _start("mounts", n, work)
+    try:
+        proc = _start("mounts", n, work)
+    except BaseException:
+        os.rmdir(work)
+        raise
     try:
         pids = [proc.pid]
         runs = [run_dump(proc.pid, out) for _ in range(repeat)]
@@ -197,7 +201,11 @@ def bench_mounts(n: int, repeat: int, out: str) -> dict[str, float]:
 
 def bench_files(total: int, repeat: int, out: str) -> dict[str, float]:
     work = tempfile.mkdtemp(prefix="criu-fw-bench-f-")
-    proc = _start("files", total, work)
+    try:
+        proc = _start("files", total, work)
+    except BaseException:
+        os.rmdir(work)
+        raise
     try:
         pids = [proc.pid, *_descendants(proc.pid)]
         runs = [run_dump(proc.pid, out) for _ in range(repeat)]
