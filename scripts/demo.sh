@@ -28,15 +28,12 @@ root = sys.argv[1]
 kernel.enter_private_namespace()
 kernel.mount("rootfs", root, "tmpfs", 0, "size=64m,mode=755")
 def sh(cmd): subprocess.run(["sh", "-ec", cmd], check=True, cwd=root)
-libs = subprocess.run(["sh", "-c", "ldd /bin/sh | grep -o '/[^ ]*'"], capture_output=True,
-                      text=True, check=True).stdout.split()
-for f in ["/bin/sh", "/bin/cat", "/bin/ls", "/bin/sleep"] + libs:
-    os.makedirs(root + os.path.dirname(f), exist_ok=True)
-    shutil.copy2(f, root + f)
-for lib in subprocess.run(["sh", "-c", "ldd /bin/ls | grep -o '/[^ ]*'"], capture_output=True,
-                          text=True).stdout.split():
-    os.makedirs(root + os.path.dirname(lib), exist_ok=True)
-    shutil.copy2(lib, root + lib)
+# The container's programs: one static busybox (scripts/bootstrap.sh installs it).
+bb = shutil.which("busybox") or "/bin/busybox"
+os.makedirs(root + "/bin")
+shutil.copy2(bb, root + "/bin/busybox")
+for applet in ("sh", "cat", "ls", "sleep", "umount"):
+    os.symlink("busybox", root + "/bin/" + applet)
 sh("""
 mkdir -p layers proc data bind over shared peer merged
 mount -t tmpfs layers layers
@@ -65,6 +62,7 @@ EOF
 mkdir "$work/root"
 unshare -m --propagation private "$py" "$work/container.py" "$work/root" >"$work/container.out" &
 cpid=$!
+disown "$cpid"  # ended by PID in cleanup; no job-control notice when it is killed
 pids+=("$cpid")
 for _ in $(seq 100); do grep -q ready "$work/container.out" 2>/dev/null && break; sleep 0.1; done
 grep -q ready "$work/container.out" || { echo "demo: the container did not start" >&2; exit 1; }
@@ -102,4 +100,12 @@ nsenter -t "$rpid" -m -- /bin/sh -c '
     cat /merged/hello /merged/new /bind/file /over/visible
     ls /shared /peer
 '
+
+echo
+echo "== the open file held by the container's shell, as dumped (files.img)"
+"$cli" show "$work/images/files.img" | grep -B3 -A6 '"/merged/hello"' | grep -E '"(name|mnt_id|flags|pos)"'
+
+echo
+echo "== what the overmount hides (the top tmpfs unmounted inside the restored namespace)"
+nsenter -t "$rpid" -m -- /bin/sh -c 'umount /over && cat /over/hidden'
 echo "demo: round trip complete"
