@@ -147,6 +147,8 @@ mount -t tmpfs cover W/low/a && echo decoy > W/low/a/fa
     state = parse(ctx, tree, at(tree, f"{W}/ovl"))
     top = state.role(Role.LOWER)[0]
     assert top.found == "overmounted"
+    # Read in a childless copy of the mount below, so checked against the overlay too.
+    assert top.verdict is Verdict.CONFIRMED
     assert (top.mnt_id, top.path) == (at(tree, f"{W}/low").mnt_id, "/a")
     assert s.sh("cat W/ovl/fa") == "a\n"  # the overlay still shows the covered layer
 

@@ -25,9 +25,9 @@ from criu_fw.files import FileIdentity, FileMapping, OpenFile
 from criu_fw.model import Mount, MountTree
 
 from .index import index_of
-from .layers import _under
 from .options import Role
 from .parse import misreports
+from .paths import under
 from .walk import Stat, statx
 
 _LINKS = {-1: "cwd", -2: "root", -3: "exe"}
@@ -135,7 +135,7 @@ def _confirm(t: _Target, mount: Mount, ctx: DumpContext) -> None:
 def _map_from_layer(
     t: _Target, layer_mount: Mount, tree: MountTree, ctx: DumpContext
 ) -> tuple[str, int] | None:
-    rel = _under(t.path, layer_mount.mountpoint)
+    rel = under(t.path, layer_mount.mountpoint)
     if rel is None:
         return None
     index = index_of(ctx)

@@ -19,6 +19,7 @@ from criu_fw.context import DumpContext
 from criu_fw.model import Dev
 from criu_fw.stash import StashKey
 
+from .hidden import TreeIndex
 from .options import Role
 from .state import OverlayState
 
@@ -42,6 +43,8 @@ class OverlayIndex:
     misreports: bool | None = None
     #: mount positions per namespace (kernel listing order), computed once.
     positions: dict[int, dict[int, int]] = attrs.field(factory=dict)
+    #: mounts by mountpoint and by root per namespace, for hidden and moved layers.
+    trees: dict[int, TreeIndex] = attrs.field(factory=dict)
 
     def add(self, ns_id: int, overlay_mnt_id: int, state: OverlayState) -> None:
         for layer in state.layers:

@@ -17,8 +17,14 @@ inside the dumped namespace's root and checked:
   that contradicts this is rejected; one that confirms it wins over one that cannot be checked
   (empty layer directory, data-only layer).
 
+When none of those is confirmed, two wider searches follow (:mod:`.hidden`): the tail of the
+string below every mount whose root starts it (a mount moved since), and, if nothing usable
+was found at all, the candidate paths in childless copies of the mounts that would hold them
+if nothing covered them (a layer under a later mount). An unchecked directory on a filesystem
+first mounted after the overlay is only a last resort.
+
 Cost: a few syscalls per candidate, candidates bounded by the depth of the path; no scan of
-the mount table.
+the mount table; a helper process only for layers nothing else finds.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ import enum
 import errno
 import os
 import posixpath
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 
 import attrs
 from criu_fw.errors import DumpError, SyscallError
 from criu_fw.model import Dev, Mount, MountTree
 
+from .hidden import HiddenViews, TreeIndex, moved_candidates
 from .options import LayerSpec, OverlayOptions, Role
+from .paths import candidates, under
 from .walk import RootView, Stat, dir_entries, fd_path, statx
 
 #: Open errors that just mean "not this candidate".
@@ -80,56 +88,16 @@ class ResolvedLayer:
 class _Probe:
     layer: ResolvedLayer
     fd: int | None  # an O_PATH fd of the directory, for the identity check
+    #: Only a confirmed verdict counts (a wide search, where "exists" proves nothing).
+    strict: bool = False
+    #: On a filesystem first mounted after the overlay: an unchecked directory there is
+    #: taken only when nothing else is found (a later tmpfs with an empty decoy directory).
+    late: bool = False
 
     def close(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _under(path: str, mountpoint: str) -> str | None:
-    """``path`` relative to ``mountpoint`` (``/`` for the mountpoint itself), or None."""
-    if path == mountpoint:
-        return "/"
-    if mountpoint == "/":
-        return path if path.startswith("/") else None
-    if path.startswith(mountpoint + "/"):
-        return path[len(mountpoint) :]
-    return None
-
-
-def _ancestors(path: str) -> Iterator[str]:
-    while path not in ("/", ""):
-        path = posixpath.dirname(path)
-        yield path
-
-
-def candidates(spec: LayerSpec, mountpoint: str, cwd: str | None) -> list[tuple[str, str]]:
-    """``(absolute namespace path, how)`` pairs to try for one layer, most likely first."""
-    out: dict[str, str] = {}
-
-    def add(path: str, how: str) -> None:
-        norm = posixpath.normpath(path)
-        out.setdefault("/" + norm.lstrip("/") if norm.startswith("//") else norm, how)
-
-    bases = [a for a in _ancestors(mountpoint)]
-    for text in spec.spellings():
-        if text.startswith("/"):
-            add(text, "as shown")
-            # Mounted inside a chroot that sits below the overlay: same string, deeper place.
-            for base in bases:
-                if base != "/":
-                    add(base + text, "chroot")
-            # Mounted before a pivot_root/chroot into a subdirectory: drop the old prefix.
-            parts = [p for p in text.split("/") if p]
-            for k in range(1, len(parts)):
-                add("/" + "/".join(parts[k:]), "stale prefix")
-        else:
-            for base in bases:
-                add(posixpath.join(base, text), "relative")
-            if cwd:
-                add(posixpath.join(cwd, text), "relative")
-    return list(out.items())
 
 
 class LayerResolver:
@@ -144,6 +112,8 @@ class LayerResolver:
         host: RootView | None = None,
         cwd: str | None = None,
         positions: dict[int, int] | None = None,
+        index: TreeIndex | None = None,
+        hidden: HiddenViews | None = None,
     ) -> None:
         self.overlay = overlay
         self.tree = tree
@@ -151,6 +121,8 @@ class LayerResolver:
         self.host = host
         self.cwd = cwd
         self.positions = positions if positions is not None else _positions(tree)
+        self.index = index
+        self.hidden = hidden
         self._ovl_fd: int | None = None
 
     # -- the overlay's own view, for identity checks ------------------------------------
@@ -167,26 +139,28 @@ class LayerResolver:
 
     # -- probing one candidate -------------------------------------------------------------
 
-    def _probe_ns(self, spec: LayerSpec, path: str, how: str) -> _Probe | None:
+    def _probe_ns(self, spec: LayerSpec, path: str, how: str) -> tuple[_Probe | None, Mount | None]:
+        """The directory ``path`` leads to, and the mount it is the root of (if any): that
+        mount may have been put there after the overlay, on top of the real layer."""
         try:
             fd = self.view.open(path)
         except SyscallError as e:
             if e.errno in _MISS:
-                return None
+                return None, None
             raise
         keep = False
         try:
             st = statx("", fd)
             mount = self.tree.find(st.mnt_id)
             if mount is None or not st.is_dir or mount.dev == self.overlay.dev:
-                return None
+                return None, None
             rel = self._rel_in(mount, fd, path, st)
             if rel is None:
-                return None
-            if rel == "/" and self._after_overlay(mount):
-                return self._covered(spec, mount)
+                return None, None
             keep = True
-            return _Probe(ResolvedLayer(spec, mount.mnt_id, rel, st.dev, st.ino, how), fd)
+            probe = _Probe(ResolvedLayer(spec, mount.mnt_id, rel, st.dev, st.ino, how), fd)
+            probe.late = self._late(mount)
+            return probe, (mount if rel == "/" else None)
         finally:
             if not keep:
                 os.close(fd)
@@ -194,7 +168,7 @@ class LayerResolver:
     def _rel_in(self, mount: Mount, fd: int, path: str, st: Stat) -> str | None:
         """The canonical path of ``fd`` below ``mount``'s mountpoint, checked by re-opening."""
         for shown in (fd_path(fd), path):
-            rel = _under(shown, mount.mountpoint)
+            rel = under(shown, mount.mountpoint)
             if rel is None:
                 continue
             try:
@@ -205,17 +179,40 @@ class LayerResolver:
                 return rel
         return None
 
+    def _late(self, mount: Mount) -> bool:
+        """Whether ``mount``'s filesystem first appears after the overlay in the listing."""
+        if self.index is None:
+            return False
+        first = self.index.first_seen.get(mount.dev, -1)
+        return first > self.positions.get(self.overlay.mnt_id, -1)
+
     def _after_overlay(self, mount: Mount) -> bool:
         return self.positions.get(mount.mnt_id, -1) > self.positions.get(self.overlay.mnt_id, -1)
 
     def _covered(self, spec: LayerSpec, over: Mount) -> _Probe | None:
-        """The directory a later mount ``over`` hides: the layer the overlay was given."""
+        """The directory a later mount ``over`` hides: the layer the overlay was given.
+
+        Opened in a childless copy of the mount below when the namespace can be entered, so
+        that it is checked against the overlay like any other; else only its inode is read
+        from the parent directory's entry (readdir does not cross mounts), unchecked."""
         below = self.tree.parent(over)
-        if below is None or below.mountpoint == over.mountpoint:
+        if below is None:
             return None
-        rel = _under(over.mountpoint, below.mountpoint)
+        rel = under(over.mountpoint, below.mountpoint)
         if rel is None:
             return None
+        view = self.hidden.view(below) if self.hidden is not None else None
+        if view is not None:
+            try:
+                fd = view.open(rel)
+            except SyscallError:
+                fd = -1
+            if fd >= 0:
+                st = statx("", fd)
+                layer = ResolvedLayer(spec, below.mnt_id, rel, st.dev, st.ino, "overmounted")
+                return _Probe(layer, fd)
+        if below.mountpoint == over.mountpoint:
+            return None  # stacked on the layer mount's root: no entry to read it from
         try:
             pfd = self.view.open(posixpath.dirname(over.mountpoint))
         except SyscallError:
@@ -306,36 +303,122 @@ class LayerResolver:
                 os.close(self._ovl_fd)
                 self._ovl_fd = None
 
-    def _probes(self, spec: LayerSpec) -> Iterator[_Probe]:
+    def _probes(self, spec: LayerSpec) -> Generator[_Probe, Verdict, None]:
+        """Candidates, most likely first; each probe's verdict is sent back in, so that the
+        wider searches run only when needed (the caller stops at the first confirmed one)."""
+        usable = False
+
+        def counts(probe: _Probe, verdict: Verdict) -> bool:
+            return verdict is Verdict.CONFIRMED or (verdict is Verdict.UNKNOWN and not probe.late)
+
         tried = candidates(spec, self.overlay.mountpoint, self.cwd)
         for path, how in tried:
-            probe = self._probe_ns(spec, path, how)
-            if probe is not None:
-                yield probe
+            probe, top = self._probe_ns(spec, path, how)
+            if probe is None:
+                continue
+            # A mount right on the layer path: a later one hides the layer (its directory
+            # underneath comes first), an earlier one is the layer unless the overlay says no.
+            later = top is not None and self._after_overlay(top)
+            try:
+                if top is not None and later:
+                    covered = self._covered(spec, top)
+                    if covered is not None:
+                        usable |= counts(covered, (yield covered))
+                verdict = yield probe
+                usable |= counts(probe, verdict)
+                if top is not None and not later and verdict is Verdict.CONTRADICTED:
+                    covered = self._covered(spec, top)
+                    if covered is not None:
+                        usable |= counts(covered, (yield covered))
+            finally:
+                probe.close()  # idempotent; the search may stop before it was looked at
         for text in spec.spellings():
             probe = self._probe_host(spec, text)
             if probe is not None:
+                usable |= counts(probe, (yield probe))
+        if self.index is None:
+            return
+        # Nothing confirmed so far. A moved mount: cheap (no process to start), and only what
+        # the overlay confirms counts, so data-only layers (never confirmable) skip it.
+        if spec.role is not Role.DATA:
+            for text in spec.spellings():
+                for path, _m in moved_candidates(text, self.index):
+                    probe, _top = self._probe_ns(spec, path, "moved")
+                    if probe is not None:
+                        probe.strict = True
+                        try:
+                            yield probe
+                        finally:
+                            probe.close()
+        if usable:
+            return
+        # Directories hidden under later mounts: needs a helper process in the namespace.
+        for probe in self._hidden_probes(spec, tried):
+            try:
                 yield probe
+            finally:
+                probe.close()
+
+    def _hidden_probes(self, spec: LayerSpec, tried: list[tuple[str, str]]) -> Iterator[_Probe]:
+        """The candidate paths again, in copies of the mounts that would hold them if
+        nothing covered them."""
+        if self.hidden is None or self.index is None:
+            return
+        pairs = [
+            (path, m)
+            for path, _how in tried
+            for m in self.index.holders(path)
+            if m.dev != self.overlay.dev
+        ]
+        self.hidden.prepare([m for _, m in pairs])
+        for path, m in pairs:
+            view = self.hidden.view(m)
+            rel = under(path, m.mountpoint)
+            if view is None or rel is None:
+                continue
+            try:
+                fd = view.open(rel)
+            except SyscallError as e:
+                if e.errno in _MISS:
+                    continue
+                raise
+            st = statx("", fd)
+            if not st.is_dir:
+                os.close(fd)
+                continue
+            yield _Probe(ResolvedLayer(spec, m.mnt_id, rel, st.dev, st.ino, "hidden"), fd)
 
     def _resolve_one(
         self, spec: LayerSpec, above: set[str], upper: ResolvedLayer | None
     ) -> tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]]:
         fallback: tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]] | None = None
+        late: tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]] | None = None
         contradicted: list[str] = []
-        for probe in self._probes(spec):
+        probes = self._probes(spec)
+        probe = next(probes, None)
+        while probe is not None:
             try:
                 verdict, entries = self._verdict(probe, above, upper)
             finally:
                 probe.close()
             layer = attrs.evolve(probe.layer, verdict=verdict)
             if verdict is Verdict.CONFIRMED:
+                probes.close()
                 return layer, entries
-            if verdict is Verdict.UNKNOWN and fallback is None:
-                fallback = (layer, entries)
+            if verdict is Verdict.UNKNOWN and not probe.strict:
+                if probe.late and late is None:
+                    late = (layer, entries)
+                elif not probe.late and fallback is None:
+                    fallback = (layer, entries)
             elif verdict is Verdict.CONTRADICTED:
                 contradicted.append(_where(layer, self.tree))
-        if fallback is not None:
-            return fallback
+            try:
+                probe = probes.send(verdict)
+            except StopIteration:
+                probe = None
+        best = fallback if fallback is not None else late
+        if best is not None:
+            return best
         why = (
             f"directories at {', '.join(contradicted)} are not the layer the overlay shows"
             if contradicted

@@ -9,6 +9,7 @@ from criu_fw.context import DumpContext
 from criu_fw.errors import DumpError, SyscallError
 from criu_fw.model import Mount, MountTree
 
+from .hidden import HiddenViews, TreeIndex
 from .index import OverlayIndex, index_of, release_misreports
 from .layers import LayerResolver, OverlayLayerError, ResolvedLayer, open_views
 from .options import OverlayOptionError, OverlayOptions, parse_options
@@ -74,9 +75,22 @@ def _resolve(
     if positions is None:
         positions = {m.mnt_id: i for i, m in enumerate(tree.mounts)}
         index.positions[tree.ns_id] = positions
+    tree_index = index.trees.get(tree.ns_id)
+    if tree_index is None:
+        tree_index = index.trees[tree.ns_id] = TreeIndex.of(tree)
     view, host = open_views(root, host_root)
+    hidden = HiddenViews(pid, tree)
     try:
-        resolver = LayerResolver(mount, tree, view, host=host, cwd=cwd, positions=positions)
+        resolver = LayerResolver(
+            mount,
+            tree,
+            view,
+            host=host,
+            cwd=cwd,
+            positions=positions,
+            index=tree_index,
+            hidden=hidden,
+        )
         layers: tuple[ResolvedLayer, ...]
         try:
             layers = resolver.resolve(options)
@@ -87,6 +101,7 @@ def _resolve(
         if index.misreports is None and not ctx.recorded:
             index.misreports = _probe_misreport(view, mount)
     finally:
+        hidden.close()
         view.close()
         if host is not None:
             host.close()
