@@ -87,3 +87,29 @@ def test_hidden_or_moved_layers(scenario: Scn, tmp_path: os.PathLike[str], case:
         assert layer_options(live) == tuple(f"lowerdir+={D}/{p}" for p in now)
         assert inside(pid, f"cat {D}/{ovl_at}/f1 {D}/{ovl_at}/f2") == "1\n2\n"
         assert verify(pid, images).differences == ()
+
+
+def test_covered_overlay_is_still_checked(scenario: Scn, tmp_path: os.PathLike[str]) -> None:
+    # The overlay itself is under a later mount: its layers are checked against a childless
+    # copy of it (without one, nothing could confirm them).
+    s = scenario(
+        "mkdir W && mount -t tmpfs w W && mkdir W/ovl\n"
+        + LAYERS.format(a="W/l1", b="W/l2")
+        + MOUNT.format(a="W/l1", b="W/l2", ovl="W/ovl")
+        + "mount -t tmpfs cover W/ovl && echo on-top > W/ovl/f1\n"
+    )
+    D = s.workdir
+    images = f"{tmp_path}/img"
+    checkpoint(s.pid, images)
+    ns, _ = image_namespaces(images)
+    dumped = read_mount_namespace(images, ns)
+    ovl = next(m for m in dumped.tree if m.fstype == "overlay")
+    state = dumped.states[ovl.mnt_id]
+    assert isinstance(state, OverlayState)
+    assert [(namespace_path(dumped.tree, x), x.verdict) for x in state.layers] == [
+        (f"{D}/W/l1", Verdict.CONFIRMED),
+        (f"{D}/W/l2", Verdict.CONFIRMED),
+    ]
+    with restored(images, root="/") as pid:
+        assert inside(pid, f"cat {D}/W/ovl/f1") == "on-top\n"
+        assert verify(pid, images).differences == ()

@@ -132,10 +132,18 @@ class LayerResolver:
             fd = self.view.open(self.overlay.mountpoint)
         except SyscallError:
             return None
-        if statx("", fd).mnt_id != self.overlay.mnt_id:
-            os.close(fd)  # something covers the overlay's root: no view of it from here
+        if statx("", fd).mnt_id == self.overlay.mnt_id:
+            return fd
+        os.close(fd)
+        # Something covers the overlay: look at it in a childless copy (same superblock, so
+        # the same inode numbers), else its layers cannot be checked.
+        view = self.hidden.view(self.overlay) if self.hidden is not None else None
+        if view is None:
             return None
-        return fd
+        try:
+            return view.open("/")
+        except SyscallError:
+            return None
 
     # -- probing one candidate -------------------------------------------------------------
 
