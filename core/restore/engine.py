@@ -9,6 +9,7 @@ a new private namespace (see :mod:`.child`); the caller's namespace is never cha
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -162,11 +163,33 @@ def restore(
         proc_root=proc_root,
     )
     plans: list[tuple[NamespacePlan, list]] = []  # type: ignore[type-arg]
-    for ns in spaces:
-        plan = plan_namespace(ns, mgr, ctx)
-        plans.append((plan, order_steps(plan)))
-    result = RestoreResult(root_ns)
+    # Planning allocates a few small objects per mount and frees none of them: the cyclic
+    # collector would only rescan the growing heap (superlinear at 10,000 mounts). The forked
+    # child inherits the setting for its build and re-enables nothing: it execs or holds.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for ns in spaces:
+            plan = plan_namespace(ns, mgr, ctx)
+            plans.append((plan, order_steps(plan)))
+        result = RestoreResult(root_ns)
+        return _run(plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns)
+    finally:
+        if collecting:
+            gc.enable()
 
+
+def _run(
+    plans: list[tuple[NamespacePlan, list]],  # type: ignore[type-arg]
+    result: RestoreResult,
+    mgr: DriverManager,
+    ctx: RestoreContext,
+    ops: MountOps | None,
+    command: Sequence[str] | None,
+    detach: bool,
+    pidfile: str | None,
+    root_ns: int,
+) -> RestoreResult:
     if ops is not None:
         for plan, steps in plans:
             ex = Executor(plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path="/")
