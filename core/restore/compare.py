@@ -76,7 +76,7 @@ def _mount_names(crit: Iterable[dict[str, Any]]) -> dict[int, str]:
         if i in names:
             return names[i]
         e = by_id[i]
-        parent = e.get("parent_mnt_id")
+        parent = int(e.get("parent_mnt_id", 0))
         own = str(e["mountpoint"])
         n = own if parent not in by_id or parent == i else f"{name(parent)} > {own}"
         names[i] = n
