@@ -178,28 +178,51 @@ class MountTree:
     _root: Mount | None = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        by_id: dict[int, Mount] = {}
+        mounts = self.mounts
+        by_id = {m.mnt_id: m for m in mounts}
         children: dict[int, list[Mount]] = {}
-        by_dev: dict[Dev, list[Mount]] = {}
         at: dict[tuple[int, str], Mount] = {}
-        for m in self.mounts:
-            by_id[m.mnt_id] = m
-            by_dev.setdefault(m.dev, []).append(m)
-        for m in self.mounts:
-            if m.parent_id in by_id and m.parent_id != m.mnt_id:
-                children.setdefault(m.parent_id, []).append(m)
+        # Grouped by object first: a parsed table shares one Dev per device, so the
+        # (Python-level) Dev hash runs once per distinct object, not once per mount.
+        by_obj: dict[int, list[Mount]] = {}
+        base = None
+        for m in mounts:
+            dev_id = id(m.dev)
+            group = by_obj.get(dev_id)
+            if group is None:
+                by_obj[dev_id] = [m]
+            else:
+                group.append(m)
+            pid = m.parent_id
+            if pid != m.mnt_id and pid in by_id:
+                kids = children.get(pid)
+                if kids is None:
+                    children[pid] = [m]
+                else:
+                    kids.append(m)
                 # Later entries win: a mount tucked at the same place by propagation shows later.
-                at[(m.parent_id, m.mountpoint)] = m
+                at[(pid, m.mountpoint)] = m
+            elif m.mountpoint == "/":
+                # The last parentless mount at "/" (stacked roots: the later one is on top);
+                # kept so that lookup() costs the depth of the path, not a scan of the table.
+                base = m
+        by_dev: dict[Dev, list[Mount]] = {}
+        for group in by_obj.values():
+            same = by_dev.get(group[0].dev)
+            if same is None:
+                by_dev[group[0].dev] = group
+            else:
+                same.extend(group)
+        if len(by_dev) < len(by_obj):
+            # Equal devices held by different objects (records not from one parse): group
+            # by value directly, which keeps kernel order within each device.
+            by_dev = {}
+            for m in mounts:
+                by_dev.setdefault(m.dev, []).append(m)
         object.__setattr__(self, "_by_id", by_id)
         object.__setattr__(self, "_children", children)
         object.__setattr__(self, "_by_dev", by_dev)
         object.__setattr__(self, "_at", at)
-        # The last parentless mount at "/" (stacked roots: the later one is on top); kept so
-        # that lookup() costs the depth of the path, not a scan of the table.
-        base = None
-        for m in self.mounts:
-            if m.mountpoint == "/" and (m.parent_id not in by_id or m.parent_id == m.mnt_id):
-                base = m
         object.__setattr__(self, "_root", None if base is None else self._top_of(base, "/"))
 
     @classmethod
@@ -245,7 +268,8 @@ class MountTree:
     @property
     def roots(self) -> tuple[Mount, ...]:
         """Mounts whose parent is not in this namespace's view (the root, and chroot leftovers)."""
-        return tuple(m for m in self.mounts if self.parent(m) is None)
+        by_id = self._by_id
+        return tuple(m for m in self.mounts if m.parent_id == m.mnt_id or m.parent_id not in by_id)
 
     @property
     def root(self) -> Mount:
@@ -312,9 +336,13 @@ class MountTree:
     def topo_order(self) -> tuple[Mount, ...]:
         """Every mount after its parent (kernel order among siblings)."""
         out: list[Mount] = []
+        children = self._children
         stack = list(reversed(self.roots))
+        pop, push, extend = stack.pop, out.append, stack.extend
         while stack:
-            m = stack.pop()
-            out.append(m)
-            stack.extend(reversed(self._children.get(m.mnt_id, ())))
+            m = pop()
+            push(m)
+            kids = children.get(m.mnt_id)
+            if kids is not None:
+                extend(reversed(kids))
         return tuple(out)

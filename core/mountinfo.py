@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterator
 
 from .errors import MountinfoError
@@ -108,10 +109,101 @@ def parse_line(line: bytes, source: str = "mountinfo", lineno: int = 1) -> Mount
 
 def parse(data: bytes, source: str = "mountinfo") -> Iterator[Mount]:
     """Every mount in a mountinfo text, in order."""
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        if not raw:
-            continue
-        yield parse_line(raw, source, lineno)
+    return _Parser(source).mounts(data)
+
+
+class _Parser:
+    """The fast path of :func:`parse_line` for whole tables.
+
+    A big table repeats itself: a few devices, roots and option lists, and a few hundred
+    distinct tails (optional fields through superblock options) for thousands of lines. Each
+    distinct field is decoded once per table and shared between the (immutable) records.
+    A line with a backslash (an escaped byte) or anything unexpected goes through
+    :func:`parse_line`, which gives the same result or the exact error.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.devs: dict[bytes, Dev | None] = {}
+        self.roots: dict[bytes, tuple[str, bool] | None] = {}
+        self.options: dict[bytes, tuple[str, ...]] = {}
+        self.tails: dict[bytes, tuple[Propagation, str, str, tuple[str, ...]] | None] = {}
+
+    def mounts(self, data: bytes) -> Iterator[Mount]:
+        source = self.source
+        devs, roots, options, tails = self.devs, self.roots, self.options, self.tails
+        mount = Mount
+        for lineno, line in enumerate(data.split(b"\n"), 1):
+            if not line:
+                continue
+            parts = line.split(b" ", 6)
+            if len(parts) != 7 or b"\\" in line:
+                yield parse_line(line, source, lineno)
+                continue
+            mnt_id, parent_id, dev_f, root_f, mp, mopts_f, rest = parts
+            tail = tails.get(rest, False)
+            if tail is False:
+                tail = tails[rest] = _tail(rest)
+            dev = devs.get(dev_f, False)
+            if dev is False:
+                dev = devs[dev_f] = _dev(dev_f)
+            root = roots.get(root_f, False)
+            if root is False:
+                root = roots[root_f] = _root(root_f)
+            mopts = options.get(mopts_f)
+            if mopts is None:
+                mopts = options[mopts_f] = _options(mopts_f)
+            if tail is None or dev is None or root is None or not mp.startswith(b"/"):
+                yield parse_line(line, source, lineno)
+                continue
+            try:
+                ids = int(mnt_id), int(parent_id)
+            except ValueError:
+                yield parse_line(line, source, lineno)
+                continue
+            prop, fstype, src, sopts = tail
+            yield mount(ids[0], ids[1], dev, root[0], mp.decode(_FS_ENCODING, _FS_ERRORS),
+                        fstype, src, mopts, sopts, prop, root[1])
+
+
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
+def _dev(field: bytes) -> Dev | None:
+    try:
+        return Dev.parse(field.decode("ascii"))
+    except ValueError:
+        return None
+
+
+def _root(field: bytes) -> tuple[str, bool] | None:
+    # As in parse_line, for a field without escapes; None: let parse_line say what is wrong.
+    root, deleted = field, False
+    if root.endswith(_DELETED) and root != _DELETED:
+        root, deleted = root[: -len(_DELETED)], True
+    if not root.startswith(b"/"):
+        return None
+    return os.fsdecode(root), deleted
+
+
+def _tail(rest: bytes) -> tuple[Propagation, str, str, tuple[str, ...]] | None:
+    # Everything after the per-mount options; None: let parse_line say what is wrong.
+    fields = rest.split(b" ")
+    try:
+        sep = fields.index(b"-")
+    except ValueError:
+        return None
+    if len(fields) - sep != 4:
+        return None
+    try:
+        prop = _propagation(fields[:sep], "", 0, b"")
+    except MountinfoError:
+        return None
+    fstype = _text(fields[sep + 1])
+    if not fstype:
+        return None
+    return prop, fstype, _text(fields[sep + 2]), _options(fields[sep + 3])
 
 
 def read_mountinfo(pid: int | str = "self", proc_root: str = "/proc", ns_id: int = 0) -> MountTree:
