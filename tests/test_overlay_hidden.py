@@ -30,7 +30,8 @@ CASES = {
         "mkdir W && mount -t tmpfs w W && mkdir W/a W/b W/ovl && mount -t tmpfs la W/a\n"
         + LAYERS.format(a="W/a/l1", b="W/a/l2")
         + MOUNT.format(a="W/a/l1", b="W/a/l2", ovl="W/ovl")
-        + "mount --move W/a W/b && mkdir W/a/l1\n",  # an empty decoy where l1 was
+        # A decoy where l1 was: the overlay shows another f1, so it is not the layer.
+        + "mount --move W/a W/b && mkdir W/a/l1 && echo decoy > W/a/l1/f1\n",
         "W/ovl",
         ("W/b/l1", "W/b/l2"),
         "moved",
