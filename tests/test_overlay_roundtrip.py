@@ -131,12 +131,6 @@ mount -t overlay overlay -o lowerdir=l1:l2,upperdir=up,workdir=wk ovl
         assert verify(pid, images).differences == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore engine: the layer fd is opened through the layer's mount after the tmpfs "
-    "on the layer path was attached there (core/restore/order.py orders nothing between a "
-    "superblock's PathRef and the mounts on the way to it), so the cover becomes the layer",
-)
 def test_layer_overmounted_after_the_overlay(scenario: Scn, tmp_path: os.PathLike[str]) -> None:
     s = scenario(
         """

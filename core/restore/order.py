@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 from ..errors import MountNotFoundError, RestoreError
 from ..model import Mount, MountTree
-from .plans import NamespacePlan
+from ..plan import PathRef
+from .plans import NamespacePlan, _join
 
 SB, CREATE, ATTACH = 0, 1, 2
 KIND_NAMES = ("create superblock of", "create", "attach")
@@ -82,6 +83,18 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
         for dep in sb.plan.dependencies():
             for d in placed(dep, sb.mount):
                 need(step, d)
+        for _, value in sb.plan.params:
+            if isinstance(value, PathRef) and value.mnt_id in rank:
+                # The directory is opened through its mount's own root: a mount attached on
+                # the way to it (a tmpfs mounted over a layer after the overlay was made)
+                # must come afterwards, or the walk would open the cover instead.
+                ref = tree.get(value.mnt_id)
+                target = _join(ref.mountpoint, value.path)
+                for kid in tree.children(ref):
+                    if target == kid.mountpoint or target.startswith(
+                        kid.mountpoint.rstrip("/") + "/"
+                    ):
+                        need(Step(ATTACH, kid.mnt_id), step)
     jobs = plan.jobs
     root = plan.root
     for m in plan.mounts:
