@@ -67,8 +67,14 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
+#: This process's /proc directory, opened before entering the target namespace: a container
+#: namespace need not have /proc mounted at all, and the fd keeps showing our current mounts.
+_procfd = -1
+
+
 def _mounts() -> list[tuple[int, int, str, bytes, bytes]]:
-    with open("/proc/self/mountinfo", "rb") as f:
+    fd = os.open("mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=_procfd)
+    with open(fd, "rb") as f:
         data = f.read()
     out = []
     for line in data.splitlines():
@@ -170,7 +176,10 @@ def _private_copy(pidfd: int) -> None:
 
 
 def serve(request: dict[str, object]) -> list[int]:
+    global _procfd
     pid = int(request["pid"])  # type: ignore[call-overload]
+    if _procfd < 0:
+        _procfd = os.open(f"/proc/{os.getpid()}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     pidfd = _libc.syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0))
     if pidfd < 0:
         raise _err("pidfd_open", pid)
