@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from criu_fw.dump import dump
 from criu_fw.testing import NamespaceScenario
 
@@ -35,8 +34,8 @@ def test_container_without_proc_dumps_and_restores(tmp_path: Path) -> None:
             assert [line.split()[4] for line in f] == ["/", "/data"]
         dump(scn.pid, images)
     res = subprocess.run(
-        [sys.executable, "-m", "criu_fw", "restore", "-D", images, "--",
-         "/bin/cat", "/data/p"],
-        capture_output=True, check=False,
+        [sys.executable, "-m", "criu_fw", "restore", "-D", images, "--", "/bin/cat", "/data/p"],
+        capture_output=True,
+        check=False,
     )
     assert (res.returncode, res.stdout, res.stderr) == (0, b"payload\n", b"")
