@@ -16,7 +16,8 @@ Usage (root): ``.venv/bin/python bench/dump.py [--mounts 1000,10000] [--files 10
   fd/N, reading fdinfo/N and stat'ing fd/N for every fd.
 
 Every mount is made inside the children's private namespaces; the children are killed by
-pid at the end. Figures are medians of ``--repeat`` runs.
+pid at the end. After one warm-up dump, floor and dump alternate ``--repeat`` times (a slow
+spell of the machine hits both alike); figures are medians.
 """
 
 from __future__ import annotations
@@ -141,8 +142,19 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _median(fn: Callable[[], float], repeat: int) -> float:
-    return statistics.median(fn() for _ in range(repeat))
+def _interleaved(floor: Callable[[], float], part: Callable[[], dict[str, float]],
+                 repeat: int) -> tuple[float, list[dict[str, float]]]:
+    """Median floor and every dump's timings, the two alternating (after one warm-up dump).
+
+    Alternating means a slow spell of the machine hits both sides alike; the ratio is that
+    of the medians.
+    """
+    part()  # warm-up: imports, first-use caches, page cache of the tools
+    floors, runs = [], []
+    for _ in range(repeat):
+        floors.append(floor())
+        runs.append(part())
+    return statistics.median(floors), runs
 
 
 def floor_mounts(pids: list[int]) -> float:
@@ -187,13 +199,16 @@ def bench_mounts(n: int, repeat: int, out: str) -> dict[str, float]:
         raise
     try:
         pids = [proc.pid]
-        runs = [run_dump(proc.pid, out) for _ in range(repeat)]
-        part = statistics.median(r["mounts"] + r["check"] + r["write_mounts"] for r in runs)
+        floor, runs = _interleaved(lambda: floor_mounts(pids), lambda: run_dump(proc.pid, out),
+                                   repeat)
+        parts = [r["mounts"] + r["check"] + r["write_mounts"] for r in runs]
         content = statistics.median(r["content"] for r in runs)
         with open(f"/proc/{proc.pid}/mountinfo", "rb") as f:
             count = f.read().count(b"\n")
-        floor = _median(lambda: floor_mounts(pids), repeat)
-        return {"mounts": count, "part": part, "floor": floor, "content": content}
+        phases = {k: statistics.median(r[k] for r in runs)
+                  for k in ("mounts", "check", "write_mounts")}
+        return {"count": count, "part": statistics.median(parts), "floor": floor,
+                "content": content, **{f"phase_{k}": v for k, v in phases.items()}}
     finally:
         _stop(proc)
         shutil.rmtree(work, ignore_errors=True)
@@ -208,10 +223,10 @@ def bench_files(total: int, repeat: int, out: str) -> dict[str, float]:
         raise
     try:
         pids = [proc.pid, *_descendants(proc.pid)]
-        runs = [run_dump(proc.pid, out) for _ in range(repeat)]
+        floor, runs = _interleaved(lambda: floor_files(pids), lambda: run_dump(proc.pid, out),
+                                   repeat)
         part = statistics.median(r["files"] + r["write_files"] for r in runs)
         fds = sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids)
-        floor = _median(lambda: floor_files(pids), repeat)
         return {"fds": fds, "part": part, "floor": floor}
     finally:
         _stop(proc)
@@ -222,7 +237,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mounts", default="1000,10000")
     ap.add_argument("--files", type=int, default=100_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--child-mounts", nargs=2)
     ap.add_argument("--child-files", nargs=2)
     args = ap.parse_args()
@@ -236,12 +251,15 @@ def main() -> int:
         for n in (int(x) for x in args.mounts.split(",") if x):
             r = bench_mounts(n, args.repeat, out)
             rows.append(r)
-            print(f"mounts {int(r['mounts']):>6}: dump mount part {r['part'] * 1e3:8.1f} ms, "
+            print(f"mounts {int(r['count']):>6}: dump mount part {r['part'] * 1e3:8.1f} ms, "
                   f"floor {r['floor'] * 1e3:6.1f} ms, ratio {r['part'] / r['floor']:5.2f}x "
-                  f"(target <= 4x); tmpfs content {r['content'] * 1e3:.0f} ms", flush=True)
+                  f"(target <= 4x); phases: read+parse+parse_mount "
+                  f"{r['phase_mounts'] * 1e3:.1f} ms, re-read check {r['phase_check'] * 1e3:.1f}"
+                  f" ms, write {r['phase_write_mounts'] * 1e3:.1f} ms; tmpfs content "
+                  f"{r['content'] * 1e3:.0f} ms", flush=True)
         if len(rows) >= 2:
             g = rows[-1]["part"] / rows[0]["part"]
-            m = rows[-1]["mounts"] / rows[0]["mounts"]
+            m = rows[-1]["count"] / rows[0]["count"]
             print(f"growth: {m:.1f}x the mounts -> {g:.1f}x the time (target <= {m * 1.2:.0f}x)")
         if args.files:
             r = bench_files(args.files, args.repeat, out)

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
 
 import attrs
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError, EncodeError, Message
 
 from .errors import ImageError
 from .proto import (
@@ -174,13 +174,38 @@ def write_image(path: str, kind: str | ImageKind, entries: Iterable[Message]) ->
     k = _kind(kind)
     n = 0
     with open(path, "wb") as f:
-        if k.common:
-            f.write(_U32.pack(IMG_COMMON))
-        f.write(_U32.pack(k.magic))
+        f.write(_head(k))
         for entry in entries:
             f.write(_frame(path, k, n, entry))
             n += 1
     return n
+
+
+def write_serialized(path: str, kind: str | ImageKind, payloads: Iterable[bytes]) -> int:
+    """Like :func:`write_image`, for entries already serialized; returns the number written.
+
+    For writers that serialize many entries cheaply (``imageset`` reuses checked message
+    templates): each payload must be a complete entry of the kind's message, as
+    ``SerializeToString`` gives it; only its size is checked here. One write for the file.
+    """
+    k = _kind(kind)
+    pack = _U32.pack
+    out = [_head(k)]
+    n = 0
+    for payload in payloads:
+        if len(payload) > MAX_ENTRY_SIZE:
+            raise ImageError(path, f"entry of {len(payload)} bytes exceeds {MAX_ENTRY_SIZE}", n)
+        out.append(pack(len(payload)))
+        out.append(payload)
+        n += 1
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
+    return n
+
+
+def _head(kind: ImageKind) -> bytes:
+    magic = _U32.pack(kind.magic)
+    return _U32.pack(IMG_COMMON) + magic if kind.common else magic
 
 
 def _missing_fields(msg: Message) -> list[str]:
@@ -190,17 +215,21 @@ def _missing_fields(msg: Message) -> list[str]:
 
 
 def _frame(path: str, kind: ImageKind, n: int, entry: Message) -> bytes:
-    if not isinstance(entry, kind.message):
+    if type(entry) is not kind.message and not isinstance(entry, kind.message):
         raise ImageError(
             path,
             f"{type(entry).DESCRIPTOR.full_name} given, {kind.name} images hold "
             f"{kind.message.DESCRIPTOR.full_name}",
             n,
         )
-    missing = _missing_fields(entry)
-    if missing:
-        raise ImageError(path, f"required field(s) not set: {', '.join(missing)}", n)
-    payload = entry.SerializeToString()
+    try:
+        # Checks the required fields itself (EncodeError): no separate pass over the entry.
+        payload = entry.SerializeToString()
+    except EncodeError:
+        missing = _missing_fields(entry)
+        if not missing:
+            raise
+        raise ImageError(path, f"required field(s) not set: {', '.join(missing)}", n) from None
     if len(payload) > MAX_ENTRY_SIZE:
         raise ImageError(path, f"entry of {len(payload)} bytes exceeds {MAX_ENTRY_SIZE}", n)
     return _U32.pack(len(payload)) + payload
@@ -212,8 +241,14 @@ def _frame(path: str, kind: ImageKind, n: int, entry: Message) -> bytes:
 
 def _read_exact(f: BinaryIO, size: int) -> bytes:
     """Up to ``size`` bytes; fewer only at end of file (regular files never return short)."""
-    chunks = []
+    chunks: list[bytes] = []
     left = size
+    if size <= 1 << 20:
+        first = f.read(size)
+        if len(first) == size or not first:
+            return first
+        chunks.append(first)
+        left -= len(first)
     while left:
         chunk = f.read(min(left, 1 << 20))
         if not chunk:
@@ -319,7 +354,7 @@ def _decode(path: str, n: int, message_type: type[Message], payload: bytes) -> M
         raise ImageError(
             path, f"garbled {message_type.DESCRIPTOR.full_name} ({len(payload)} bytes)", n
         ) from None
-    missing = _missing_fields(msg)
+    missing = [] if msg.IsInitialized() else _missing_fields(msg)
     if missing:
         raise ImageError(
             path,

@@ -17,7 +17,8 @@ same order, every :class:`~criu_fw.model.Mount` field equal to what was written.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Mapping
 from typing import Literal
 
 import attrs
@@ -27,7 +28,7 @@ from google.protobuf.message import DecodeError
 from . import __version__
 from .driver import DriverState
 from .errors import ImageError
-from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_image
+from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
 from .model import Dev, Mount, MountTree, Propagation
 from .plugins import DriverManager, load_drivers
 from .proto import fwstate_pb2, mnt_pb2
@@ -187,45 +188,107 @@ def write_mount_namespace(
     ``content`` are keyed by mnt_id too. The files are written in place under ``image_dir``
     (publishing a dump atomically is the dump engine's job).
     """
-    for m in tree.mounts:
-        if m.mnt_id not in drivers:
-            raise ValueError(f"no driver given for {m.describe()}")
-    known = {m.mnt_id for m in tree.mounts}
+    mounts = tree.mounts
+    known = {m.mnt_id for m in mounts}
+    if not drivers.keys() >= known:
+        for m in mounts:
+            if m.mnt_id not in drivers:
+                raise ValueError(f"no driver given for {m.describe()}")
     for what, mapping in (("drivers", drivers), ("states", states), ("external", external),
                           ("content", content)):  # fmt: skip
         stray = sorted(set(mapping) - known)
         if stray:
             raise ValueError(f"{what} names mount id(s) {stray} not in namespace {ns_id}")
 
-    mnts_name = mountpoints_image(ns_id)
-    write_image(
-        os.path.join(image_dir, mnts_name),
-        MNTS,
-        (criu_mnt_entry(m, external.get(m.mnt_id)) for m in reversed(tree.mounts)),
-    )
-
-    def fw_entries() -> Iterator[fwstate_pb2.fw_entry]:
-        header = fwstate_pb2.fw_header(
-            format_version=FORMAT_VERSION,
-            ns_id=ns_id,
-            mount_count=len(tree.mounts),
-            writer=f"criu-fw {__version__}",
-            kernel_ns_id=tree.ns_id,
-        )
-        yield fwstate_pb2.fw_entry(header=header)
-        for m in tree.mounts:
-            fw = _fw_mount(
-                m,
-                drivers[m.mnt_id],
-                states.get(m.mnt_id),
-                external.get(m.mnt_id),
-                content.get(m.mnt_id),
+    criu: list[bytes] = []
+    fw: list[bytes] = [
+        fwstate_pb2.fw_entry(
+            header=fwstate_pb2.fw_header(
+                format_version=FORMAT_VERSION,
+                ns_id=ns_id,
+                mount_count=len(mounts),
+                writer=f"criu-fw {__version__}",
+                kernel_ns_id=tree.ns_id,
             )
-            yield fwstate_pb2.fw_entry(mount=fw)
+        ).SerializeToString()
+    ]
+    entries = _EntryWriter()
+    serialize = entries.serialize
+    append_criu, append_fw = criu.append, fw.append
+    for m in mounts:
+        mnt_id = m.mnt_id
+        c, f = serialize(
+            m, drivers[mnt_id], states.get(mnt_id) if states else None,
+            external.get(mnt_id) if external else None, content.get(mnt_id) if content else None,
+        )
+        append_criu(c)
+        append_fw(f)
+    criu.reverse()  # CRIU's order: reverse mountinfo order
 
+    mnts_name = mountpoints_image(ns_id)
+    write_serialized(os.path.join(image_dir, mnts_name), MNTS, criu)
     fw_name = fw_image(ns_id)
-    write_image(os.path.join(image_dir, fw_name), FW_MNTS, fw_entries())
+    write_serialized(os.path.join(image_dir, fw_name), FW_MNTS, fw)
     return [mnts_name, fw_name]
+
+
+#: A mount's two entries, and the fw_mount inside the second.
+_Templates = tuple[mnt_pb2.mnt_entry, fwstate_pb2.fw_entry, fwstate_pb2.fw_mount]
+
+
+class _EntryWriter:
+    """Both entries of each mount, serialized from reused message templates.
+
+    The mounts of a big table differ mostly in their ids and mountpoints: one pair of
+    messages (CRIU's ``mnt_entry``, criu-fw's ``fw_entry``) is built, with
+    :func:`criu_mnt_entry` and :func:`_fw_mount`, per distinct value of everything else, and
+    only the per-mount fields are set on it before serializing. Each field left out of a
+    template's key is set on every use (required, or ``mnt_id`` whose zero is its absence),
+    so the bytes are exactly those of a message built from scratch. A mount with a driver
+    state, a unique id or a mountpoint that is not UTF-8 is built from scratch.
+    """
+
+    def __init__(self) -> None:
+        self.templates: dict[tuple[object, ...], _Templates] = {}
+
+    def serialize(
+        self, m: Mount, driver: str, state: DriverState | None, ext: str | None,
+        content: str | None,
+    ) -> tuple[bytes, bytes]:
+        if state is not None or m.unique_id is not None or not _FAST_TEXT:
+            return self._scratch(m, driver, state, ext, content)
+        dev, prop = m.dev, m.propagation
+        key = (m.fstype, dev.major, dev.minor, m.root, m.source, m.mount_options,
+               m.super_options, prop.shared, prop.master, prop.propagate_from, prop.unbindable,
+               m.root_deleted, driver, ext, content)  # fmt: skip
+        templates = self.templates.get(key)
+        if templates is None:
+            fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, None, ext, content))
+            templates = self.templates[key] = (criu_mnt_entry(m, ext), fw, fw.mount)
+        criu, fw, fw_mount = templates
+        try:
+            # Refused (UnicodeEncodeError) for a mountpoint that is not UTF-8, which needs
+            # its exact bytes in the fw entry too: built from scratch.
+            criu.mountpoint = m.mountpoint
+        except UnicodeEncodeError:
+            return self._scratch(m, driver, state, ext, content)
+        criu.mnt_id = fw_mount.mnt_id = m.mnt_id
+        criu.parent_mnt_id = m.parent_id
+        return criu.SerializeToString(), fw.SerializeToString()
+
+    @staticmethod
+    def _scratch(
+        m: Mount, driver: str, state: DriverState | None, ext: str | None, content: str | None
+    ) -> tuple[bytes, bytes]:
+        fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, state, ext, content))
+        return criu_mnt_entry(m, ext).SerializeToString(), fw.SerializeToString()
+
+
+#: Text that encodes as UTF-8 is its own CRIU form (``criu_text``) only when the filesystem
+#: encoding is UTF-8; otherwise every mount takes the path through criu_text.
+_FAST_TEXT = sys.getfilesystemencoding() == "utf-8" and sys.getfilesystemencodeerrors() == (
+    "surrogateescape"
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,13 +21,13 @@ pattern beats a shorter one: specificity, never load order, decides.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
+import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from importlib import metadata
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import pluggy
@@ -61,13 +61,68 @@ def current_driver() -> str | None:
     return _routed.get()
 
 
-@contextlib.contextmanager
-def _routing(driver: str) -> Iterator[None]:
-    token = _routed.set(driver)
-    try:
-        yield
-    finally:
-        _routed.reset(token)
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting the changes that decide whether a direct call is exact.
+
+    :meth:`DriverManager.call` calls a hook's only implementation directly (without pluggy's
+    per-call machinery) when nothing else would run. Registering, unregistering or blocking a
+    plugin, adding hookspecs, and hook-call monitoring (``add_hookcall_monitoring``,
+    ``enable_tracing``) bump :attr:`generation`, which drops the decisions made so far;
+    monitoring also turns direct calls off for good, so monitors see every call.
+    """
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        self.generation = 0
+        self.monitored = False
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        try:
+            return super().register(plugin, name)
+        finally:
+            self.generation += 1
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        try:
+            return super().unregister(plugin, name)
+        finally:
+            self.generation += 1
+
+    def add_hookspecs(self, module_or_class: Any) -> None:
+        try:
+            super().add_hookspecs(module_or_class)
+        finally:
+            self.generation += 1
+
+    def add_hookcall_monitoring(self, before: Any, after: Any) -> Callable[[], None]:
+        self.monitored = True
+        self.generation += 1
+        return super().add_hookcall_monitoring(before, after)
+
+
+#: A direct call: the implementation's function, what picks its arguments out of the call's
+#: keyword arguments, and the spec's argument names (all present: pluggy would not warn).
+_Direct = tuple[Callable[..., Any], Callable[[Mapping[str, Any]], tuple[Any, ...]], frozenset[str]]
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if len(names) >= 2:
+        return cast(Callable[[Mapping[str, Any]], tuple[Any, ...]], operator.itemgetter(*names))
+    if names:
+        name = names[0]
+        return lambda kwargs: (kwargs[name],)
+    return lambda kwargs: ()
+
+
+def _attributed(hook: str, driver: str, exc: BaseException) -> DriverError | None:
+    """The error to raise for ``exc`` out of ``driver``'s ``hook``; None: raise it as it is."""
+    if isinstance(exc, DriverError):
+        return None if exc.driver == driver else DriverError(driver, f"{hook}: {exc}")
+    if isinstance(exc, CriuFwError):
+        return DriverError(driver, str(exc))
+    if isinstance(exc, Exception):
+        return DriverError(driver, f"{hook} failed: {type(exc).__name__}: {exc}")
+    return None
 
 
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -156,7 +211,7 @@ class DriverManager:
     def __init__(self, config: DriverConfig | None = None) -> None:
         # No config given: the documented environment variables (CRIU_FW_*) apply.
         self.config = config if config is not None else DriverConfig.from_env()
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm = _PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.drivers: dict[str, DriverInfo] = {}
         self.problems: list[LoadProblem] = []
@@ -165,6 +220,8 @@ class DriverManager:
         self._patterns: list[tuple[str, str | None]] = []
         self._fallback: str | None = None
         self._callers: dict[tuple[str, str], Callable[..., Any]] = {}
+        self._direct: dict[tuple[str, str], _Direct | None] = {}
+        self._direct_generation = -1
         #: fstypes (or patterns, "*" for the fallback) that several drivers claim: the names.
         self.conflicts: dict[str, tuple[str, ...]] = {}
         #: Registered plugins that own no fstype (tracing, dry run): name -> object.
@@ -355,21 +412,88 @@ class DriverManager:
             self._callers[key] = caller
         return caller
 
+    def _direct_call(self, hook: str, driver: str) -> _Direct | None:
+        """How to call ``hook`` on ``driver`` without pluggy's per-call work, or None.
+
+        Only when that is exactly what pluggy would do: a ``firstresult`` hook without
+        argument defaults, one plain implementation in the subset (no wrapper, no other
+        plugin, no ``**kwargs``), and nobody monitoring hook calls. Decided once per
+        (hook, driver) until the plugin manager changes.
+        """
+        pm = self.pm
+        if pm.generation != self._direct_generation:
+            self._direct.clear()
+            self._direct_generation = pm.generation
+        key = (hook, driver)
+        try:
+            return self._direct[key]
+        except KeyError:
+            pass
+        direct: _Direct | None = None
+        caller = self._caller(hook, driver)
+        if isinstance(caller, pluggy.HookCaller) and not pm.monitored:
+            spec = caller.spec
+            impls = caller.get_hookimpls()
+            if (
+                spec is not None
+                and spec.opts.get("firstresult")
+                and not getattr(spec, "kwargdefaults", None)
+                and len(impls) == 1
+                and not (impls[0].wrapper or impls[0].hookwrapper or impls[0].kwargnames)
+            ):
+                impl = impls[0]
+                names = tuple(impl.argnames)
+                direct = (impl.function, _picker(names), frozenset(spec.argnames))
+        self._direct[key] = direct
+        return direct
+
     def call(self, hook: str, driver: str, **kwargs: Any) -> Any:
         """Call ``hook`` on exactly ``driver`` (plus wrappers); errors are attributed to it."""
         if driver not in self.drivers:
             raise DriverError(driver, f"{hook}: no such driver is loaded")
         try:
-            with _routing(driver):
+            direct = self._direct_call(hook, driver)
+            token = _routed.set(driver)
+            try:
+                if direct is not None and kwargs.keys() >= direct[2]:
+                    return direct[0](*direct[1](kwargs))
                 return self._caller(hook, driver)(**kwargs)
-        except DriverError as exc:
-            if exc.driver == driver:
+            finally:
+                _routed.reset(token)
+        except BaseException as exc:
+            err = _attributed(hook, driver, exc)
+            if err is None:
                 raise
-            raise DriverError(driver, f"{hook}: {exc}") from exc
-        except CriuFwError as exc:
-            raise DriverError(driver, str(exc)) from exc
-        except Exception as exc:
-            raise DriverError(driver, f"{hook} failed: {type(exc).__name__}: {exc}") from exc
+            raise err from exc
+
+    def bind(self, hook: str, driver: str) -> Callable[..., Any]:
+        """``call`` with ``hook`` and ``driver`` fixed, for a loop that makes the same call many
+        times (the dump's ``parse_mount`` per mount): the same results, errors and wrappers,
+        with the routing decided once (again after the plugin manager changes)."""
+        pm = self.pm
+        drivers = self.drivers
+        decided: list[Any] = [-1, None]  # the plugin manager's generation, the direct call
+
+        def bound(**kwargs: Any) -> Any:
+            if decided[0] != pm.generation:
+                decided[1] = self._direct_call(hook, driver) if driver in drivers else None
+                decided[0] = pm.generation
+            direct: _Direct | None = decided[1]
+            if direct is None or not kwargs.keys() >= direct[2] or driver not in drivers:
+                return self.call(hook, driver, **kwargs)
+            try:
+                token = _routed.set(driver)
+                try:
+                    return direct[0](*direct[1](kwargs))
+                finally:
+                    _routed.reset(token)
+            except BaseException as exc:
+                err = _attributed(hook, driver, exc)
+                if err is None:
+                    raise
+                raise err from exc
+
+        return bound
 
     def call_for_fstype(self, hook: str, fstype: str, **kwargs: Any) -> Any:
         return self.call(hook, self.owner(fstype), **kwargs)

@@ -3,21 +3,26 @@
 Order of work (CRIU's): freeze the tree top-down; find its mount namespaces; per mount the
 owner's ``parse_mount`` (parents first); per fd, cwd, root, exe and mapping the ``fixup_*``
 hooks; per superblock that needs it ``dump_content`` through a helper's childless copy of a
-mount; then re-read every namespace's mountinfo and start again (bounded) if anyone changed
-it. The tree is resumed in a ``finally``. Images go into a temporary directory next to the
-target (same filesystem), are fsync'ed, ``inventory.img`` is written last, and the directory
-is renamed into place: a reader sees a complete dump or none.
+mount; then re-read every namespace's mountinfo (in a thread, while the mount images are
+written) and start again (bounded) if anyone changed it. The tree is resumed in a
+``finally``. Images go into a temporary directory next to the target (same filesystem), are
+fsync'ed, ``inventory.img`` is written last, and the directory is renamed into place: a
+reader sees a complete dump or none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import attrs
 
@@ -31,7 +36,7 @@ from ..proto import fdinfo_pb2, fs_pb2
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
 from .ids import FileIds, TableIds
 from .maps import MapsReader
-from .namespaces import FilesystemViews, Namespace, changed_namespaces, find_namespaces
+from .namespaces import FilesystemViews, Namespace, find_namespaces, read_mountinfo_raw
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
 from .routing import Router
@@ -66,8 +71,8 @@ class DumpResult:
     external: Mapping[tuple[int, int], str]
     content_images: tuple[str, ...]
     attempts: int
-    #: Seconds per phase: freeze, mounts, files, content, check, write (of which
-    #: write_mounts and write_files).
+    #: Seconds per phase: freeze, mounts, files, content, write_mounts (while the check's
+    #: re-read runs in a thread), check (what is left of it), write (process images).
     timings: Mapping[str, float]
 
 
@@ -120,10 +125,11 @@ def dump(
         try:
             procs = collect_tree(fs, pid, freezer)
             timings["freeze"] = time.perf_counter() - t0
-            attempt, tries = _read_consistent(
-                fs, mgr, procs, tmp, timings,
-                dict(externals), auto_external, proc_root, sys_root, root, pid,
-            )
+            with _gc_paused():
+                attempt, tries = _read_consistent(
+                    fs, mgr, procs, tmp, timings,
+                    dict(externals), auto_external, proc_root, sys_root, root, pid,
+                )
         finally:
             if leave_stopped:
                 freezer.leave()
@@ -147,6 +153,25 @@ def dump(
         attempts=tries,
         timings=timings,
     )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while the tree is frozen and read.
+
+    A big mount table or fd table makes tens of thousands of long-lived records; each 700
+    allocations start a collection that walks them and frees nothing (the temporaries go by
+    reference counting), about a tenth of the mount part at 10,000 mounts. Collection resumes
+    afterwards, whatever happens.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _make_tmp(target: str) -> str:
@@ -189,10 +214,20 @@ def _read_consistent(
         if fs.live:
             _content(attempt, router)
         t3 = time.perf_counter()
-        changed = changed_namespaces(fs, namespaces) if fs.live else []
+        # The check re-reads every mount table, from here as it always did; the kernel
+        # formats the text without holding the GIL, so a thread does it while this one
+        # writes the mount images (an attempt that fails the check is cleared with them).
+        check = _Recheck(fs, namespaces) if fs.live else None
+        try:
+            _write_mounts(tmp, attempt)
+        finally:
+            if check is not None:
+                check.join()
         t4 = time.perf_counter()
+        changed = check.changed() if check is not None else []
+        t5 = time.perf_counter()
         for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2),
-                     ("check", t4 - t3)):
+                     ("write_mounts", t4 - t3), ("check", t5 - t4)):
             timings[k] = v
         if not changed:
             return attempt, n
@@ -212,15 +247,26 @@ def _clear(tmp: str) -> None:
 
 def _mounts(a: _Attempt, router: Router) -> None:
     ctx = a.ctx
+    # fstype -> (owner, its parse_mount or None where it cannot do anything): once per fstype.
+    owners: dict[str, tuple[str, Callable[..., Any] | None]] = {}
     for ns in a.namespaces:
+        tree = ns.tree
         drivers: dict[int, str] = {}
         states: dict[int, DriverState | None] = {}
-        for m in ns.tree.topo_order():
-            d = router.owner(m.fstype)
+        for m in tree.topo_order():
+            owner = owners.get(m.fstype)
+            if owner is None:
+                d = router.owner(m.fstype)
+                bound = router.mgr.bind("parse_mount", d)
+                owner = owners[m.fstype] = (
+                    d, bound if router.implements("parse_mount", d) else None
+                )
+            d, call = owner
             drivers[m.mnt_id] = d
-            state = router.call("parse_mount", d, mount=m, tree=ns.tree, ctx=ctx)
-            if state is not None:
-                states[m.mnt_id] = state
+            if call is not None:
+                state = call(mount=m, tree=tree, ctx=ctx)
+                if state is not None:
+                    states[m.mnt_id] = state
         a.drivers[ns.ns_id] = drivers
         a.states[ns.ns_id] = states
 
@@ -336,9 +382,81 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
         a.procs.append(pi)
 
 
-def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
+class _Recheck:
+    """The consistency check's re-read in a thread; :meth:`changed` gives the namespaces whose
+    mount table differs from what was read, or raises what the re-read raised."""
+
+    def __init__(self, fs: ProcFS, namespaces: list[Namespace]) -> None:
+        self._result: list[Namespace] = []
+        self._error: BaseException | None = None
+        self._reading = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(fs, namespaces), name="criu-fw-mount-recheck", daemon=True
+        )
+        self._thread.start()
+        # Until the thread is in the kernel, it needs the GIL that the caller is about to
+        # keep busy: wait for it here (a few microseconds) rather than up to a switch interval.
+        self._reading.wait()
+
+    def _run(self, fs: ProcFS, namespaces: list[Namespace]) -> None:
+        try:
+            self._reading.set()
+            self._result = [ns for ns in namespaces if _reread(fs, ns) != ns.raw]
+        except BaseException as exc:  # handed to the dumping thread by changed()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def changed(self) -> list[Namespace]:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def _reread(fs: ProcFS, ns: Namespace) -> bytes:
+    """A namespace's mountinfo now, as ``namespaces.changed_namespaces`` reads it.
+
+    A seq_file gives at most a page per read(2), and a thread retakes the GIL after each one;
+    with another thread busy that costs a switch interval per page. sendfile(2) into a memfd
+    copies the whole text in one system call instead. Anything unusual (no memfd, a kernel
+    without splice for the file, a vanished process) goes the ordinary way, which also gives
+    the ordinary errors.
+    """
+    if fs.live:
+        data = _read_in_one_call(fs.path(ns.pid, "mountinfo"))
+        if data is not None:
+            return data
+    return read_mountinfo_raw(fs, ns.pid)
+
+
+_ONE_CALL = 1 << 30
+
+
+def _read_in_one_call(path: str) -> bytes | None:
     try:
-        t0 = time.perf_counter()
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mem = os.memfd_create("criu-fw-mountinfo", os.MFD_CLOEXEC)
+        try:
+            size = os.sendfile(mem, src, None, _ONE_CALL)
+            if size >= _ONE_CALL:
+                return None  # not at end of file: let the ordinary read do it
+            data = os.pread(mem, size + 1, 0)
+        finally:
+            os.close(mem)
+    except (OSError, AttributeError):
+        return None
+    finally:
+        os.close(src)
+    return data if len(data) == size else None
+
+
+def _write_mounts(tmp: str, a: _Attempt) -> None:
+    with _writing(tmp):
         for ns in a.namespaces:
             write_mount_namespace(
                 tmp, ns.ns_id, ns.tree,
@@ -347,19 +465,29 @@ def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
                 external={m: k for (n, m), k in a.ctx.external_mounts.items() if n == ns.ns_id},
                 content=a.content.get(ns.ns_id, {}),
             )
-        t1 = time.perf_counter()
-        write_process_images(tmp, a.procs, a.files)
-        t2 = time.perf_counter()
-        timings["write_mounts"], timings["write_files"] = t1 - t0, t2 - t1
-        _fsync_all(tmp)
-        # The completion mark: written (and synced) only after everything else is on disk.
-        write_inventory(tmp, a.procs[0])
-        _fsync_all(tmp, only="inventory.img")
+
+
+@contextlib.contextmanager
+def _writing(tmp: str) -> Iterator[None]:
+    try:
+        yield
     except CriuFwError:
         raise
     except OSError as exc:
         raise DumpError(f"writing images into {tmp} failed: "
                         f"{errno.errorcode.get(exc.errno or 0, '')} ({exc.strerror})") from exc
+
+
+def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
+    """Everything but the mount images (written by the attempt that passed the check)."""
+    with _writing(tmp):
+        t1 = time.perf_counter()
+        write_process_images(tmp, a.procs, a.files)
+        timings["write_files"] = time.perf_counter() - t1
+        _fsync_all(tmp)
+        # The completion mark: written (and synced) only after everything else is on disk.
+        write_inventory(tmp, a.procs[0])
+        _fsync_all(tmp, only="inventory.img")
 
 
 def _fsync_all(d: str, only: str | None = None) -> None:
