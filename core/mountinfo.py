@@ -141,14 +141,17 @@ class _Parser:
                 yield parse_line(line, source, lineno)
                 continue
             mnt_id, parent_id, dev_f, root_f, mp, mopts_f, rest = parts
-            tail = tails.get(rest, False)
-            if tail is False:
+            try:
+                tail = tails[rest]
+            except KeyError:
                 tail = tails[rest] = _tail(rest)
-            dev = devs.get(dev_f, False)
-            if dev is False:
+            try:
+                dev = devs[dev_f]
+            except KeyError:
                 dev = devs[dev_f] = _dev(dev_f)
-            root = roots.get(root_f, False)
-            if root is False:
+            try:
+                root = roots[root_f]
+            except KeyError:
                 root = roots[root_f] = _root(root_f)
             mopts = options.get(mopts_f)
             if mopts is None:

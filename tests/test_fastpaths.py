@@ -1,0 +1,291 @@
+"""The dump's fast paths give exactly what the plain paths give: parsed mounts, image bytes,
+hook results, errors and warnings, monitors and wrappers (bench/dump.py times them)."""
+
+from __future__ import annotations
+
+import gc
+import os
+import struct
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import attrs
+import pytest
+from criu_fw import hookimpl
+from criu_fw.driver import DriverState, FsDriver
+from criu_fw.dump import dump
+from criu_fw.dump.engine import _read_in_one_call
+from criu_fw.errors import DriverError, MountinfoError
+from criu_fw.imageset import _fw_mount, criu_mnt_entry, write_mount_namespace
+from criu_fw.model import Dev, Mount, MountTree, Propagation
+from criu_fw.mountinfo import parse, parse_line
+from criu_fw.plugins import DriverConfig, DriverManager, current_driver
+from criu_fw.proto import fwstate_pb2
+from criu_fw.testing import NamespaceScenario
+from google.protobuf import wrappers_pb2
+from google.protobuf.message import Message
+
+# Lines of every shape the parser knows, each repeated so that the table's caches are hit.
+LINES = [
+    b"1 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard",
+    b"2 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw",
+    b"3 1 0:40 / /t rw,relatime shared:5 master:3 propagate_from:2 - tmpfs t rw,size=1k",
+    b"4 3 0:40 /sub /t/b rw,relatime shared:5 - tmpfs t rw,size=1k",
+    b"5 3 0:40 /f//deleted /t/d ro,relatime unbindable - tmpfs t rw,size=1k",
+    b"6 3 0:40 /deleted /t/e rw future:7 - tmpfs t rw,size=1k",
+    b"7 3 0:41 / /t/a\\040b rw - tmpfs my\\011src rw",
+    b"8 3 0:42 / /t/caf\xc3\xa9/\xff rw - tmpfs src\xfe rw,opt=\xfa",
+    b"9 3 0:43 / /t/empty rw - tmpfs  rw",
+    b"10 3 0:44 / /t/fuse rw - fuse.my\\040fs src rw,user_id=0",
+    b"11 3 0:44 //deleted /t/root-named-deleted rw - fuse.sshfs src rw",
+    b"12 3 0:45 / /t/x\\134y rw,nosuid - overlay ovl rw,lowerdir=/l\\054x,upperdir=/u",
+]
+
+
+def table(copies: int) -> bytes:
+    out = []
+    for c in range(copies):
+        for line in LINES:
+            ident, parent, rest = line.split(b" ", 2)
+            parent = b"%d" % (int(parent) + 100 * c) if parent != b"1" else parent
+            out.append(b"%d %s %s" % (int(ident) + 100 * c, parent,
+                                      rest.replace(b" /t", b" /t%d" % c, 1)))
+    return b"\n".join(out) + b"\n"
+
+
+def test_table_parse_equals_line_by_line() -> None:
+    data = table(30)
+    fast = list(parse(data, "mi"))
+    slow = [parse_line(line, "mi", n) for n, line in enumerate(data.split(b"\n"), 1) if line]
+    assert fast == slow and len(fast) == 30 * len(LINES)
+    # Shared pieces are shared values, never shared mistakes.
+    assert {m.source for m in fast if m.fstype == "tmpfs"} == {"t", "my\tsrc",
+                                                              os.fsdecode(b"src\xfe"), ""}
+    assert MountTree(tuple(fast)) == MountTree(tuple(slow))
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (b"13 3 0:46 / /t/z rw - tmpfs t", "expected 3 fields after ' - ', got 2"),
+        (b"13 3 0:46 / /t/z rw shared:x - tmpfs t rw", "bad optional field 'shared:x'"),
+        (b"13 3 046 / /t/z rw - tmpfs t rw", "bad mount id, parent id or major:minor"),
+        (b"x 3 0:46 / /t/z rw - tmpfs t rw", "bad mount id, parent id or major:minor"),
+        (b"13 3 0:46 rel /t/z rw - tmpfs t rw", "root and mountpoint must be absolute"),
+        (b"13 3 0:46 / rel rw - tmpfs t rw", "root and mountpoint must be absolute"),
+        (b"13 3 0:46 / /t/z rw -  t rw", "empty filesystem type"),
+        (b"13 3 0:46 / /t/z rw tmpfs t rw", "no ' - ' separator after field 6"),
+        (b"13 3 0:46 / /t/z", "no ' - ' separator after field 6"),
+    ],
+)
+def test_a_bad_line_in_a_big_table_fails_as_alone(bad: bytes, reason: str) -> None:
+    good = table(5).split(b"\n")
+    data = b"\n".join([*good[:40], bad, *good[40:]])
+    with pytest.raises(MountinfoError) as alone:
+        parse_line(bad, "mi", 41)
+    it = parse(data, "mi")
+    first = [next(it) for _ in range(40)]  # lazy: the mounts before the bad line come first
+    assert first == list(parse(b"\n".join(good[:40])))
+    with pytest.raises(MountinfoError) as err:
+        next(it)
+    assert str(err.value) == str(alone.value)
+    assert f"mi: line 41: {reason}" in str(err.value)
+
+
+@attrs.frozen
+class Label(DriverState):
+    MESSAGE: ClassVar[type[Message]] = wrappers_pb2.StringValue
+
+    label: str
+
+    def to_message(self) -> wrappers_pb2.StringValue:
+        return wrappers_pb2.StringValue(value=self.label)
+
+    @classmethod
+    def from_message(cls, message: Any) -> Self:
+        return cls(message.value)
+
+
+def frames(path: Path) -> list[bytes]:
+    raw = path.read_bytes()[8:]  # IMG_COMMON and the image's magic
+    out = []
+    while raw:
+        (size,) = struct.unpack("<I", raw[:4])
+        out.append(raw[4 : 4 + size])
+        raw = raw[4 + size :]
+    return out
+
+
+def test_mount_images_are_those_of_messages_built_one_by_one(tmp_path: Path) -> None:
+    mounts = list(parse(table(20)))
+    # What only records from elsewhere carry: statmount's unique ids, equal devices in
+    # different objects, a uint32-sized id.
+    mounts.append(Mount(4294967295, 1, Dev(0, 40), "/", "/big", "tmpfs", "t", ("rw",),
+                        ("rw", "size=1k"), Propagation(shared=5), unique_id=1 << 40))
+    mounts.append(Mount(0, 1, Dev(0, 40), "/", "/zero", "tmpfs", "t"))
+    tree = MountTree(tuple(mounts), ns_id=4026531840)
+    ids = [m.mnt_id for m in mounts]
+    drivers = {i: ("overlay" if i % 100 == 12 else "generic") for i in ids}
+    states: dict[int, DriverState | None] = {i: Label(f"s{i}") for i in ids[::7]}
+    external = {i: f"key-{i % 3}" for i in ids[::5]}
+    content = {i: "tmpfs-dev-1.tar.gz.img" for i in ids[::4]}
+    write_mount_namespace(str(tmp_path), 3, tree, drivers=drivers, states=states,
+                          external=external, content=content)  # fmt: skip
+    criu = frames(tmp_path / "mountpoints-3.img")
+    assert criu == [criu_mnt_entry(m, external.get(m.mnt_id)).SerializeToString()
+                    for m in reversed(mounts)]  # fmt: skip
+    fw = frames(tmp_path / "fw-mountpoints-3.img")[1:]  # after the header
+    want = [
+        fwstate_pb2.fw_entry(mount=_fw_mount(m, drivers[m.mnt_id], states.get(m.mnt_id),
+                                             external.get(m.mnt_id), content.get(m.mnt_id)))
+        .SerializeToString()
+        for m in mounts
+    ]  # fmt: skip
+    assert fw == want
+
+
+def test_mount_images_fail_as_messages_do(tmp_path: Path) -> None:
+    # An id protobuf cannot hold fails the same way whether or not a template was made.
+    ok = Mount(5, 1, Dev(0, 40), "/", "/a", "tmpfs", "t")
+    for bad in (Mount(1 << 32, 1, Dev(0, 40), "/", "/b", "tmpfs", "t"),
+                Mount(6, -1, Dev(0, 40), "/", "/b", "tmpfs", "t")):  # fmt: skip
+        tree = MountTree((ok, bad))
+        with pytest.raises(ValueError):
+            criu_mnt_entry(bad)
+        with pytest.raises(ValueError):
+            write_mount_namespace(str(tmp_path), 1, tree, drivers=dict.fromkeys((5, bad.mnt_id),
+                                                                               "generic"))
+
+
+class Ram(FsDriver):
+    name = "ram"
+    fstypes = ("ramfs",)
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.fail = fail
+        self.seen: list[str | None] = []
+
+    @hookimpl
+    def parse_mount(self, mount: Mount, ctx: object) -> Label | None:
+        self.seen.append(current_driver())
+        if self.fail is not None:
+            raise self.fail
+        return Label(mount.source) if ctx is not None else None
+
+
+class Wrap:
+    name = "wrap"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl(wrapper=True)
+    def parse_mount(self) -> Iterator[None]:
+        self.calls += 1
+        return (yield)
+
+
+MOUNT = parse_line(b"5 1 0:9 / /r rw - ramfs myram rw")
+
+
+def ram_manager(*plugins: object) -> DriverManager:
+    blocked = frozenset({"generic", "overlay", "aufs"})
+    return DriverManager(DriverConfig(blocked=blocked, external=False)).load(plugins)
+
+
+@pytest.mark.parametrize("how", ["call", "bind"])
+def test_direct_calls_keep_results_routing_and_errors(how: str) -> None:
+    ram = Ram()
+    mgr = ram_manager(ram)
+    call: Callable[..., Any] = (
+        (lambda **kw: mgr.call("parse_mount", "ram", **kw)) if how == "call"
+        else mgr.bind("parse_mount", "ram")
+    )  # fmt: skip
+    assert call(mount=MOUNT, tree=None, ctx=1) == Label("myram")
+    assert call(mount=MOUNT, tree=None, ctx=None) is None
+    assert ram.seen == ["ram", "ram"] and current_driver() is None
+    # A spec argument left out: pluggy's own path, with pluggy's warning.
+    with pytest.warns(UserWarning, match="'tree' which are declared in the hookspec"):
+        assert call(mount=MOUNT, ctx=1) == Label("myram")
+    # A wrapper registered later is called from then on.
+    wrap = Wrap()
+    mgr.pm.register(wrap)
+    assert call(mount=MOUNT, tree=None, ctx=1) == Label("myram") and wrap.calls == 1
+    mgr.pm.unregister(wrap)
+    # Hook-call monitoring added after direct calls sees the next ones.
+    seen: list[str] = []
+    mgr.pm.add_hookcall_monitoring(lambda hook, impls, kw: seen.append(hook),
+                                   lambda *a: None)  # fmt: skip
+    call(mount=MOUNT, tree=None, ctx=1)
+    assert seen == ["parse_mount"]
+
+
+@pytest.mark.parametrize("how", ["call", "bind"])
+@pytest.mark.parametrize(
+    "exc, message",
+    [
+        (ValueError("bad"), "driver 'ram': parse_mount failed: ValueError: bad"),
+        (DriverError("other", "inner"), "driver 'ram': parse_mount: driver 'other': inner"),
+        (DriverError("ram", "mine"), "driver 'ram': mine"),
+    ],
+)
+def test_direct_calls_attribute_errors(how: str, exc: Exception, message: str) -> None:
+    mgr = ram_manager(Ram(exc))
+    call = mgr.bind("parse_mount", "ram") if how == "bind" else None
+    with pytest.raises(DriverError) as err:
+        if call is not None:
+            call(mount=MOUNT, tree=None, ctx=1)
+        else:
+            mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1)
+    assert str(err.value) == message and err.value.driver == "ram"
+    assert err.value is exc or err.value.__cause__ is exc
+    with pytest.raises(KeyboardInterrupt):
+        ram_manager(Ram(KeyboardInterrupt())).bind("parse_mount", "ram")(
+            mount=MOUNT, tree=None, ctx=1)
+    with pytest.raises(DriverError, match="no such driver is loaded"):
+        mgr.bind("parse_mount", "nope")(mount=MOUNT, tree=None, ctx=1)
+
+
+def test_reading_a_mount_table_in_one_call_is_exact(tmp_path: Path) -> None:
+    with open("/proc/self/mountinfo", "rb") as f:
+        want = f.read()
+    assert _read_in_one_call("/proc/self/mountinfo") == want
+    assert _read_in_one_call(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.privileged
+@pytest.mark.parametrize("enabled", [True, False])
+def test_dump_leaves_the_garbage_collector_as_it_was(
+    scenario: Callable[..., NamespaceScenario], tmp_path: Path, enabled: bool
+) -> None:
+    scn = scenario("mkdir -p m && mount -t tmpfs t m")
+    was = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        dump(scn.pid, str(tmp_path / "ok"))
+        assert gc.isenabled() is enabled
+        with pytest.raises(DriverError):
+            dump(scn.pid, str(tmp_path / "failed"), plugins=[Broken()])
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+class Broken:
+    """A wrapper that fails every parse_mount (the error is the routed driver's)."""
+
+    name = "broken"
+
+    @hookimpl(wrapper=True)
+    def parse_mount(self) -> Iterator[None]:
+        raise RuntimeError("broken on purpose")
+        yield
+
+
+def test_a_complete_call_warns_nothing() -> None:
+    mgr = ram_manager(Ram())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1) == Label("myram")
