@@ -115,8 +115,8 @@ def parse(data: bytes, source: str = "mountinfo") -> Iterator[Mount]:
 class _Parser:
     """The fast path of :func:`parse_line` for whole tables.
 
-    A big table repeats itself: a few devices, roots and option lists, and a few hundred
-    distinct tails (optional fields through superblock options) for thousands of lines. Each
+    A big table repeats itself: a few devices and roots, and a few hundred distinct tails
+    (per-mount options through superblock options) for thousands of lines. Each
     distinct field is decoded once per table and shared between the (immutable) records.
     A line with a backslash (an escaped byte) or anything unexpected goes through
     :func:`parse_line`, which gives the same result or the exact error.
@@ -126,21 +126,20 @@ class _Parser:
         self.source = source
         self.devs: dict[bytes, Dev | None] = {}
         self.roots: dict[bytes, tuple[str, bool] | None] = {}
-        self.options: dict[bytes, tuple[str, ...]] = {}
-        self.tails: dict[bytes, tuple[Propagation, str, str, tuple[str, ...]] | None] = {}
+        self.tails: dict[bytes, _Tail | None] = {}
 
     def mounts(self, data: bytes) -> Iterator[Mount]:
         source = self.source
-        devs, roots, options, tails = self.devs, self.roots, self.options, self.tails
+        devs, roots, tails = self.devs, self.roots, self.tails
         mount = Mount
         for lineno, line in enumerate(data.split(b"\n"), 1):
             if not line:
                 continue
-            parts = line.split(b" ", 6)
-            if len(parts) != 7 or b"\\" in line:
+            parts = line.split(b" ", 5)
+            if len(parts) != 6 or b"\\" in line:
                 yield parse_line(line, source, lineno)
                 continue
-            mnt_id, parent_id, dev_f, root_f, mp, mopts_f, rest = parts
+            mnt_id, parent_id, dev_f, root_f, mp, rest = parts
             try:
                 tail = tails[rest]
             except KeyError:
@@ -153,22 +152,22 @@ class _Parser:
                 root = roots[root_f]
             except KeyError:
                 root = roots[root_f] = _root(root_f)
-            mopts = options.get(mopts_f)
-            if mopts is None:
-                mopts = options[mopts_f] = _options(mopts_f)
             if tail is None or dev is None or root is None or not mp.startswith(b"/"):
                 yield parse_line(line, source, lineno)
                 continue
             try:
-                ids = int(mnt_id), int(parent_id)
+                ident, parent = int(mnt_id), int(parent_id)
             except ValueError:
                 yield parse_line(line, source, lineno)
                 continue
-            prop, fstype, src, sopts = tail
-            yield mount(ids[0], ids[1], dev, root[0], mp.decode(_FS_ENCODING, _FS_ERRORS),
+            mopts, prop, fstype, src, sopts = tail
+            yield mount(ident, parent, dev, root[0], mp.decode(_FS_ENCODING, _FS_ERRORS),
                         fstype, src, mopts, sopts, prop, root[1])
 
 
+#: What follows the mountpoint, decoded: per-mount options, propagation, fstype, source and
+#: superblock options.
+_Tail = tuple[tuple[str, ...], Propagation, str, str, tuple[str, ...]]
 _FS_ENCODING = sys.getfilesystemencoding()
 _FS_ERRORS = sys.getfilesystemencodeerrors()
 
@@ -190,23 +189,23 @@ def _root(field: bytes) -> tuple[str, bool] | None:
     return os.fsdecode(root), deleted
 
 
-def _tail(rest: bytes) -> tuple[Propagation, str, str, tuple[str, ...]] | None:
-    # Everything after the per-mount options; None: let parse_line say what is wrong.
+def _tail(rest: bytes) -> _Tail | None:
+    # Everything after the mountpoint; None: let parse_line say what is wrong.
     fields = rest.split(b" ")
     try:
-        sep = fields.index(b"-")
+        sep = fields.index(b"-", 1)
     except ValueError:
         return None
     if len(fields) - sep != 4:
         return None
     try:
-        prop = _propagation(fields[:sep], "", 0, b"")
+        prop = _propagation(fields[1:sep], "", 0, b"")
     except MountinfoError:
         return None
     fstype = _text(fields[sep + 1])
     if not fstype:
         return None
-    return prop, fstype, _text(fields[sep + 2]), _options(fields[sep + 3])
+    return _options(fields[0]), prop, fstype, _text(fields[sep + 2]), _options(fields[sep + 3])
 
 
 def read_mountinfo(pid: int | str = "self", proc_root: str = "/proc", ns_id: int = 0) -> MountTree:

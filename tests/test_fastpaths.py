@@ -16,7 +16,9 @@ import pytest
 from criu_fw import hookimpl
 from criu_fw.driver import DriverState, FsDriver
 from criu_fw.dump import dump
-from criu_fw.dump.engine import _read_in_one_call
+from criu_fw.dump.engine import _Recheck
+from criu_fw.dump.namespaces import Namespace
+from criu_fw.dump.procfs import ProcessGoneError, ProcFS
 from criu_fw.errors import DriverError, MountinfoError
 from criu_fw.imageset import _fw_mount, criu_mnt_entry, write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree, Propagation
@@ -248,11 +250,29 @@ def test_direct_calls_attribute_errors(how: str, exc: Exception, message: str) -
         mgr.bind("parse_mount", "nope")(mount=MOUNT, tree=None, ctx=1)
 
 
-def test_reading_a_mount_table_in_one_call_is_exact(tmp_path: Path) -> None:
-    with open("/proc/self/mountinfo", "rb") as f:
-        want = f.read()
-    assert _read_in_one_call("/proc/self/mountinfo") == want
-    assert _read_in_one_call(str(tmp_path / "missing")) is None
+@pytest.mark.privileged
+def test_the_threaded_recheck_sees_changes_and_vanished_processes(
+    scenario: Callable[..., NamespaceScenario],
+) -> None:
+    scn = scenario("mkdir -p m && mount -t tmpfs t m")
+    fs = ProcFS()
+    ns = Namespace(1, 0, scn.pid, fs.must_read(scn.pid, "mountinfo"), MountTree(()))
+    stale = attrs.evolve(ns, raw=ns.raw + b"1 1 0:1 / /gone rw - tmpfs t rw\n")
+    for ordinary in (False, True):
+        check = _Recheck(fs, [ns, stale])
+        try:
+            if ordinary:  # as if sendfile had failed: the ordinary read
+                check.close()
+                check._sizes = [None, None]
+            assert check.changed() == [stale]
+        finally:
+            check.close()
+    check = _Recheck(fs, [attrs.evolve(ns, pid=999999999)])
+    try:
+        with pytest.raises(ProcessGoneError):
+            check.changed()
+    finally:
+        check.close()
 
 
 @pytest.mark.privileged

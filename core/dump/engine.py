@@ -220,12 +220,12 @@ def _read_consistent(
         check = _Recheck(fs, namespaces) if fs.live else None
         try:
             _write_mounts(tmp, attempt)
+            t4 = time.perf_counter()
+            changed = check.changed() if check is not None else []
+            t5 = time.perf_counter()
         finally:
             if check is not None:
-                check.join()
-        t4 = time.perf_counter()
-        changed = check.changed() if check is not None else []
-        t5 = time.perf_counter()
+                check.close()
         for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2),
                      ("write_mounts", t4 - t3), ("check", t5 - t4)):
             timings[k] = v
@@ -383,76 +383,77 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
 
 
 class _Recheck:
-    """The consistency check's re-read in a thread; :meth:`changed` gives the namespaces whose
-    mount table differs from what was read, or raises what the re-read raised."""
+    """The consistency check's re-read, the kernel's part in a thread.
+
+    A seq_file gives a page per read(2), and a thread retakes the GIL after each one: with
+    this thread busy writing images, that is a switch interval (5 ms) per page. So the
+    thread makes one system call per namespace, sendfile(2) of the whole text into a memfd,
+    and :meth:`changed` (after the images are written) reads the memfds back here. Anything
+    unusual (no memfd, no splice for the file, a vanished process) is read again the
+    ordinary way, which also raises the ordinary errors.
+    """
 
     def __init__(self, fs: ProcFS, namespaces: list[Namespace]) -> None:
-        self._result: list[Namespace] = []
-        self._error: BaseException | None = None
-        self._reading = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(fs, namespaces), name="criu-fw-mount-recheck", daemon=True
-        )
+        self._fs = fs
+        self._namespaces = namespaces
+        self._fds: list[tuple[int, int] | None] = [_open_pair(fs, ns) for ns in namespaces]
+        self._sizes: list[int | None] = [None] * len(namespaces)
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="criu-fw-mount-recheck",
+                                        daemon=True)  # fmt: skip
         self._thread.start()
-        # Until the thread is in the kernel, it needs the GIL that the caller is about to
-        # keep busy: wait for it here (a few microseconds) rather than up to a switch interval.
-        self._reading.wait()
+        # The thread needs the GIL once to get going: give it now rather than after a
+        # switch interval of this thread's work.
+        self._started.wait()
 
-    def _run(self, fs: ProcFS, namespaces: list[Namespace]) -> None:
-        try:
-            self._reading.set()
-            self._result = [ns for ns in namespaces if _reread(fs, ns) != ns.raw]
-        except BaseException as exc:  # handed to the dumping thread by changed()
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
+    def _run(self) -> None:
+        self._started.set()
+        for i, fds in enumerate(self._fds):
+            if fds is None:
+                continue
+            with contextlib.suppress(OSError):  # then read the ordinary way in changed()
+                self._sizes[i] = os.sendfile(fds[1], fds[0], None, _ONE_CALL)
 
     def changed(self) -> list[Namespace]:
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
+        """The namespaces whose mount table differs now from what was read."""
+        self._thread.join()
+        out = []
+        for ns, fds, size in zip(self._namespaces, self._fds, self._sizes, strict=True):
+            now = None
+            if fds is not None and size is not None and size < _ONE_CALL:
+                now = os.pread(fds[1], size + 1, 0)
+                if len(now) != size:
+                    now = None
+            if now is None:
+                now = read_mountinfo_raw(self._fs, ns.pid)
+            if now != ns.raw:
+                out.append(ns)
+        return out
+
+    def close(self) -> None:
+        self._thread.join()
+        for fds in self._fds:
+            if fds is not None:
+                os.close(fds[0])
+                os.close(fds[1])
+        self._fds = [None] * len(self._fds)
 
 
-def _reread(fs: ProcFS, ns: Namespace) -> bytes:
-    """A namespace's mountinfo now, as ``namespaces.changed_namespaces`` reads it.
-
-    A seq_file gives at most a page per read(2), and a thread retakes the GIL after each one;
-    with another thread busy that costs a switch interval per page. sendfile(2) into a memfd
-    copies the whole text in one system call instead. Anything unusual (no memfd, a kernel
-    without splice for the file, a vanished process) goes the ordinary way, which also gives
-    the ordinary errors.
-    """
-    if fs.live:
-        data = _read_in_one_call(fs.path(ns.pid, "mountinfo"))
-        if data is not None:
-            return data
-    return read_mountinfo_raw(fs, ns.pid)
-
-
+#: More than any mount table (100,000 mounts make about 10 MB): one call reads it all.
 _ONE_CALL = 1 << 30
 
 
-def _read_in_one_call(path: str) -> bytes | None:
+def _open_pair(fs: ProcFS, ns: Namespace) -> tuple[int, int] | None:
+    """``/proc/PID/mountinfo`` and a memfd to copy it into, or None (read it as usual)."""
     try:
-        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        src = os.open(fs.path(ns.pid, "mountinfo"), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        mem = os.memfd_create("criu-fw-mountinfo", os.MFD_CLOEXEC)
-        try:
-            size = os.sendfile(mem, src, None, _ONE_CALL)
-            if size >= _ONE_CALL:
-                return None  # not at end of file: let the ordinary read do it
-            data = os.pread(mem, size + 1, 0)
-        finally:
-            os.close(mem)
+        return src, os.memfd_create("criu-fw-mountinfo", os.MFD_CLOEXEC)
     except (OSError, AttributeError):
-        return None
-    finally:
         os.close(src)
-    return data if len(data) == size else None
+        return None
 
 
 def _write_mounts(tmp: str, a: _Attempt) -> None:
