@@ -38,10 +38,7 @@ class Stash:
         return cast(T, self._data[key])
 
     def get(self, key: StashKey[T], default: D) -> T | D:
-        try:
-            return self[key]
-        except KeyError:
-            return default
+        return cast("T | D", self._data.get(key, default))
 
     def setdefault(self, key: StashKey[T], default: T) -> T:
         if key not in self._data:

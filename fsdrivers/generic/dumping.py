@@ -92,9 +92,14 @@ def _superblocks(ctx: DumpContext) -> _Superblocks:
     return sb
 
 
+_NO_ROOTS: frozenset[str] = frozenset()
+
+
 def entry_root(ctx: DumpContext, mount: Mount) -> str:
     """The widest root of ``mount``'s superblock in the dump that contains ``mount.root``."""
-    roots = _superblocks(ctx).roots.get(mount.dev, set())
+    roots = _superblocks(ctx).roots.get(mount.dev, _NO_ROOTS)
+    if "/" in roots:
+        return "/"  # the widest of all, and the usual answer: no need to walk the path
     for prefix in _ancestors_first(mount.root):
         if prefix in roots:
             return prefix
