@@ -14,6 +14,8 @@ command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 # A static shell for the container-like test namespaces and the demo (no libraries to copy).
 { command -v busybox >/dev/null 2>&1 || test -x /bin/busybox; } || need_apt+=(busybox-static)
+# Debian's own python3 creates virtual environments only with python3-venv installed.
+"${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
