@@ -49,7 +49,7 @@ class ImageError(CriuFwError, ValueError):
         self.reason = reason
 
 
-class DriverError(CriuFwError):
+class DriverError(CriuFwError, RuntimeError):
     """A driver failed, or drivers could not be loaded or combined."""
 
     def __init__(self, driver: str, message: str) -> None:
@@ -81,11 +81,11 @@ class DriverLoadError(DriverError, ImportError):
         self.distribution = distribution
 
 
-class DumpError(CriuFwError):
+class DumpError(CriuFwError, RuntimeError):
     """A checkpoint could not be taken; nothing was published."""
 
 
-class RestoreError(CriuFwError):
+class RestoreError(CriuFwError, RuntimeError):
     """A restore failed; nothing of it stays mounted anywhere."""
 
 

@@ -177,7 +177,11 @@ def move_mount(
 
 
 def fs_context_log(fd: int) -> str:
-    """Drain the messages a filesystem context left (``e overlay: Bad value ...``)."""
+    """Drain the messages a filesystem context left, without the kernel's level prefix.
+
+    The kernel queues lines such as ``e overlay: Bad value for 'lowerdir+'`` (``e``rror,
+    ``w``arning, ``i``nfo); users see ``overlay: Bad value for 'lowerdir+'``.
+    """
     lines = []
     while True:
         try:
@@ -186,7 +190,10 @@ def fs_context_log(fd: int) -> str:
             break
         if not msg:
             break
-        lines.append(msg.decode("utf-8", "replace").rstrip("\n"))
+        text = msg.decode("utf-8", "replace").rstrip("\n")
+        if text[:2] in ("e ", "w ", "i "):
+            text = text[2:]
+        lines.append(text)
     return "; ".join(lines)
 
 
