@@ -238,6 +238,9 @@ def main() -> int:
     ap.add_argument("--mounts", default="1000,10000")
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--out-dir", default=None,
+                    help="where the dumps go (default: the temp dir); on a disk filesystem, "
+                         "creating each image file can wait for the journal")
     ap.add_argument("--child-mounts", nargs=2)
     ap.add_argument("--child-files", nargs=2)
     args = ap.parse_args()
@@ -245,7 +248,8 @@ def main() -> int:
         _child_mounts(int(args.child_mounts[0]), args.child_mounts[1])
     if args.child_files:
         _child_files(int(args.child_files[0]), args.child_files[1])
-    out = tempfile.mkdtemp(prefix="criu-fw-bench-out-")
+    out = tempfile.mkdtemp(prefix="criu-fw-bench-out-", dir=args.out_dir)
+    print(f"images written under {args.out_dir or tempfile.gettempdir()}", flush=True)
     try:
         rows = []
         for n in (int(x) for x in args.mounts.split(",") if x):

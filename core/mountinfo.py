@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 
 from .errors import MountinfoError
@@ -128,11 +129,11 @@ class _Parser:
         self.roots: dict[bytes, tuple[str, bool] | None] = {}
         self.tails: dict[bytes, _Tail | None] = {}
 
-    def mounts(self, data: bytes) -> Iterator[Mount]:
+    def mounts(self, data: bytes, first_lineno: int = 1) -> Iterator[Mount]:
         source = self.source
         devs, roots, tails = self.devs, self.roots, self.tails
         mount = Mount
-        for lineno, line in enumerate(data.split(b"\n"), 1):
+        for lineno, line in enumerate(data.split(b"\n"), first_lineno):
             if not line:
                 continue
             parts = line.split(b" ", 5)
@@ -214,3 +215,87 @@ def read_mountinfo(pid: int | str = "self", proc_root: str = "/proc", ns_id: int
     with open(path, "rb") as f:
         data = f.read()
     return MountTree(tuple(parse(data, path)), ns_id)
+
+
+def read_while_written(path: str) -> tuple[bytes, tuple[Mount, ...]] | None:
+    """The text of a live mountinfo file and its mounts, parsed while the kernel writes it.
+
+    The kernel formats a big table about as fast as this parser reads it, but read(2) of a
+    seq_file gives one page per call. Here a thread makes a single sendfile(2) call into a
+    memfd (no GIL needed until it returns) and this thread parses the lines as the memfd
+    grows, so formatting and parsing overlap. Returns None where that cannot be done (no
+    memfd or sendfile for the file, a failed read): the caller reads and parses the usual
+    way, which also gives the usual errors. A line that does not parse raises as in
+    :func:`parse`.
+    """
+    try:
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        mem = os.memfd_create("criu-fw-mountinfo", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):
+        os.close(src)
+        return None
+    copy = _Copy(src, mem)
+    try:
+        return _parse_growing(path, mem, copy)
+    finally:
+        copy.thread.join()
+        os.close(src)
+        os.close(mem)
+
+
+#: More than any mount table (100,000 mounts make about 10 MB): one call copies it all.
+_ONE_CALL = 1 << 30
+
+
+class _Copy:
+    """sendfile(2) of a whole file into a memfd, in a thread; ``size`` once ``done``."""
+
+    def __init__(self, src: int, mem: int) -> None:
+        self.size: int | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(src, mem),
+                                       name="criu-fw-mountinfo-copy", daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def _run(self, src: int, mem: int) -> None:
+        try:
+            self.size = os.sendfile(mem, src, None, _ONE_CALL)
+        except OSError:
+            pass  # size stays None: the caller reads the usual way
+        finally:
+            self.done.set()
+
+
+def _parse_growing(path: str, mem: int, copy: _Copy) -> tuple[bytes, tuple[Mount, ...]] | None:
+    parser = _Parser(path)
+    chunks: list[bytes] = []
+    mounts: list[Mount] = []
+    pending = b""  # the start of a line whose end has not been copied yet
+    consumed = 0
+    lineno = 1
+    while True:
+        finished = copy.done.is_set()  # before the size: then that size is the final one
+        size = os.fstat(mem).st_size
+        if size > consumed:
+            chunk = os.pread(mem, size - consumed, consumed)
+            consumed += len(chunk)
+            chunks.append(chunk)
+            cut = chunk.rfind(b"\n") + 1
+            if cut:
+                text, pending = pending + chunk[:cut], chunk[cut:]
+                mounts.extend(parser.mounts(text, lineno))
+                lineno += text.count(b"\n")
+            else:
+                pending += chunk
+        elif finished:
+            break
+        else:
+            copy.done.wait(0.0002)
+    if copy.size is None or copy.size >= _ONE_CALL or copy.size != consumed:
+        return None
+    if pending:
+        mounts.extend(parser.mounts(pending, lineno))
+    return b"".join(chunks), tuple(mounts)

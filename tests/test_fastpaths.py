@@ -22,7 +22,7 @@ from criu_fw.dump.procfs import ProcessGoneError, ProcFS
 from criu_fw.errors import DriverError, MountinfoError
 from criu_fw.imageset import _fw_mount, criu_mnt_entry, write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree, Propagation
-from criu_fw.mountinfo import parse, parse_line
+from criu_fw.mountinfo import parse, parse_line, read_while_written
 from criu_fw.plugins import DriverConfig, DriverManager, current_driver
 from criu_fw.proto import fwstate_pb2
 from criu_fw.testing import NamespaceScenario
@@ -273,6 +273,24 @@ def test_the_threaded_recheck_sees_changes_and_vanished_processes(
             check.changed()
     finally:
         check.close()
+
+
+@pytest.mark.privileged
+def test_parsing_while_the_kernel_writes_is_exact(
+    scenario: Callable[..., NamespaceScenario], tmp_path: Path
+) -> None:
+    # Long names: a table of more than one 64 KiB piece of the copy.
+    long = "d" * 200
+    scn = scenario(f"for i in $(seq 400); do mkdir -p m/{long}$i && "
+                   f"mount -t tmpfs t$i m/{long}$i; done")  # fmt: skip
+    path = f"/proc/{scn.pid}/mountinfo"
+    got = read_while_written(path)
+    assert got is not None
+    raw, mounts = got
+    with open(path, "rb") as f:
+        assert raw == f.read() and len(raw) > 65536
+    assert mounts == tuple(parse(raw, path)) and len(mounts) > 400
+    assert read_while_written(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.privileged
