@@ -23,7 +23,7 @@ import attrs
 
 from ..errors import DumpError
 from ..model import Mount, MountTree
-from ..mountinfo import parse
+from ..mountinfo import parse, read_while_written
 from . import nshelper
 from .procfs import ProcessGoneError, ProcFS
 from .procs import Process
@@ -72,9 +72,15 @@ def find_namespaces(fs: ProcFS, procs: Sequence[Process]) -> tuple[list[Namespac
     out = []
     for key, ns_id in ids.items():
         pid = first[ns_id]
-        raw = raws.get(pid) or read_mountinfo_raw(fs, pid)
         source = fs.path(pid, "mountinfo")
-        out.append(Namespace(ns_id, key[0], pid, raw, MountTree(tuple(parse(raw, source)), ns_id)))
+        # Live: parsed while the kernel still writes the text (None: the usual way).
+        streamed = None if raws.get(pid) or not fs.live else read_while_written(source)
+        if streamed is not None:
+            raw, mounts = streamed
+        else:
+            raw = raws.get(pid) or read_mountinfo_raw(fs, pid)
+            mounts = tuple(parse(raw, source))
+        out.append(Namespace(ns_id, key[0], pid, raw, MountTree(mounts, ns_id)))
     return out, ns_of
 
 
