@@ -214,6 +214,10 @@ def _chrooted(path: str | None) -> Iterator[None]:
         os.close(old_cwd)
 
 
+#: mount(2) data longer than this is cut by the kernel without an error (one page, with NUL).
+LEGACY_DATA_MAX = 4095
+
+
 class KernelMountOps(MountOps):
     """Real system calls. Only for use inside a private mount namespace of a child process.
 
@@ -233,17 +237,32 @@ class KernelMountOps(MountOps):
         legacy_data: str | None = None,
         chroot: str | None = None,
     ) -> int:
-        for key, value in params:
-            if isinstance(value, str) and len(os.fsencode(value)) > kernel.FSCONFIG_STRING_MAX:
-                raise SyscallError(
-                    "fsconfig", errno.EINVAL, None,
-                    f"value of {key!r} is {len(os.fsencode(value))} bytes, the kernel takes at "
-                    f"most {kernel.FSCONFIG_STRING_MAX}; pass it by descriptor instead",
-                )
+        too_long = next(
+            (
+                (key, value) for key, value in (("source", source), *params)
+                if isinstance(value, str) and len(os.fsencode(value)) > kernel.FSCONFIG_STRING_MAX
+            ),
+            None,
+        )
+        can_legacy = legacy_data is not None and self.scratch is not None
+        if too_long is not None:
+            if can_legacy:
+                # fsconfig takes at most 255 bytes a string; mount(2) takes a page.
+                return self._legacy(fstype, source, params, legacy_data)
+            key, value = too_long
+            raise SyscallError(
+                "fsconfig", errno.EINVAL, None,
+                f"value of {key!r} is {len(os.fsencode(value))} bytes, the kernel takes at "
+                f"most {kernel.FSCONFIG_STRING_MAX}; pass it by descriptor instead",
+            )
         try:
             fsfd = kernel.fsopen(fstype)
         except SyscallError as exc:
-            if exc.errno != errno.ENOSYS or self.scratch is None:
+            # ENOSYS: no new mount API; ENODEV/EINVAL: this type cannot be opened by it.
+            fallback = exc.errno == errno.ENOSYS or (
+                can_legacy and exc.errno in (errno.ENODEV, errno.EINVAL)
+            )
+            if not fallback or self.scratch is None:
                 raise
             return self._legacy(fstype, source, params, legacy_data)
         opened: list[int] = []
@@ -280,6 +299,14 @@ class KernelMountOps(MountOps):
         if data is None:
             data = ",".join(
                 k if v is None else f"{k}={v}" for k, v in params if not isinstance(v, Fd)
+            )
+        size = len(os.fsencode(data))
+        if size > LEGACY_DATA_MAX:
+            # mount(2) copies one page and cuts the rest without a word: refuse instead.
+            raise SyscallError(
+                "mount", errno.E2BIG, None,
+                f"mount data is {size} bytes, the kernel takes at most {LEGACY_DATA_MAX} "
+                f"and would cut the rest silently",
             )
         kernel.mount(source, self.scratch, fstype, 0, data or None)
         try:

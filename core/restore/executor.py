@@ -41,10 +41,16 @@ _FRESH = 0
 
 
 def mount_attrs(m: Mount) -> int:
-    """The MOUNT_ATTR_* value that gives the mount's per-mount options (relatime is 0)."""
+    """The MOUNT_ATTR_* value that gives the mount's per-mount options (relatime is 0).
+
+    mountinfo names ``relatime`` and ``noatime`` but never ``strictatime``: a mount that shows
+    neither is a strictatime mount."""
     value = 0
-    for opt in m.mount_options:
+    opts = m.mount_options
+    for opt in opts:
         value |= _FLAG_ATTRS.get(opt, 0)
+    if "relatime" not in opts and "noatime" not in opts:
+        value |= kernel.MOUNT_ATTR_STRICTATIME
     return value
 
 
