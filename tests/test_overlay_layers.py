@@ -252,3 +252,93 @@ def test_bind_of_overlay_shares_state(scenario: Scn) -> None:
     a = parse(ctx, tree, at(tree, f"{s.workdir}/W/ovl"))
     b = parse(ctx, tree, at(tree, f"{s.workdir}/W/b2"))
     assert a is b
+
+
+# -- copy-up: the overlay shows the origin's inode number -------------------------------------
+
+# Every layer on one tmpfs (W). After a copy-up the overlay reports the *lower* file's inode
+# number for the upper file (ovl_getattr: "constant st_ino across copy-up"), so the upper's
+# own inode differs from what the overlay shows for that name.
+ONE_FS = """
+mkdir W && mount -t tmpfs w W && mkdir W/l W/u W/w W/o W/l/d
+echo 1 > W/l/f1; echo 2 > W/l/f2; echo 3 > W/l/d/f3
+mount -t overlay overlay -o "lowerdir=$PWD/W/l,upperdir=$PWD/W/u,workdir=$PWD/W/w{opts}" W/o
+{write}
+"""
+
+COPY_UPS = [
+    ("", "echo up > W/o/f1"),
+    ("", "chmod 600 W/o/f1"),
+    (",index=on", "echo up > W/o/f1"),
+    (",index=on", "ln W/o/f1 W/o/hard"),  # a hard link: the index makes both the origin's
+    (",metacopy=on", "chmod 600 W/o/f1"),  # only metadata copied up
+    (",redirect_dir=on", "echo up > W/o/f1 && mv W/o/d W/o/d2 && echo x >> W/o/d2/f3"),
+]
+
+
+def _ino(s: NamespaceScenario, path: str) -> int:
+    return int(s.sh(f"stat -c %i {path}"))
+
+
+@pytest.mark.parametrize(("opts", "write"), COPY_UPS)
+def test_copied_up_upper_on_the_lowers_filesystem(scenario: Scn, opts: str, write: str) -> None:
+    s = scenario(ONE_FS.format(opts=opts, write=write))
+    # What made the identity check misfire: the merged file has the lower's inode number.
+    assert _ino(s, "W/o/f1") == _ino(s, "W/l/f1") != _ino(s, "W/u/f1")
+    ctx = live_context(s)
+    tree = tree_of(ctx, s)
+    W = f"{s.workdir}/W"
+    state = parse(ctx, tree, at(tree, f"{W}/o"))
+    assert describe(state, tree) == [
+        ("upper", f"{W}/u", "as shown"),
+        ("work", f"{W}/w", "as shown"),
+        ("lower", f"{W}/l", "as shown"),
+    ]
+    # The copied-up file is evidence for the upper (the overlay shows the upper's size,
+    # times and mode under the origin's inode number), not against it.
+    assert [x.verdict for x in state.layers] == [Verdict.CONFIRMED] * 3
+
+
+def test_copied_up_upper_on_its_own_filesystem_with_xino(scenario: Scn) -> None:
+    # Lower on another tmpfs with xino=on: the overlay shows the origin's inode number with
+    # the lower's fsid in the high bits.
+    s = scenario(
+        """
+mkdir W && mount -t tmpfs w W && mkdir W/l W/u W/w W/o && mount -t tmpfs l W/l
+echo 1 > W/l/f1
+mount -t overlay overlay -o lowerdir=$PWD/W/l,upperdir=$PWD/W/u,workdir=$PWD/W/w,xino=on W/o
+echo up > W/o/f1
+"""
+    )
+    shown, lower = _ino(s, "W/o/f1"), _ino(s, "W/l/f1")
+    assert shown != lower and shown & 0xFFFFFFFF == lower
+    ctx = live_context(s)
+    tree = tree_of(ctx, s)
+    W = f"{s.workdir}/W"
+    state = parse(ctx, tree, at(tree, f"{W}/o"))
+    upper = state.role(Role.UPPER)[0]
+    assert (namespace_path(tree, upper), upper.verdict) == (f"{W}/u", Verdict.CONFIRMED)
+
+
+def test_another_upper_with_copy_ups_of_the_same_lower_is_rejected(scenario: Scn) -> None:
+    # Two overlays on one lower, each with a copy-up of f1 (both carry an origin xattr naming
+    # the same lower file, and both overlays show its inode number). The first overlay's upper
+    # is then renamed and the second's put at its path: that directory is not the layer.
+    s = scenario(
+        """
+mkdir W && mount -t tmpfs w W && mkdir W/l W/u W/w W/o W/u2 W/w2 W/o2 && echo 1 > W/l/f1
+mount -t overlay overlay -o lowerdir=$PWD/W/l,upperdir=$PWD/W/u,workdir=$PWD/W/w W/o
+mount -t overlay overlay -o lowerdir=$PWD/W/l,upperdir=$PWD/W/u2,workdir=$PWD/W/w2 W/o2
+echo up > W/o/f1 && echo other-copy > W/o2/f1
+umount W/o2 && mv W/u W/u-moved && mv W/u2 W/u
+"""
+    )
+    ctx = live_context(s)
+    tree = tree_of(ctx, s)
+    W = f"{s.workdir}/W"
+    with pytest.raises(DumpError) as err:
+        parse(ctx, tree, at(tree, f"{W}/o"))
+    msg = str(err.value)
+    assert f"upperdir layer '{W}/u' not found" in msg
+    # Each directory named once, however many routes led to it.
+    assert f"directories at {W}/u are not the layer the overlay shows" in msg

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import criu_fw
 import pytest
+from criu_fw.errors import RestoreError
 from criu_fw.images import image_to_dict
 from criu_fw.imageset import read_mount_namespace
 from criu_fw.restore import image_namespaces
@@ -390,4 +391,58 @@ def test_open_and_mapped_files_point_at_the_overlay(
         assert inside(pid, f"ls {W}/up; stat -c %F {W}/up/gone; ls {W}/ovl") == (
             "cu\ngone\nuf\ncharacter special file\ncu\nlf\nm\nuf\n"
         )
+        assert verify(pid, images).differences == ()
+
+
+# -- copy-up with every layer on one filesystem ------------------------------------------------
+
+# The overlay shows a copied-up file under its origin's inode number here (see
+# criu_fw.fsdrivers.overlay.identity); the dump used to take that for a wrong upper.
+ONE_FS = """
+mkdir W && mount -t tmpfs w W && mkdir W/l W/u W/w W/o W/l/d
+echo 1 > W/l/f1; echo 2 > W/l/f2; echo 3 > W/l/d/f3
+mount -t overlay overlay -o "lowerdir=$PWD/W/l,upperdir=$PWD/W/u,workdir=$PWD/W/w{opts}" W/o
+echo up > W/o/f1 && chmod 600 W/o/f2 && mv W/o/d W/o/d2 2>/dev/null || true
+exec 3<W/o/f1
+"""
+
+
+# index=on: the upper root's trusted.overlay.origin (and the index dir's trusted.overlay.upper)
+# hold file handles of the dumped tmpfs; the restored tmpfs has new inodes, so the kernel
+# refuses the mount with ESTALE ("failed to verify upper root origin"). Removing those two
+# xattrs between the content restore and the overlay's creation needs a step the restore
+# engine does not offer drivers yet (core/restore).
+INDEX_STALE = pytest.mark.xfail(
+    strict=True, raises=RestoreError, reason="index=on: origin handles of a re-created tmpfs"
+)
+
+
+@pytest.mark.parametrize(
+    "opts", ["", pytest.param(",index=on", marks=INDEX_STALE), ",metacopy=on", ",redirect_dir=on"]
+)
+def test_copy_up_on_one_filesystem_round_trip(
+    scenario: Scn, tmp_path: os.PathLike[str], opts: str
+) -> None:
+    s = scenario(ONE_FS.format(opts=opts))
+    W = f"{s.workdir}/W"
+    look = f"cd {W}/o && cat f1 f2 && stat -c '%n %a' f1 f2 && find . | sort"
+    want = inside(s.pid, look)
+    assert want.startswith("up\n2\nf1 644\nf2 600\n")
+    images = f"{tmp_path}/img"
+    checkpoint(s.pid, images)
+    tree = read_mount_namespace(images, image_namespaces(images)[0]).tree
+    ovl = at(tree, f"{W}/o")
+    files = image_to_dict(f"{images}/files.img")["entries"]
+    assert {(e["reg"]["name"], e["reg"]["mnt_id"]) for e in files} >= {(f"{W}/o/f1", ovl.mnt_id)}
+    with restored(images, root="/") as pid:
+        ovl_now = at(live_tree(pid), f"{W}/o")
+        assert layer_options(ovl_now) == (
+            f"lowerdir+={W}/l",
+            f"upperdir={W}/u",
+            f"workdir={W}/w",
+        )
+        # The copied-up file's contents and the metadata-only copy-up come back through the
+        # restored overlay; the lower is untouched.
+        assert inside(pid, look) == want
+        assert inside(pid, f"cat {W}/l/f1 && stat -c %a {W}/l/f2") == "1\n644\n"
         assert verify(pid, images).differences == ()

@@ -24,6 +24,7 @@ from criu_fw.errors import DumpError, SyscallError
 from criu_fw.files import FileIdentity, FileMapping, OpenFile
 from criu_fw.model import Mount, MountTree
 
+from .identity import has_xattr, same_file
 from .index import index_of
 from .options import Role
 from .parse import misreports
@@ -31,6 +32,7 @@ from .paths import under
 from .walk import Stat, statx
 
 _LINKS = {-1: "cwd", -2: "root", -3: "exe"}
+_ORIGINS = ("trusted.overlay.origin", "user.overlay.origin")
 
 
 class OverlayFileError(DumpError):
@@ -163,7 +165,7 @@ def _map_from_layer(
             continue
         path = _join(found.mountpoint, rest)
         shown = _stat_path(ctx, attrs.evolve(t, path=path))
-        if shown is not None and _same(real, shown):
+        if shown is not None and _same(real, shown, _root(ctx, t.pid, t.name) + t.path):
             return path, found.mnt_id
     return None  # no overlay shows this file under that name: opened on the layer itself
 
@@ -183,8 +185,14 @@ def _map_by_device(t: _Target, ctx: DumpContext) -> tuple[str, int] | None:
     return None
 
 
-def _same(real: Stat, shown: Stat) -> bool:
-    return (real.ino, real.size, real.mtime_ns) == (shown.ino, shown.size, shown.mtime_ns)
+def _same(real: Stat, shown: Stat, real_path: str) -> bool:
+    """The layer's file ``real`` is what the overlay shows (a copied-up file shows its
+    origin's inode number: :mod:`.identity`)."""
+
+    def has_origin() -> bool:
+        return any(has_xattr(real_path, x) for x in _ORIGINS)
+
+    return bool(same_file(real, shown, has_origin))
 
 
 def _join(mountpoint: str, rest: str) -> str:

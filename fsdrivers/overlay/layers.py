@@ -13,9 +13,10 @@ inside the dumped namespace's root and checked:
   read from the parent directory's entry, which readdir reports without crossing the mount);
 * identity against the overlay itself: a non-directory entry of the layer that no layer above
   provides must be the very file the overlay shows under that name (inode, size, mtime; the
-  overlay reports the real inode, on a per-layer pseudo device when xino is off). A candidate
-  that contradicts this is rejected; one that confirms it wins over one that cannot be checked
-  (empty layer directory, data-only layer).
+  overlay reports the real inode, on a per-layer pseudo device when xino is off; after a
+  copy-up, the origin's inode number: see :mod:`.identity`). A candidate that contradicts
+  this is rejected; one that confirms it wins over one that cannot be checked (empty layer
+  directory, data-only layer).
 
 When none of those is confirmed, two wider searches follow (:mod:`.hidden`): the tail of the
 string below every mount whose root starts it (a mount moved since), and, if nothing usable
@@ -41,6 +42,7 @@ from criu_fw.errors import DumpError, SyscallError
 from criu_fw.model import Dev, Mount, MountTree
 
 from .hidden import HiddenViews, TreeIndex, moved_candidates
+from .identity import origin_checker, origin_xattr, same_file
 from .options import LayerSpec, OverlayOptions, Role
 from .paths import candidates, under
 from .walk import RootView, Stat, dir_entries, fd_path, statx
@@ -49,8 +51,14 @@ from .walk import RootView, Stat, dir_entries, fd_path, statx
 _MISS = frozenset(
     {errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.EACCES, errno.ENAMETOOLONG}
 )
-#: Files compared per layer before a candidate counts as checked.
+#: Contradicting files per layer before a candidate counts as rejected.
 _SAMPLES = 3
+#: Files looked at per candidate at most (a large directory of files that prove nothing).
+_LOOKS = 64
+
+
+#: A directory entry as :func:`.walk.dir_entries` gives it: (d_ino, is_dir, is_whiteout).
+Entry = tuple[int, bool, bool]
 
 
 class OverlayLayerError(DumpError, LookupError):
@@ -124,6 +132,7 @@ class LayerResolver:
         self.index = index
         self.hidden = hidden
         self._ovl_fd: int | None = None
+        self._origin = origin_xattr(())
 
     # -- the overlay's own view, for identity checks ------------------------------------
 
@@ -254,7 +263,7 @@ class LayerResolver:
 
     def _verdict(
         self, probe: _Probe, above: set[str], upper: ResolvedLayer | None
-    ) -> tuple[Verdict, dict[str, tuple[int, bool, bool]]]:
+    ) -> tuple[Verdict, dict[str, Entry]]:
         layer = probe.layer
         if layer.spec.role is Role.WORK:
             if upper is None:
@@ -270,16 +279,22 @@ class LayerResolver:
         entries = dir_entries(probe.fd)
         if layer.spec.role is Role.DATA or self._ovl_fd is None or self.overlay.root != "/":
             return Verdict.UNKNOWN, entries
-        matched = mismatched = 0
+        matched = mismatched = looked = 0
         for name, (_ino, is_dir, special) in entries.items():
             if is_dir or special or name in above:
                 continue
+            looked += 1
+            if looked > _LOOKS:
+                break
             try:
                 mine = statx(name, probe.fd, follow=False)
                 shown = statx(name, self._ovl_fd, follow=False)
             except SyscallError:
                 continue  # hidden (opaque upper, whiteout) or racing: no evidence
-            if _same_file(mine, shown):
+            same = same_file(mine, shown, origin_checker(probe.fd, name, self._origin))
+            if same is None:
+                continue
+            if same:
                 matched += 1
                 break
             mismatched += 1
@@ -294,6 +309,7 @@ class LayerResolver:
     def resolve(self, options: OverlayOptions) -> tuple[ResolvedLayer, ...]:
         """Every layer (upper, work, lowers topmost first, data-only last), or raise."""
         self._ovl_fd = self._open_overlay()
+        self._origin = origin_xattr(options.features)
         try:
             above: set[str] = set()
             out: list[ResolvedLayer] = []
@@ -398,15 +414,22 @@ class LayerResolver:
 
     def _resolve_one(
         self, spec: LayerSpec, above: set[str], upper: ResolvedLayer | None
-    ) -> tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]]:
-        fallback: tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]] | None = None
-        late: tuple[ResolvedLayer, dict[str, tuple[int, bool, bool]]] | None = None
-        contradicted: list[str] = []
+    ) -> tuple[ResolvedLayer, dict[str, Entry]]:
+        fallback: tuple[ResolvedLayer, dict[str, Entry]] | None = None
+        late: tuple[ResolvedLayer, dict[str, Entry]] | None = None
+        contradicted: dict[str, None] = {}  # ordered, each directory once
+        #: Several routes (as shown, chroot, hidden copy...) often lead to one directory.
+        seen: dict[tuple[object, ...], tuple[Verdict, dict[str, Entry]]] = {}
         probes = self._probes(spec)
         probe = next(probes, None)
         while probe is not None:
+            layer = probe.layer
+            key = (layer.mnt_id, layer.path, layer.dev, layer.ino, probe.fd is None)
             try:
-                verdict, entries = self._verdict(probe, above, upper)
+                known = seen.get(key)
+                if known is None:
+                    known = seen[key] = self._verdict(probe, above, upper)
+                verdict, entries = known
             finally:
                 probe.close()
             layer = attrs.evolve(probe.layer, verdict=verdict)
@@ -419,7 +442,7 @@ class LayerResolver:
                 elif not probe.late and fallback is None:
                     fallback = (layer, entries)
             elif verdict is Verdict.CONTRADICTED:
-                contradicted.append(_where(layer, self.tree))
+                contradicted[_where(layer, self.tree)] = None
             try:
                 probe = probes.send(verdict)
             except StopIteration:
@@ -445,15 +468,6 @@ def _where(layer: ResolvedLayer, tree: MountTree) -> str:
     base = mount.mountpoint if mount is not None else f"mount {layer.mnt_id}:"
     rest = layer.path.strip("/")
     return (base.rstrip("/") + "/" + rest) if rest else base
-
-
-def _same_file(mine: Stat, shown: Stat) -> bool:
-    if (mine.size, mine.mtime_ns) != (shown.size, shown.mtime_ns):
-        return False
-    if mine.ino == shown.ino:
-        return True
-    # xino puts the layer's fsid in the high bits of the inode number the overlay reports.
-    return shown.ino >> 32 != 0 and (shown.ino & 0xFFFFFFFF) == mine.ino
 
 
 def _positions(tree: MountTree) -> dict[int, int]:

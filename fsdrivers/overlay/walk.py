@@ -43,6 +43,9 @@ class Stat:
     size: int
     mtime_ns: int
     mnt_id: int
+    #: Set by the kernel only (no utimes for it): after a copy-up the overlay shows the
+    #: upper's, which tells the upper file apart from another copy of the same origin.
+    ctime_ns: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -67,11 +70,18 @@ def statx(path: str, dirfd: int = AT_FDCWD, follow: bool = True) -> Stat:
     raw = buf.raw
     mode = struct.unpack_from("<H", raw, 28)[0]
     ino, size = struct.unpack_from("<QQ", raw, 32)
+    ctime_s, ctime_ns = struct.unpack_from("<qI", raw, 96)
     mtime_s, mtime_ns = struct.unpack_from("<qI", raw, 112)
     dev_major, dev_minor = struct.unpack_from("<II", raw, 136)
     mnt_id = struct.unpack_from("<Q", raw, 144)[0]
     return Stat(
-        Dev(dev_major, dev_minor), ino, mode, size, mtime_s * 1_000_000_000 + mtime_ns, mnt_id
+        Dev(dev_major, dev_minor),
+        ino,
+        mode,
+        size,
+        mtime_s * 1_000_000_000 + mtime_ns,
+        mnt_id,
+        ctime_s * 1_000_000_000 + ctime_ns,
     )
 
 
