@@ -233,17 +233,31 @@ def read_while_written(path: str) -> tuple[bytes, tuple[Mount, ...]] | None:
     except OSError:
         return None
     try:
+        # A small table is read here: a thread would cost more than it saves.
+        head: list[bytes] = []
+        got = 0
+        while got < _SMALL:
+            chunk = os.read(src, _SMALL)
+            if not chunk:
+                data = b"".join(head)
+                return data, tuple(_Parser(path).mounts(data))
+            head.append(chunk)
+            got += len(chunk)
         mem = os.memfd_create("criu-fw-mountinfo", os.MFD_CLOEXEC)
     except (OSError, AttributeError):
         os.close(src)
         return None
-    copy = _Copy(src, mem)
+    copy = _Copy(src, mem)  # the rest, from where the reads above stopped
     try:
-        return _parse_growing(path, mem, copy)
+        return _parse_growing(path, b"".join(head), mem, copy)
     finally:
         copy.thread.join()
         os.close(src)
         os.close(mem)
+
+
+#: Read directly up to this much (a few hundred mounts), then in a thread.
+_SMALL = 32 << 10
 
 
 #: More than any mount table (100,000 mounts make about 10 MB): one call copies it all.
@@ -269,13 +283,17 @@ class _Copy:
             self.done.set()
 
 
-def _parse_growing(path: str, mem: int, copy: _Copy) -> tuple[bytes, tuple[Mount, ...]] | None:
+def _parse_growing(
+    path: str, head: bytes, mem: int, copy: _Copy
+) -> tuple[bytes, tuple[Mount, ...]] | None:
     parser = _Parser(path)
-    chunks: list[bytes] = []
+    chunks: list[bytes] = [head]
     mounts: list[Mount] = []
-    pending = b""  # the start of a line whose end has not been copied yet
+    cut = head.rfind(b"\n") + 1
+    mounts.extend(parser.mounts(head[:cut]))
+    lineno = 1 + head.count(b"\n", 0, cut)
+    pending = head[cut:]  # the start of a line whose end has not been copied yet
     consumed = 0
-    lineno = 1
     while True:
         finished = copy.done.is_set()  # before the size: then that size is the final one
         size = os.fstat(mem).st_size

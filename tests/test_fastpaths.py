@@ -256,7 +256,10 @@ def test_the_threaded_recheck_sees_changes_and_vanished_processes(
 ) -> None:
     scn = scenario("mkdir -p m && mount -t tmpfs t m")
     fs = ProcFS()
+    long = "d" * 200  # a table big enough for the thread
+    scn.sh(f"for i in $(seq 150); do mkdir -p m/{long}$i && mount -t tmpfs t$i m/{long}$i; done")
     ns = Namespace(1, 0, scn.pid, fs.must_read(scn.pid, "mountinfo"), MountTree(()))
+    assert len(ns.raw) > 32768
     stale = attrs.evolve(ns, raw=ns.raw + b"1 1 0:1 / /gone rw - tmpfs t rw\n")
     for ordinary in (False, True):
         check = _Recheck(fs, [ns, stale])
@@ -291,6 +294,11 @@ def test_parsing_while_the_kernel_writes_is_exact(
         assert raw == f.read() and len(raw) > 65536
     assert mounts == tuple(parse(raw, path)) and len(mounts) > 400
     assert read_while_written(str(tmp_path / "missing")) is None
+    # A small table is read without the thread, to the same result.
+    small = read_while_written("/proc/self/mountinfo")
+    with open("/proc/self/mountinfo", "rb") as f:
+        text = f.read()
+    assert small == (text, tuple(parse(text, "/proc/self/mountinfo"))) and len(text) < 32768
 
 
 @pytest.mark.privileged

@@ -396,15 +396,19 @@ class _Recheck:
     def __init__(self, fs: ProcFS, namespaces: list[Namespace]) -> None:
         self._fs = fs
         self._namespaces = namespaces
-        self._fds: list[tuple[int, int] | None] = [_open_pair(fs, ns) for ns in namespaces]
+        # A small table is read again in changed(): a thread would cost more than it saves.
+        self._fds: list[tuple[int, int] | None] = [
+            _open_pair(fs, ns) if len(ns.raw) >= _SMALL else None for ns in namespaces
+        ]
         self._sizes: list[int | None] = [None] * len(namespaces)
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="criu-fw-mount-recheck",
                                         daemon=True)  # fmt: skip
-        self._thread.start()
-        # The thread needs the GIL once to get going: give it now rather than after a
-        # switch interval of this thread's work.
-        self._started.wait()
+        if any(self._fds):
+            self._thread.start()
+            # The thread needs the GIL once to get going: give it now rather than after a
+            # switch interval of this thread's work.
+            self._started.wait()
 
     def _run(self) -> None:
         self._started.set()
@@ -416,7 +420,7 @@ class _Recheck:
 
     def changed(self) -> list[Namespace]:
         """The namespaces whose mount table differs now from what was read."""
-        self._thread.join()
+        self._join()
         out = []
         for ns, fds, size in zip(self._namespaces, self._fds, self._sizes, strict=True):
             now = None
@@ -430,8 +434,12 @@ class _Recheck:
                 out.append(ns)
         return out
 
+    def _join(self) -> None:
+        if self._thread.ident is not None:
+            self._thread.join()
+
     def close(self) -> None:
-        self._thread.join()
+        self._join()
         for fds in self._fds:
             if fds is not None:
                 os.close(fds[0])
@@ -441,6 +449,8 @@ class _Recheck:
 
 #: More than any mount table (100,000 mounts make about 10 MB): one call reads it all.
 _ONE_CALL = 1 << 30
+#: Below this, the re-read is done directly (a few hundred mounts).
+_SMALL = 32 << 10
 
 
 def _open_pair(fs: ProcFS, ns: Namespace) -> tuple[int, int] | None:
