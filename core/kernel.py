@@ -84,6 +84,7 @@ MOVE_MOUNT_BENEATH: Final = 0x200
 
 FSOPEN_CLOEXEC: Final = 1
 FSPICK_CLOEXEC: Final = 1
+FSPICK_EMPTY_PATH: Final = 8
 FSMOUNT_CLOEXEC: Final = 1
 FSCONFIG_SET_FLAG: Final = 0
 FSCONFIG_SET_STRING: Final = 1
@@ -203,9 +204,11 @@ def fsopen(fstype: str) -> int:
     )
 
 
-def fspick(path: str, dirfd: int = AT_FDCWD) -> int:
+def fspick(path: str, dirfd: int = AT_FDCWD, flags: int = 0) -> int:
     return _check(
-        _syscall(SYS_fspick, ctypes.c_int(dirfd), _fs(path), ctypes.c_uint(FSPICK_CLOEXEC)),
+        _syscall(
+            SYS_fspick, ctypes.c_int(dirfd), _fs(path), ctypes.c_uint(FSPICK_CLOEXEC | flags)
+        ),
         "fspick",
         path,
     )

@@ -366,7 +366,8 @@ class KernelMountOps(MountOps):
         )
 
     def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
-        fsfd = kernel.fspick(_fdpath(handle))
+        # By descriptor: the restored namespace need not have /proc.
+        fsfd = kernel.fspick("", handle, kernel.FSPICK_EMPTY_PATH)
         try:
             for key, value in params:
                 if value is None:

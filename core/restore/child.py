@@ -1,12 +1,23 @@
-"""The restoring child: a forked, single-threaded process that builds one namespace.
+"""The restoring child and the holders: how the restored namespaces come to exist and stay.
 
-The child unshares a new mount namespace (making everything it inherited private, so nothing
-it mounts propagates back), runs the steps, makes the restored root its root with
-pivot_root(".", ".") and a lazy unmount of the old root, sets propagation, and then either
-execs the command or stays as the namespace's holder. It reports to the parent through a pipe:
-``OK`` (holder ready), nothing before EOF (the command was exec'ed: the pipe is close-on-exec),
-or ``ERR <one line>``. On any failure it exits, and its namespace, with everything mounted in
-it, disappears with it: the caller's namespace is never touched.
+One forked, single-threaded child builds every namespace. It unshares a private copy of the
+caller's namespace (``base``: everything private, so nothing it mounts propagates back) and,
+for each dumped namespace, enters a fresh copy of ``base``, builds the tree under a directory
+of its own, and makes it that namespace's root with pivot_root(".", ".") and a lazy unmount
+of the old root (:class:`KernelNamespaces`; :mod:`.build` drives it). Each namespace stays
+alive through the child's descriptor of it.
+
+It reports to the caller through a pipe, one line each: ``NS <ns_id> <fd>`` for every
+namespace, ``READY``, or ``ERR <one line>``. The caller then puts a *holder* into each
+namespace that needs one: a fresh small process (a new interpreter, not a fork of the caller,
+so it keeps neither the caller's memory nor its descriptors) that enters the namespace through
+``/proc/CHILD/fd/FD``, closes every descriptor, names itself ``criu-fw-holder`` and pauses.
+When all holders are in, the caller writes ``GO``: the child exits, or, with a command, execs
+it in the root namespace (the pipe is close-on-exec: EOF; a failed exec is ``ERR``).
+
+On any failure the child exits and the holders are killed: the namespaces disappear with them,
+and the caller's namespace is never touched. The host-side directories are empty afterwards
+(the mounts live in namespaces whose roots are no longer under them) and are removed.
 """
 
 from __future__ import annotations
@@ -27,13 +38,78 @@ from ..mountops import KernelMountOps
 
 #: Exit status of a child that failed before it could exec the command.
 CHILD_FAILED = 125
+#: What a holder calls itself (``ps -o comm``, /proc/PID/comm).
+HOLDER_NAME = "criu-fw-holder"
+
+#: The holder's program (run with ``python -I -S -c``). stdin: the path of the namespace to
+#: enter; stdout: ``OK`` or ``ERR <why>``. Afterwards it holds no descriptor at all.
+HOLDER = r"""
+import ctypes, os, signal, sys
+os.closerange(3, 1 << 20)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(15, b"%(name)s", 0, 0, 0)
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+path = sys.stdin.readline().strip()
+try:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+except OSError as exc:
+    os.write(1, ("ERR cannot open %%s: %%s\n" %% (path, exc.strerror)).encode())
+    sys.exit(1)
+if libc.setns(fd, 0x20000) != 0:
+    os.write(1, ("ERR setns: %%s\n" %% os.strerror(ctypes.get_errno())).encode())
+    sys.exit(1)
+os.close(fd)
+os.chdir("/")
+os.write(1, b"OK\n")
+os.closerange(0, 1 << 20)
+while True:
+    signal.pause()
+""" % {"name": HOLDER_NAME}
 
 
 @attrs.frozen
 class Spawned:
+    #: The child's PID once it exec'ed the command (0 when there is no command).
     pid: int
-    #: Directory on the host holding the (empty) places the child used; removed by the parent.
-    workdir: str
+    #: Holder PID by namespace id.
+    holders: dict[int, int]
+
+
+class KernelNamespaces:
+    """Moves the restoring child between namespaces (see :class:`.build.Namespaces`)."""
+
+    def __init__(self, roots: dict[int, str]) -> None:
+        self.roots = roots
+        self.base = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.fds: dict[int, int] = {}
+        self.current: int | None = None
+
+    def begin(self, ns_id: int) -> str:
+        if self.current is not None:
+            kernel.setns(self.base, kernel.CLONE_NEWNS)
+        # A copy of ``base``, whose mounts are all private: so are the copies.
+        kernel.unshare(kernel.CLONE_NEWNS)
+        self.fds[ns_id] = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.current = ns_id
+        return self.roots[ns_id]
+
+    def seal(self, ns_id: int, root_path: str) -> None:
+        os.chdir(root_path)
+        kernel.pivot_root(".", ".")
+        kernel.umount2(".", kernel.MNT_DETACH)
+        os.chdir("/")
+
+    def enter(self, ns_id: int) -> None:
+        if self.current != ns_id:
+            # setns also moves root and cwd to the namespace's root: the restored one.
+            kernel.setns(self.fds[ns_id], kernel.CLONE_NEWNS)
+            self.current = ns_id
+
+    def close(self) -> None:
+        for fd in (self.base, *self.fds.values()):
+            os.close(fd)
+        self.fds.clear()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -41,51 +117,129 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+@attrs.define
+class _Holder:
+    pid: int
+    to: int  # its stdin
+    back: int  # its stdout
+
+
+def _start_holder(detach: bool) -> _Holder:
+    if not sys.executable:
+        raise RestoreError("no Python interpreter to run the namespace holder with")
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        pid = os.posix_spawn(
+            sys.executable, [sys.executable, "-I", "-S", "-c", HOLDER],
+            {"PATH": "/usr/bin:/bin"},
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, in_r, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+            ],
+            setsid=detach,
+        )
+    except OSError:
+        for fd in (in_r, in_w, out_r, out_w):
+            os.close(fd)
+        raise
+    os.close(in_r)
+    os.close(out_w)
+    return _Holder(pid, in_w, out_r)
+
+
+def _read_line(fd: int) -> bytes:
+    out = b""
+    while not out.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
 def spawn(
-    build: Callable[[KernelMountOps, str], Callable[[], None]],
+    build: Callable[[KernelMountOps, KernelNamespaces], None],
+    ns_ids: Sequence[int],
     *,
     command: Sequence[str] | None,
     detach: bool,
 ) -> Spawned:
-    """Fork a child that calls ``build(ops, root_path)`` inside a fresh namespace (it returns
-    the function to run after pivot_root), and wait until the namespace is complete.
-
-    Raises :class:`RestoreError` with the child's message when it fails."""
+    """Fork the child that calls ``build(ops, namespaces)`` (it must end in the root
+    namespace, ``ns_ids[0]``), put holders into the namespaces, and return once they are
+    complete. Raises :class:`RestoreError` with the child's message when it fails."""
     workdir = tempfile.mkdtemp(prefix="criu-fw-restore-")
-    root_path = os.path.join(workdir, "root")
+    roots = {ns: os.path.join(workdir, f"root-{k}") for k, ns in enumerate(ns_ids)}
     scratch = os.path.join(workdir, "scratch")
-    os.mkdir(root_path)
-    os.mkdir(scratch)
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        os.close(r)
-        _child(build, root_path, scratch, w, command, detach)
-    os.close(w)
+    for path in (*roots.values(), scratch):
+        os.mkdir(path)
+    wanted = list(ns_ids) if command is None else list(ns_ids[1:])
+    holders: dict[int, _Holder] = {}
+    pid = 0
+    report = control = -1
     try:
-        with os.fdopen(r, "rb") as f:
-            report = f.read().decode("utf-8", "replace")
+        # The holders start while the namespaces are built (an interpreter takes ~15 ms).
+        for ns in wanted:
+            holders[ns] = _start_holder(detach)
+        r, w = os.pipe()
+        cr, cw = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+            os.close(r)
+            os.close(cw)
+            _child(build, ns_ids, roots, scratch, w, cr, command)
+        os.close(w)
+        os.close(cr)
+        report, control = r, cw
+        fds: dict[int, int] = {}
+        while True:
+            line = _read_line(report).decode("utf-8", "replace")
+            if line.startswith("ERR "):
+                raise RestoreError(line[4:].strip())
+            if not line:
+                raise RestoreError(
+                    f"the restoring process died without a report (status {_reap(pid)})"
+                )
+            if line.startswith("NS "):
+                _, ns_text, fd_text = line.split()
+                fds[int(ns_text)] = int(fd_text)
+            elif line == "READY\n":
+                break
+        for ns, h in holders.items():
+            os.write(h.to, f"/proc/{pid}/fd/{fds[ns]}\n".encode())
+        for ns, h in holders.items():
+            answer = _read_line(h.back).decode("utf-8", "replace").strip()
+            if answer != "OK":
+                why = answer[4:] if answer.startswith("ERR ") else "it exited"
+                raise RestoreError(f"the holder of mount namespace {ns} did not start: {why}")
+        os.write(control, b"GO\n")
+        rest = os.read(report, 4096).decode("utf-8", "replace")
+        if rest.startswith("ERR "):
+            raise RestoreError(rest[4:].strip())
+        if command is None:
+            status = _reap(pid, kill=False)
+            pid = 0
+            if status != 0:
+                raise RestoreError(f"the restoring process failed (status {status})")
     except BaseException:
-        _reap(pid, kill=True)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if pid:
+            _reap(pid)
+        for h in holders.values():
+            _reap(h.pid)
         raise
-    if report.startswith("ERR "):
-        _reap(pid, kill=True)
+    finally:
+        for fd in (report, control, *(x for h in holders.values() for x in (h.to, h.back))):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
-        raise RestoreError(report[4:].strip())
-    if command is None and report.strip() != "OK":
-        status = _reap(pid, kill=True)
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise RestoreError(f"the restoring process died without a report (status {status})")
-    # The host-side directories are empty here (the mounts live in the child's namespace,
-    # whose root is no longer under them), so they can go now.
-    shutil.rmtree(workdir, ignore_errors=True)
-    return Spawned(pid, workdir)
+    return Spawned(pid, {ns: h.pid for ns, h in holders.items()})
 
 
-def _reap(pid: int, kill: bool) -> int:
+def _reap(pid: int, kill: bool = True) -> int:
     if kill:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -94,46 +248,38 @@ def _reap(pid: int, kill: bool) -> int:
 
 
 def _child(
-    build: Callable[[KernelMountOps, str], Callable[[], None]],
-    root_path: str,
+    build: Callable[[KernelMountOps, KernelNamespaces], None],
+    ns_ids: Sequence[int],
+    roots: dict[int, str],
     scratch: str,
     w: int,
+    control: int,
     command: Sequence[str] | None,
-    detach: bool,
 ) -> None:  # pragma: no cover - child process
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         kernel.enter_private_namespace()
-        devnull = os.open("/dev/null", os.O_RDWR)
-        ops = KernelMountOps(scratch)
-        finish = build(ops, root_path)
-        os.chdir(root_path)
-        kernel.pivot_root(".", ".")
-        kernel.umount2(".", kernel.MNT_DETACH)
-        os.chdir("/")
-        finish()
+        spaces = KernelNamespaces(roots)
+        build(KernelMountOps(scratch), spaces)
+        for ns in ns_ids:
+            os.write(w, f"NS {ns} {spaces.fds[ns]}\n".encode())
+        os.write(w, b"READY\n")
+        if _read_line(control) != b"GO\n":
+            os._exit(CHILD_FAILED)  # the caller gave up
+        os.close(control)
+        spaces.close()
         if command is not None:
             os.set_inheritable(w, False)
-            os.close(devnull)
             try:
                 os.execvp(command[0], list(command))
             except OSError as exc:
                 raise RestoreError(
                     f"cannot run {command[0]!r} in the restored namespace: {exc.strerror}"
                 ) from exc
-        if detach:
-            os.setsid()
-        os.write(w, b"OK\n")
         os.close(w)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.close(devnull)
     except BaseException as exc:
         try:
             os.write(w, f"ERR {_one_line(exc)}\n".encode())
         finally:
             os._exit(CHILD_FAILED)
-    # The holder: keeps the namespace alive until it is killed.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    while True:
-        signal.pause()
+    os._exit(0)

@@ -2,8 +2,9 @@
 
 Everything that can fail without mounting happens first, in the caller's process: reading
 and checking the images, loading drivers, asking every driver for its plan, resolving
-externals, ordering the steps. Then one child process per dumped mount namespace builds it in
-a new private namespace (see :mod:`.child`); the caller's namespace is never changed.
+externals, ordering the steps. Then one child process builds every dumped mount namespace, each
+in a new private namespace, sharing superblocks and peer groups across them (see :mod:`.build`
+and :mod:`.child`); the caller's namespace is never changed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import gc
 import os
 import re
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -23,10 +24,10 @@ from ..images import read_image
 from ..mountops import KernelMountOps, MountOps
 from ..plugins import DriverConfig, DriverManager, load_drivers
 from ..proto import inventory_pb2
-from .child import spawn
-from .executor import Executor
-from .order import order_steps
-from .plans import NamespaceImage, NamespacePlan, plan_namespace
+from .build import SameNamespace, build_all
+from .child import KernelNamespaces, spawn
+from .order import Step, order_steps
+from .plans import NamespaceImage, NamespacePlan, plan_namespaces
 
 #: The newest CRIU inventory image version criu-fw reads (CRIU writes 2).
 INVENTORY_VERSION = 2
@@ -162,15 +163,14 @@ def restore(
         image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
         proc_root=proc_root,
     )
-    plans: list[tuple[NamespacePlan, list]] = []  # type: ignore[type-arg]
+    plans: list[tuple[NamespacePlan, list[Step]]] = []
     # Planning allocates a few small objects per mount and frees none of them: the cyclic
     # collector would only rescan the growing heap (superlinear at 10,000 mounts). The forked
-    # child inherits the setting for its build and re-enables nothing: it execs or holds.
+    # child inherits the setting for its build and re-enables nothing: it execs or exits.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        for ns in spaces:
-            plan = plan_namespace(ns, mgr, ctx)
+        for plan in plan_namespaces(spaces, mgr, ctx):
             plans.append((plan, order_steps(plan)))
         result = RestoreResult(root_ns)
         return _run(plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns)
@@ -180,7 +180,7 @@ def restore(
 
 
 def _run(
-    plans: list[tuple[NamespacePlan, list]],  # type: ignore[type-arg]
+    plans: list[tuple[NamespacePlan, list[Step]]],
     result: RestoreResult,
     mgr: DriverManager,
     ctx: RestoreContext,
@@ -191,27 +191,17 @@ def _run(
     root_ns: int,
 ) -> RestoreResult:
     if ops is not None:
-        for plan, steps in plans:
-            ex = Executor(plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path="/")
-            ex.run(steps)
-            ex.finish()
+        build_all(plans, ops, mgr, ctx, SameNamespace(), chroot=False)
         result.ops = ops
         return result
 
-    try:
-        for plan, steps in reversed(plans):  # the root namespace (first) is made last
-            is_root = plan is plans[0][0]
-            spawned = spawn(
-                _builder(plan, steps, mgr, ctx),
-                command=command if is_root else None,
-                detach=detach,
-            )
-            result.holders[plan.ns_id] = spawned.pid
-    except BaseException:
-        result.terminate()
-        raise
+    def build(kops: KernelMountOps, spaces: KernelNamespaces) -> None:
+        build_all(plans, kops, mgr, ctx, spaces, chroot=True)
+
+    spawned = spawn(build, [p.ns_id for p, _ in plans], command=command, detach=detach)
+    result.holders.update(spawned.holders)
     if command is not None:
-        pid = result.holders.pop(root_ns)
+        pid = spawned.pid
         try:
             _, status = os.waitpid(pid, 0)
         finally:
@@ -224,23 +214,6 @@ def _run(
         with open(pidfile, "w") as f:
             f.write(f"{result.pid}\n")
     return result
-
-
-def _ctx_for(ctx: RestoreContext, plan: NamespacePlan, ops: MountOps) -> RestoreContext:
-    return attrs.evolve(ctx, tree=plan.tree, ops=ops)
-
-
-def _builder(
-    plan: NamespacePlan, steps: list, mgr: DriverManager, ctx: RestoreContext  # type: ignore[type-arg]
-) -> Callable[[KernelMountOps, str], Callable[[], None]]:
-    def build(ops: KernelMountOps, root_path: str) -> Callable[[], None]:
-        ex = Executor(
-            plan, ops, mgr, _ctx_for(ctx, plan, ops), root_path=root_path, chroot=root_path
-        )
-        ex.run(steps)
-        return ex.finish
-
-    return build
 
 
 __all__ = ["CriuFwError", "RestoreResult", "image_namespaces", "read_namespaces", "restore"]

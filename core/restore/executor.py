@@ -4,8 +4,13 @@ The executor keeps a handle per superblock (its detached root, which never gets 
 every bind of it is cloned from a clean place) and per mount (released as soon as nothing
 needs it, so 10,000 mounts do not need 10,000 open descriptors at once). Per-mount flags are
 set right after a leaf mount is made, and at the end for mounts with children (a read-only
-parent must not stop a missing mountpoint from being created). Propagation and read-only
-superblocks are left to :meth:`Executor.finish`, which runs after pivot_root.
+parent must not stop a missing mountpoint from being created).
+
+Superblock handles live in a :class:`Superblocks` pool shared by the executors of every
+namespace of one restore: a superblock is created by the first namespace that needs it and
+stays open until the last mount of any namespace has been cut from it. What runs after every
+namespace's tree exists (deferred flags, propagation across namespaces, read-only superblocks)
+is driven by :mod:`.build`.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from ..mountops import Fd, MountOps, ParamArg
 from ..plan import ExternalRef, PathRef
 from ..plugins import DriverManager
 from .order import CREATE, SB, Step
-from .plans import NamespacePlan, SuperblockJob
-from .propagation import apply_propagation, needs_propagation
+from .plans import MountJob, NamespacePlan, SuperblockJob
+from .propagation import needs_propagation
 
 _FLAG_ATTRS = {
     "ro": kernel.MOUNT_ATTR_RDONLY,
@@ -54,6 +59,34 @@ def mount_attrs(m: Mount) -> int:
     return value
 
 
+class Superblocks:
+    """Handles of new superblocks' detached roots, shared by every namespace's executor.
+
+    ``users`` counts the mounts, in all namespaces, still to be cut from each superblock; a
+    superblock with a single mount, at its root, is used directly (``direct``: (namespace,
+    mount id)) instead of being cloned."""
+
+    def __init__(self, plans: Sequence[NamespacePlan]) -> None:
+        self.handle: dict[int, int] = {}
+        self.users: dict[int, int] = {}
+        last_user: dict[int, tuple[int, MountJob]] = {}
+        for plan in plans:
+            for job in plan.jobs.values():
+                if job.sb is not None:
+                    self.users[job.sb] = self.users.get(job.sb, 0) + 1
+                    last_user[job.sb] = (plan.ns_id, job)
+        self.direct: set[tuple[int, int]] = set()
+        for sbk, n in self.users.items():
+            ns_id, only = last_user[sbk]
+            if n == 1 and only.path == "/":
+                self.direct.add((ns_id, only.mount.mnt_id))
+
+    def close(self, ops: MountOps) -> None:
+        for h in self.handle.values():
+            ops.close(h)
+        self.handle.clear()
+
+
 class Executor:
     def __init__(
         self,
@@ -64,6 +97,7 @@ class Executor:
         *,
         root_path: str,
         chroot: str | None = None,
+        pool: Superblocks | None = None,
     ) -> None:
         self.plan = plan
         self.ops = ops
@@ -71,24 +105,13 @@ class Executor:
         self.ctx = ctx
         self.root_path = root_path
         self.chroot = chroot
-        self.sb_handle: dict[int, int] = {}
-        self.sb_users: dict[int, int] = {}
+        self.pool = pool if pool is not None else Superblocks([plan])
         self.handle: dict[int, int] = {}
         self.attrs: dict[int, int | None] = {}  # by mount id: flags known to be set
         self.refs: dict[int, int] = {}
-        self.keep: set[int] = set()  # mount ids needed by finish()
+        self.keep: set[int] = set()  # mount ids needed after the build
         self.deferred_attrs: list[Mount] = []
-        self.direct: set[int] = set()  # mounts that are their superblock's own root mount
         tree = plan.tree
-        last_user: dict[int, int] = {}
-        for job in plan.jobs.values():
-            if job.sb is not None:
-                self.sb_users[job.sb] = self.sb_users.get(job.sb, 0) + 1
-                last_user[job.sb] = job.mount.mnt_id
-        for sbk, n in self.sb_users.items():
-            only = plan.jobs[last_user[sbk]]
-            if n == 1 and only.path == "/":
-                self.direct.add(only.mount.mnt_id)
         for sb in plan.superblocks.values():
             for ref in sb.plan.dependencies():
                 self.refs[ref] = self.refs.get(ref, 0) + 1
@@ -111,9 +134,6 @@ class Executor:
         self.refs[mnt_id] -= 1
         if self.refs[mnt_id] == 0:
             self.ops.close(self.handle.pop(mnt_id))
-
-    def _mount_handle(self, m: Mount) -> int:
-        return self.handle[m.mnt_id]
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -151,7 +171,7 @@ class Executor:
             sb.plan.fstype, sb.plan.source, params,
             legacy_data=sb.plan.legacy_data, chroot=self.chroot,
         )
-        self.sb_handle[sb.key] = h
+        self.pool.handle[sb.key] = h
         for ref in sb.plan.dependencies():
             self._release(ref)
         if sb.content is not None:
@@ -175,15 +195,16 @@ class Executor:
         if job.sb is None:
             h = self.ops.clone(None, job.path)
             current: int | None = None  # whatever the host mount has
-        elif m.mnt_id in self.direct:
-            h = self.sb_handle.pop(job.sb)
+        elif (self.plan.ns_id, m.mnt_id) in self.pool.direct:
+            h = self.pool.handle.pop(job.sb)
             current = _FRESH
         else:
-            h = self.ops.clone(self.sb_handle[job.sb], job.path)
+            pool = self.pool
+            h = self.ops.clone(pool.handle[job.sb], job.path)
             current = _FRESH
-            self.sb_users[job.sb] -= 1
-            if self.sb_users[job.sb] == 0:
-                self.ops.close(self.sb_handle.pop(job.sb))
+            pool.users[job.sb] -= 1
+            if pool.users[job.sb] == 0:
+                self.ops.close(pool.handle.pop(job.sb))
         self.handle[m.mnt_id] = h
         self.attrs[m.mnt_id] = current
         if not self.plan.tree.children(m):
@@ -210,27 +231,26 @@ class Executor:
     def _make_readonly(self, m: Mount) -> None:
         self.ops.reconfigure(self.handle[m.mnt_id], [("ro", None)])
 
-    # -- after pivot_root -----------------------------------------------------------------
+    # -- after every namespace's tree exists --------------------------------------------
 
-    def finish(self) -> None:
-        """Deferred flags, propagation, read-only superblocks; then close every handle."""
+    def finish_attrs(self) -> None:
+        """Flags of mounts with children (run inside this executor's namespace)."""
         for m in self.deferred_attrs:
             self._guard(m, self._set_attrs, m)
-        mounts = [m for m in self.plan.mounts if needs_propagation(m)]
-        try:
-            apply_propagation(mounts, self._mount_handle, self.ops)
-        except (CriuFwError, OSError) as exc:
-            if isinstance(exc, RestoreError):
-                raise
-            raise RestoreError(f"mount namespace {self.plan.ns_id}: propagation: {exc}") from exc
+
+    def mount_handle(self, m: Mount) -> int:
+        return self.handle[m.mnt_id]
+
+    def readonly_superblocks(self) -> None:
+        """Superblocks asked for read-only, created writable (content, mountpoints)."""
         for sb in self.plan.superblocks.values():
             if sb.readonly:
                 self._guard(sb.mount, self._make_readonly, sb.mount)
+
+    def close(self) -> None:
         for mnt_id in list(self.keep):
             self._release(mnt_id)
-        for h in self.sb_handle.values():
-            self.ops.close(h)
-        self.sb_handle.clear()
+        self.keep.clear()
 
 
 def _relative(path: str, top: str) -> str:

@@ -100,7 +100,8 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
     for m in plan.mounts:
         job = jobs[m.mnt_id]
         create, attach = Step(CREATE, m.mnt_id), Step(ATTACH, m.mnt_id)
-        if job.sb is not None:
+        if job.sb is not None and job.sb in plan.superblocks:
+            # (A superblock of an earlier namespace exists before this namespace starts.)
             need(create, Step(SB, job.sb))
         if job.bind_of is not None:
             need(create, Step(CREATE, job.bind_of))

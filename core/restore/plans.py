@@ -6,12 +6,17 @@ back) and one :class:`MountJob` per mount saying where its mount comes from: a c
 superblock's root at the mount's root, or a clone of a host path (``--root``, externals).
 Every driver is asked here, so a driver that refuses fails the restore before the first mount
 call; a bind chain that loops or names a mount that is not in the images fails here too.
+
+Superblocks are keyed by the dumped device across *all* namespaces (:func:`plan_namespaces`):
+a filesystem that two namespaces showed (a tmpfs mounted before ``unshare -m``) is created once,
+by the first namespace that has it, and every later namespace's mounts of it are cut from that
+same superblock, so a write in one restored namespace is seen in the other.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -95,7 +100,33 @@ class NamespacePlan:
     root: Mount
     mounts: tuple[Mount, ...]  # parents first
     jobs: Mapping[int, MountJob]
+    #: The superblocks this namespace creates; its jobs may also use superblocks created by
+    #: an earlier namespace (keys are unique across one restore).
     superblocks: Mapping[int, SuperblockJob]
+
+
+@attrs.define
+class SharedDevices:
+    """What earlier namespaces of one restore made of each dumped device."""
+
+    #: device -> (namespace, its first mount there, that mount's resolved job).
+    first: dict[Dev, tuple[int, Mount, MountJob]] = attrs.field(factory=dict)
+    #: device -> content image, from every namespace.
+    content: dict[Dev, str] = attrs.field(factory=dict)
+    next_key: int = 1
+
+
+def plan_namespaces(
+    spaces: Sequence[NamespaceImage], mgr: DriverManager, ctx: RestoreContext
+) -> list[NamespacePlan]:
+    """Plan every namespace (root first), sharing superblocks across them by device."""
+    shared = SharedDevices()
+    for ns in spaces:
+        for mnt_id, image in ns.content.items():
+            m = ns.tree.find(mnt_id)
+            if m is not None:
+                shared.content.setdefault(m.dev, image)
+    return [plan_namespace(ns, mgr, ctx, shared) for ns in spaces]
 
 
 def default_superblock(mount: Mount) -> NewSuperblock:
@@ -156,17 +187,26 @@ def _external_path(ref: ExternalRef, mount: Mount, externals: Mapping[str, str])
     return ref.path
 
 
-def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) -> NamespacePlan:
-    """Ask every driver for its plan and resolve every mount's source (no mount calls)."""
+def plan_namespace(
+    ns: NamespaceImage,
+    mgr: DriverManager,
+    ctx: RestoreContext,
+    shared: SharedDevices | None = None,
+) -> NamespacePlan:
+    """Ask every driver for its plan and resolve every mount's source (no mount calls).
+
+    ``shared``: what earlier namespaces of the same restore made of each device (updated)."""
     tree = ns.tree
     root = base_root(tree)
     mounts = tree.topo_order()
     ctx.tree = tree
-    content_by_dev: dict[Dev, str] = {}
+    if shared is None:
+        shared = SharedDevices()
+    content_by_dev = shared.content
     for mnt_id, image in ns.content.items():
         m = tree.find(mnt_id)
         if m is not None:
-            content_by_dev[m.dev] = image
+            content_by_dev.setdefault(m.dev, image)
 
     superblocks: dict[int, SuperblockJob] = {}
     jobs: dict[int, MountJob] = {}
@@ -187,7 +227,8 @@ def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) 
         return plan
 
     def new_sb(m: Mount, plan: NewSuperblock) -> int:
-        key = len(superblocks) + 1
+        key = shared.next_key
+        shared.next_key += 1
         readonly = ("ro", None) in plan.params
         if readonly:
             plan = attrs.evolve(plan, params=tuple(p for p in plan.params if p != ("ro", None)))
@@ -202,6 +243,21 @@ def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) 
             jobs[m.mnt_id] = MountJob(m, None, _external_path(ref, m, ctx.externals))
             continue
         first = first_of_dev.get(m.dev)
+        earlier = shared.first.get(m.dev) if first is None else None
+        if earlier is not None:
+            # Made by an earlier namespace: the same superblock (or host directory) again.
+            e_ns, e_mount, e_job = earlier
+            if e_job.sb is not None:
+                jobs[m.mnt_id] = MountJob(m, e_job.sb, m.root)
+            elif (rel := _under(m.root, e_mount.root)) is not None:
+                jobs[m.mnt_id] = MountJob(m, None, _join(e_job.path, rel))
+            else:
+                raise RestoreError(
+                    f"{m.describe()}: its root {m.root!r} is outside {e_mount.describe()} of "
+                    f"mount namespace {e_ns}, "
+                    f"the only source of that filesystem; declare it external"
+                )
+            continue
         if first is not None:
             fj = jobs.get(first.mnt_id)
             if fj is not None and fj.sb is not None:
@@ -241,6 +297,10 @@ def plan_namespace(ns: NamespaceImage, mgr: DriverManager, ctx: RestoreContext) 
             binds[m.mnt_id] = plan.source
 
     _resolve_binds(tree, jobs, binds)
+    for dev, first in first_of_dev.items():
+        job = jobs.get(first.mnt_id)
+        if job is not None and dev not in shared.first:
+            shared.first[dev] = (ns.ns_id, first, job)
     return NamespacePlan(ns.ns_id, tree, root, mounts, jobs, superblocks)
 
 

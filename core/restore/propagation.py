@@ -38,9 +38,22 @@ def needs_propagation(m: Mount) -> bool:
 
 
 def apply_propagation(
-    mounts: Sequence[Mount], handle: Callable[[Mount], int], ops: MountOps
+    mounts: Sequence[Mount],
+    handle: Callable[[Mount], int],
+    ops: MountOps,
+    enter: Callable[[Mount], None] | None = None,
 ) -> None:
-    """Set the propagation of ``mounts`` (parents-first order) through ``ops``."""
+    """Set the propagation of ``mounts`` (parents-first order) through ``ops``.
+
+    ``mounts`` may come from several namespaces (dumped group ids are the kernel's, global):
+    ``enter(m)`` is called before a mount's own propagation is changed, because
+    mount_setattr only changes mounts of the caller's namespace; joining a group
+    (MOVE_MOUNT_SET_GROUP) works across namespaces."""
+
+    def set_propagation(m: Mount, flag: int) -> None:
+        if enter is not None:
+            enter(m)
+        ops.set_propagation(handle(m), flag)
     groups: dict[int, list[Mount]] = {}
     for m in mounts:
         if m.propagation.shared is not None:
@@ -70,7 +83,7 @@ def apply_propagation(
             return
         build(master)
         join(master, m)
-        ops.set_propagation(handle(m), MS_SLAVE)
+        set_propagation(m, MS_SLAVE)
 
     def build(gid: int) -> None:
         if gid in members:
@@ -81,7 +94,7 @@ def apply_propagation(
         group = sorted(groups[gid], key=lambda x: len(x.root.rstrip("/")))
         rep = group[0]
         slave_of(rep.propagation.master, rep)
-        ops.set_propagation(handle(rep), MS_SHARED)
+        set_propagation(rep, MS_SHARED)
         members[gid] = [rep]
         for m in group[1:]:
             join(gid, m)
@@ -95,4 +108,4 @@ def apply_propagation(
         if p.shared is None and p.master is not None:
             slave_of(p.master, m)
         if p.unbindable:
-            ops.set_propagation(handle(m), MS_UNBINDABLE)
+            set_propagation(m, MS_UNBINDABLE)
