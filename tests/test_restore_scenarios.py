@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 from criu_fw.mountinfo import read_mountinfo
 from criu_fw.restore import RestoreResult, image_namespaces, restore
-from criu_fw.restore.verify import compare_trees, verify
+from criu_fw.restore.verify import compare_trees, verify, verify_namespaces
 from criu_fw.testing import NamespaceScenario
 from test_roundtrip import dump_scenario
 
@@ -215,10 +215,14 @@ def test_container_detached_verifies_and_hides_what_it_hid(container: str) -> No
 
 # -- two processes in two mount namespaces --------------------------------------------------
 
+# ``both`` (private) and ``peer`` (shared) exist before the second namespace is made, so the two
+# namespaces show one superblock each, and ``peer`` is one peer group across them.
 TWO = r"""
-mkdir -p one two
+mkdir -p one two both peer
 mount -t tmpfs one one; echo first > one/f
-unshare -m --propagation private sh -c \
+mount -t tmpfs both both; echo made-before > both/b
+mount -t tmpfs peer peer; mount --make-shared peer; mkdir peer/sub
+unshare -m --propagation unchanged sh -c \
     'mount -t tmpfs two two; echo second > two/f; mount --bind two one; exec sleep 100000' &
 while ! grep -q ' two ' /proc/$!/mountinfo 2>/dev/null; do sleep 0.02; done
 """
@@ -232,22 +236,61 @@ def test_two_processes_in_two_namespaces(tmp_path: os.PathLike[str]) -> None:
         dump_scenario(scn, images)
         root_ns, ids = image_namespaces(images)
         assert len(ids) == 2
+        other = next(i for i in ids if i != root_ns)
         result = restore(images, root="/", detach=True)
         assert sorted(result.holders) == sorted(ids)
+        w = scn.workdir
         seen = {}
         for ns_id, pid in result.holders.items():
             assert verify(pid, images, ns_id).differences == ()
-            with open(f"/proc/{pid}/root{scn.workdir}/one/f") as f:
+            with open(f"/proc/{pid}/root{w}/one/f") as f:
                 seen[ns_id] = f.read()
             assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
-        other = next(i for i in ids if i != root_ns)
         assert seen == {root_ns: "first\n", other: "second\n"}
         # Each holder's namespace is its own: the two are different namespaces.
         a, b = (os.readlink(f"/proc/{p}/ns/mnt") for p in result.holders.values())
         assert a != b
         # Verifying one namespace against the other's images finds the difference.
         assert verify(result.holders[root_ns], images, other).differences != ()
+        # Both namespaces together: superblocks and the peer group shared across them.
+        assert verify_namespaces(result.holders, images).differences == ()
+        cli = subprocess.run(
+            [sys.executable, "-m", "criu_fw", "verify", "-D", images,
+             "-t", str(result.holders[root_ns]), "-t", f"{other}={result.holders[other]}"],
+            capture_output=True, text=True, check=False,
+        )
+        assert (cli.returncode, cli.stdout.startswith("verify: OK")) == (0, True), cli.stdout
+
+        root_pid, other_pid = result.holders[root_ns], result.holders[other]
+        # One superblock: what one namespace writes, the other reads.
+        sh(root_pid, f"echo from-root > {w}/both/new")
+        assert sh(other_pid, f"cat {w}/both/new {w}/both/b") == "from-root\nmade-before\n"
+        sh(other_pid, f"echo from-other > {w}/peer/x")
+        assert sh(root_pid, f"cat {w}/peer/x") == "from-other\n"
+        # One peer group across the namespaces: a mount in one appears in the other.
+        sh(root_pid, f"mount -t tmpfs probe {w}/peer/sub")
+        assert sh(other_pid, "grep -c ' probe ' /proc/self/mountinfo") == "1\n"
+
+        # A copy instead of the shared superblock (and a new group instead of the shared
+        # one) passes each namespace on its own, but not both together.
+        sh(other_pid, f"umount {w}/both; mount -t tmpfs both {w}/both; "
+                      f"umount -l {w}/peer; mount -t tmpfs peer {w}/peer; "
+                      f"mount --make-shared {w}/peer")
+        assert verify(other_pid, images, other).differences == ()
+        diffs = verify_namespaces(result.holders, images).differences
+        ns2 = f"mount namespace {other}"
+        assert f"{ns2}: {w}/both: shares its filesystem with {w}/both (mount namespace " \
+               f"{root_ns}) in the images, with none live" in diffs
+        assert f"{ns2}: {w}/peer: propagation: shared with {w}/peer (mount namespace " \
+               f"{root_ns}) in the images, shared with none live" in diffs
     finally:
         if result is not None:
             result.terminate()
         scn.close()
+
+
+def sh(pid: int, script: str) -> str:
+    res = subprocess.run(["nsenter", "-t", str(pid), "-m", "--", "sh", "-c", script],
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    return res.stdout

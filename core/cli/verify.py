@@ -1,4 +1,4 @@
-"""``criu-fw verify``: compare a live mount namespace with the images."""
+"""``criu-fw verify``: compare live mount namespaces with the images."""
 
 from __future__ import annotations
 
@@ -6,21 +6,60 @@ import sys
 
 import click
 
-from ..restore.verify import verify
+from ..errors import UsageError
+from ..restore.verify import verify, verify_namespaces
 from .base import driver_manager
+
+
+def parse_trees(values: tuple[str, ...], ns_id: int | None) -> dict[int | None, int]:
+    """``-t PID`` (the root namespace, or --ns) and ``-t NS=PID`` -> {ns or None: pid}."""
+    out: dict[int | None, int] = {}
+    for v in values:
+        ns_text, sep, pid_text = v.rpartition("=")
+        try:
+            key = int(ns_text) if sep else ns_id
+            pid = int(pid_text)
+        except ValueError:
+            raise UsageError(f"-t {v!r}: expected PID or NS_ID=PID") from None
+        if key in out:
+            raise UsageError(f"-t {v!r}: namespace given twice")
+        out[key] = pid
+    if ns_id is not None and len(out) > 1:
+        raise UsageError("--ns goes with a single -t PID; give -t NS_ID=PID for each namespace")
+    return out
 
 
 @click.command("verify")
 @click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR")
-@click.option("-t", "--tree", "pid", required=True, type=int, metavar="PID",
-              help="A process in the namespace to check.")
+@click.option("-t", "--tree", "trees", required=True, multiple=True, metavar="[NS_ID=]PID",
+              help="A process in the namespace to check; repeat as NS_ID=PID to check several "
+                   "namespaces together (shared superblocks and peer groups across them).")
 @click.option("--ns", "ns_id", type=int, default=None, metavar="ID",
               help="The dumped mount namespace to compare with (default: the root one).")
+@click.option("--outside-masters", type=click.Choice(["host", "private"]), default="host",
+              show_default=True,
+              help="What the restore made of slaves of groups outside the images (as given "
+                   "to restore).")
 @click.pass_context
-def verify_cmd(ctx: click.Context, image_dir: str, pid: int, ns_id: int | None) -> None:
-    """Print every difference between PID's mount namespace and the images; exit 0 only
+def verify_cmd(
+    ctx: click.Context, image_dir: str, trees: tuple[str, ...], ns_id: int | None,
+    outside_masters: str,
+) -> None:
+    """Print every difference between live mount namespaces and the images; exit 0 only
     when they match (mount ids, peer-group ids and device numbers do not count)."""
-    result = verify(pid, image_dir, ns_id, mgr=driver_manager(ctx))
+    pids = parse_trees(trees, ns_id)
+    mgr = driver_manager(ctx)
+    if len(pids) == 1:
+        ((key, pid),) = pids.items()
+        result = verify(pid, image_dir, key, mgr=mgr, outside_masters=outside_masters)
+    else:
+        from ..restore.engine import image_namespaces
+
+        root = image_namespaces(image_dir)[0]
+        by_ns = {root if k is None else k: p for k, p in pids.items()}
+        if len(by_ns) != len(pids):
+            raise UsageError(f"-t: the root namespace {root} is given twice")
+        result = verify_namespaces(by_ns, image_dir, mgr, outside_masters=outside_masters)
     for line in result.differences:
         click.echo(line)
     if result.differences:

@@ -19,7 +19,7 @@ textual comparison.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -115,22 +115,78 @@ def _layer_options(state: DriverState | None) -> set[str]:
     return names
 
 
+@attrs.frozen
+class Side:
+    """One namespace to compare: the dumped tree, the live one, and how to name it."""
+
+    dumped: MountTree
+    live: MountTree
+    #: Driver states, dumped (by dumped id) and live (by live id); see :func:`compare_trees`.
+    states: Mapping[int, DriverState | None] | None = None
+    live_states: Mapping[int, DriverState | None] | None = None
+    #: Prefix of this namespace's lines and names ("" when only one namespace is compared).
+    label: str = ""
+
+
 def compare_trees(
     dumped: MountTree,
     live: MountTree,
     *,
     states: Mapping[int, DriverState | None] | None = None,
     live_states: Mapping[int, DriverState | None] | None = None,
+    outside_masters: str = "host",
 ) -> VerifyResult:
     """Every difference between a dumped tree and a live one, one line each.
 
     ``states`` (dumped, by dumped id) and ``live_states`` (by live id): driver states whose
-    layers are compared instead of the options that spell them."""
+    layers are compared instead of the options that spell them. ``outside_masters``: what a
+    slave of a group outside the images should be live (see :func:`compare_namespaces`)."""
+    return compare_namespaces(
+        [Side(dumped, live, states, live_states)], outside_masters=outside_masters
+    )
+
+
+def compare_namespaces(
+    sides: Sequence[Side],
+    *,
+    dumped_groups: Iterable[int] = (),
+    outside_masters: str = "host",
+) -> VerifyResult:
+    """Several namespaces compared each on its own, and together: which mounts share a
+    superblock, a peer group or a master is compared across all of them.
+
+    ``dumped_groups``: peer groups of dumped namespaces that are not compared (a master there
+    is not outside the images). ``outside_masters``: a mount that was a slave of a group
+    outside the images is expected to be a slave of a group outside the restored namespaces
+    (``host``: the restore took it from the host) or private (``private``)."""
+    diffs: list[str] = []
+    entries: list[_Entry] = []
+    matched = 0
+    for k, side in enumerate(sides):
+        pairs, own = _compare_side(side)
+        prefix = f"{side.label}: " if side.label else ""
+        diffs.extend(prefix + line for line in own)
+        entries.extend(_Entry(k, d, lv) for d, lv in pairs)
+        matched += len(pairs)
+    diffs.extend(_compare_sharing(sides, entries, set(dumped_groups), outside_masters))
+    return VerifyResult(tuple(diffs), matched)
+
+
+@attrs.frozen
+class _Entry:
+    side: int
+    d: Mount
+    lv: Mount
+
+
+def _compare_side(side: Side) -> tuple[list[tuple[Mount, Mount]], list[str]]:
+    dumped, live = side.dumped, side.live
+    states, live_states = side.states, side.live_states
     diffs: list[str] = []
     d_root = base_root(dumped)
     live_roots = [m for m in live.roots if m.mountpoint == "/"]
     if not live_roots:
-        return VerifyResult(("the live namespace has no root mount",), 0)
+        return [], ["the live namespace has no root mount"]
     pairs: list[tuple[Mount, Mount]] = [(d_root, live_roots[0])]
     todo = [(d_root, live_roots[0])]
     while todo:
@@ -159,8 +215,7 @@ def compare_trees(
                         f"{_show_layers(lk, live)} live"
                     )
         diffs.extend(_compare_mount(d, lv, skip))
-    diffs.extend(_compare_sharing(dumped, live, pairs))
-    return VerifyResult(tuple(diffs), len(pairs))
+    return pairs, diffs
 
 
 def _show_layers(keys: tuple[LayerKey, ...], live: MountTree) -> str:
@@ -209,60 +264,87 @@ def _compare_mount(d: Mount, lv: Mount, skip: set[str]) -> list[str]:
 
 
 def _compare_sharing(
-    dumped: MountTree, live: MountTree, pairs: list[tuple[Mount, Mount]]
+    sides: Sequence[Side], entries: Sequence[_Entry], other_groups: set[int],
+    outside_masters: str,
 ) -> list[str]:
-    """Peer groups, masters and superblocks compared as relations between matched mounts."""
-    to_live = {d.mnt_id: lv.mnt_id for d, lv in pairs}
-    place = {lv.mnt_id: lv.mountpoint for _, lv in pairs}
-    d_groups: dict[int, set[int]] = {}
-    l_groups: dict[int, set[int]] = {}
-    for m in dumped:
-        if m.propagation.shared is not None:
-            d_groups.setdefault(m.propagation.shared, set()).add(m.mnt_id)
-    for m in live:
-        if m.propagation.shared is not None:
-            l_groups.setdefault(m.propagation.shared, set()).add(m.mnt_id)
+    """Peer groups, masters and superblocks compared as relations between matched mounts,
+    across every namespace compared (group ids and devices are the kernel's, global)."""
+    Key = tuple[int, int]  # (side, live mount id)
+    to_live: dict[Key, Key] = {(e.side, e.d.mnt_id): (e.side, e.lv.mnt_id) for e in entries}
+    place: dict[Key, tuple[int, str]] = {
+        (e.side, e.lv.mnt_id): (e.side, e.lv.mountpoint) for e in entries
+    }
+    d_groups: dict[int, set[Key]] = {}
+    l_groups: dict[int, set[Key]] = {}
+    for k, side in enumerate(sides):
+        for m in side.dumped:
+            if m.propagation.shared is not None:
+                d_groups.setdefault(m.propagation.shared, set()).add((k, m.mnt_id))
+        for m in side.live:
+            if m.propagation.shared is not None:
+                l_groups.setdefault(m.propagation.shared, set()).add((k, m.mnt_id))
 
-    def names(ids: Iterable[int]) -> str:
-        shown = sorted(place.get(i, f"<mount {i}>") for i in ids)
-        return ", ".join(shown) if shown else "none"
+    def names(ids: Iterable[Key], own: int) -> str:
+        shown = []
+        for i in ids:
+            k, where = place.get(i, (i[0], f"<mount {i[1]}>"))
+            label = sides[k].label
+            shown.append(f"{where} ({label})" if k != own and label else where)
+        return ", ".join(sorted(shown)) if shown else "none"
 
-    def d_set(gid: int | None) -> set[int] | None:
+    def d_set(k: int, gid: int | None) -> set[Key] | None:
         if gid is None:
             return None
-        return {to_live.get(i, -i) for i in d_groups.get(gid, ())}
+        return {to_live.get(i, (i[0], -i[1])) for i in d_groups.get(gid, ())}
 
-    def l_set(gid: int | None) -> set[int] | None:
+    def l_set(gid: int | None) -> set[Key] | None:
         return None if gid is None else set(l_groups.get(gid, ()))
 
     out: list[str] = []
-    d_dev: dict[object, set[int]] = {}
-    l_dev: dict[object, set[int]] = {}
-    for d, lv in pairs:
-        d_dev.setdefault(d.dev, set()).add(lv.mnt_id)
-        l_dev.setdefault(lv.dev, set()).add(lv.mnt_id)
-        where = d.mountpoint
-        ds, ls = d_set(d.propagation.shared), l_set(lv.propagation.shared)
+    d_dev: dict[object, set[Key]] = {}
+    l_dev: dict[object, set[Key]] = {}
+    for e in entries:
+        d, lv, k = e.d, e.lv, e.side
+        me = (k, lv.mnt_id)
+        prefix = f"{sides[k].label}: " if sides[k].label else ""
+        d_dev.setdefault(d.dev, set()).add(me)
+        l_dev.setdefault(lv.dev, set()).add(me)
+        where = prefix + d.mountpoint
+        ds, ls = d_set(k, d.propagation.shared), l_set(lv.propagation.shared)
         if ds != ls:
-            a = "private" if ds is None else f"shared with {names(ds - {lv.mnt_id}) }"
-            b = "private" if ls is None else f"shared with {names(ls - {lv.mnt_id})}"
+            a = "private" if ds is None else f"shared with {names(ds - {me}, k)}"
+            b = "private" if ls is None else f"shared with {names(ls - {me}, k)}"
             out.append(f"{where}: propagation: {a} in the images, {b} live")
         dm, lm = d.propagation.master, lv.propagation.master
         if dm is not None and dm not in d_groups:
-            if lm is None:
-                out.append(f"{where}: propagation: slave of a group outside the namespace in "
-                           f"the images, not a slave live")
+            if dm in other_groups:
+                if lm is None:
+                    out.append(f"{where}: propagation: slave of a group of another namespace "
+                               f"in the images, not a slave live")
+            elif outside_masters == "private":
+                if lm is not None:
+                    out.append(f"{where}: propagation: slave of a group outside the images, "
+                               f"expected private, a slave live")
+            elif lm is None:
+                out.append(f"{where}: propagation: slave of a group outside the images, "
+                           f"not a slave live")
+            elif lm in l_groups:
+                out.append(f"{where}: propagation: slave of a group outside the images, a "
+                           f"slave of {names(l_groups[lm], k)} live")
             continue
-        dms, lms = d_set(dm), l_set(lm)
+        dms, lms = d_set(k, dm), l_set(lm)
         if dms != lms:
-            a = "no master" if dms is None else f"slave of {names(dms)}"
-            b = "no master" if lms is None else f"slave of {names(lms)}"
+            a = "no master" if dms is None else f"slave of {names(dms, k)}"
+            b = "no master" if lms is None else f"slave of {names(lms, k)}"
             out.append(f"{where}: propagation: {a} in the images, {b} live")
-    for d, lv in pairs:
-        if d_dev[d.dev] != l_dev[lv.dev]:
+    for e in entries:
+        me = (e.side, e.lv.mnt_id)
+        if d_dev[e.d.dev] != l_dev[e.lv.dev]:
+            prefix = f"{sides[e.side].label}: " if sides[e.side].label else ""
             out.append(
-                f"{d.mountpoint}: shares its filesystem with {names(d_dev[d.dev] - {lv.mnt_id})} "
-                f"in the images, with {names(l_dev[lv.dev] - {lv.mnt_id})} live"
+                f"{prefix}{e.d.mountpoint}: shares its filesystem with "
+                f"{names(d_dev[e.d.dev] - {me}, e.side)} in the images, with "
+                f"{names(l_dev[e.lv.dev] - {me}, e.side)} live"
             )
     return out
 
@@ -291,28 +373,64 @@ def live_states(
 
 
 def verify(
-    pid: int, image_dir: str, ns_id: int | None = None, mgr: DriverManager | None = None
+    pid: int,
+    image_dir: str,
+    ns_id: int | None = None,
+    mgr: DriverManager | None = None,
+    *,
+    outside_masters: str = "host",
 ) -> VerifyResult:
     """Compare the mount namespace of process ``pid`` with the dumped namespace ``ns_id``
     (default: the root namespace of the images)."""
+    from .engine import image_namespaces
+
+    if ns_id is None:
+        ns_id = image_namespaces(image_dir)[0]
+    return verify_namespaces({ns_id: pid}, image_dir, mgr, outside_masters=outside_masters)
+
+
+def verify_namespaces(
+    pids: Mapping[int, int],
+    image_dir: str,
+    mgr: DriverManager | None = None,
+    *,
+    outside_masters: str = "host",
+) -> VerifyResult:
+    """Compare several live namespaces (dumped namespace id -> a PID in the live one) with
+    the images, each on its own and together (superblocks and peer groups shared across
+    namespaces; see :func:`compare_namespaces`). With more than one namespace every line
+    starts with ``mount namespace ID: ``."""
+    from ..errors import ImageError
     from ..imageset import read_mount_namespace
     from ..mountinfo import read_mountinfo
     from ..plugins import load_drivers
     from .engine import image_namespaces
 
-    root, ids = image_namespaces(image_dir)
-    if ns_id is None:
-        ns_id = root
-    elif ns_id not in ids:
-        from ..errors import ImageError
-
-        raise ImageError(image_dir, f"no mount namespace {ns_id} in the images (has "
-                         f"{', '.join(map(str, ids))})")
+    _, ids = image_namespaces(image_dir)
+    for ns_id in pids:
+        if ns_id not in ids:
+            raise ImageError(image_dir, f"no mount namespace {ns_id} in the images (has "
+                             f"{', '.join(map(str, ids))})")
     if mgr is None:
         mgr = load_drivers()
-    dumped = read_mount_namespace(image_dir, ns_id, mgr)
-    live = read_mountinfo(pid)
-    with_state = {dumped.tree.get(i).fstype for i, st in dumped.states.items() if st is not None}
-    states, problems = live_states(pid, live, with_state, mgr, image_dir)
-    res = compare_trees(dumped.tree, live, states=dumped.states, live_states=states)
+    sides: list[Side] = []
+    problems: list[str] = []
+    others: set[int] = set()
+    several = len(pids) > 1
+    for ns_id in ids:
+        dumped = read_mount_namespace(image_dir, ns_id, mgr)
+        if ns_id not in pids:
+            others.update(m.propagation.shared for m in dumped.tree
+                          if m.propagation.shared is not None)
+            continue
+        pid = pids[ns_id]
+        live = read_mountinfo(pid)
+        with_state = {
+            dumped.tree.get(i).fstype for i, st in dumped.states.items() if st is not None
+        }
+        states, trouble = live_states(pid, live, with_state, mgr, image_dir)
+        label = f"mount namespace {ns_id}" if several else ""
+        problems.extend(f"{label}: {t}" if label else t for t in trouble)
+        sides.append(Side(dumped.tree, live, dumped.states, states, label))
+    res = compare_namespaces(sides, dumped_groups=others, outside_masters=outside_masters)
     return attrs.evolve(res, differences=tuple(problems) + res.differences)
