@@ -159,3 +159,59 @@ def layer_options(m: Mount) -> tuple[str, ...]:
     """The layer options of an overlay mount as mountinfo shows them."""
     names = ("lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir")
     return tuple(o for o in m.super_options if o.partition("=")[0] in names)
+
+
+# -- recorded /proc trees: what kernels this one cannot be made to show ---------------------
+
+
+def record_process(
+    pid: int,
+    into: str,
+    release: str,
+    *,
+    exe: str,
+    fds: dict[int, tuple[str, int]],
+    maps: list[tuple[int, int, str, Dev, int, str]],
+) -> None:
+    """A recorded /proc of process ``pid`` (alone in its tree) under ``into``: the live
+    mountinfo and namespace, ``sys/kernel/osrelease`` = ``release``, and the given reports:
+    ``exe``, ``fds`` (fd -> (link target, fdinfo mnt_id)) and ``maps`` ((start, end, perms,
+    device, inode, path) lines, with their map_files links)."""
+    p = f"{into}/{pid}"
+    for sub in ("fd", "fdinfo", "map_files", "ns", f"task/{pid}"):
+        os.makedirs(f"{p}/{sub}", exist_ok=True)
+    os.makedirs(f"{into}/sys/kernel", exist_ok=True)
+    with open(f"{into}/sys/kernel/osrelease", "w") as f:
+        f.write(release + "\n")
+    with open(f"/proc/{pid}/mountinfo", "rb") as src, open(f"{p}/mountinfo", "wb") as dst:
+        dst.write(src.read())
+    os.symlink(os.readlink(f"/proc/{pid}/ns/mnt"), f"{p}/ns/mnt")
+    with open(f"{p}/status", "w") as f:
+        f.write(
+            f"Name:\tprog\nState:\tS (sleeping)\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t1\n"
+            f"NSpid:\t{pid}\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n"
+        )
+    with open(f"{p}/stat", "w") as f:
+        f.write(
+            f"{pid} (prog) S 1 {pid} {pid} 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 "
+            "100 10000000 300 18446744073709551615 4194304 4755456 0 0 0 0 0 0 0 0 0 0 "
+            "17 0 0 0\n"
+        )
+    with open(f"{p}/task/{pid}/children", "w") as f:
+        f.write("")
+    os.symlink("/", f"{p}/cwd")
+    os.symlink("/", f"{p}/root")
+    os.symlink(exe, f"{p}/exe")
+    for fd, (target, mnt_id) in fds.items():
+        os.symlink(target, f"{p}/fd/{fd}")
+        with open(f"{p}/fdinfo/{fd}", "w") as f:
+            f.write(f"pos:\t0\nflags:\t0100000\nmnt_id:\t{mnt_id}\nino:\t{1000 + fd}\n")
+    lines = []
+    for start, end, perms, dev, ino, path in maps:
+        lines.append(
+            f"{start:08x}-{end:08x} {perms} 00000000 {dev.major:02x}:{dev.minor:02x} "
+            f"{ino}    {path}\n"
+        )
+        os.symlink(path, f"{p}/map_files/{start:x}-{end:x}")
+    with open(f"{p}/maps", "w") as f:
+        f.write("".join(lines))

@@ -6,11 +6,12 @@ that mount and be the same file as the fd. Both sides are looked at through the 
 the per-layer pseudo device that fstat reports when xino is off is on both sides and compares
 equal; comparing against mountinfo's device would misfire.
 
-Kernels before 4.2 (and some distribution kernels) reported the *layer's* mount and path. The
+Kernels before 4.2 (and some distribution kernels, for mappings) reported the *layer's* mount
+and path; whether this one does is decided per dump and per kind by :mod:`.misreport`. The
 driver claims every layer mount in ``parse_mount``, so such files reach it too; the layer index
 maps the path back to the overlay that uses that layer directory, and the overlay's view of the
-same name must show the same inode (on the overlay it has the pseudo device, so only inode,
-size and mtime are compared). Files legitimately opened on a layer mount stay as they are.
+same name must show the same file (:mod:`.identity`: never the device, which is a pseudo
+device on the overlay). Files legitimately opened on a layer mount stay as they are.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from criu_fw.model import Mount, MountTree
 
 from .identity import has_xattr, same_file
 from .index import index_of
+from .misreport import misreports
 from .options import Role
-from .parse import misreports
 from .paths import under
 from .walk import Stat, statx
 
@@ -52,6 +53,8 @@ class _Target:
     name: str
     #: The /proc link that stats as the file itself, for a missing identity.
     link: str | None
+    #: ``fd`` or ``map``: kernels may misreport one kind and not the other.
+    kind: str
 
 
 def _root(ctx: DumpContext, pid: int, name: str) -> str:
@@ -105,7 +108,7 @@ def check(t: _Target, mount: Mount | None, ctx: DumpContext) -> tuple[str, int] 
             return _map_by_device(t, ctx)
         _confirm(t, mount, ctx)
         return None
-    if not misreports(ctx):
+    if not misreports(ctx, t.kind):
         return None  # a file really opened on a layer's mount: nothing to fix
     return _map_from_layer(t, mount, tree, ctx)
 
@@ -172,7 +175,7 @@ def _map_from_layer(
 
 def _map_by_device(t: _Target, ctx: DumpContext) -> tuple[str, int] | None:
     """No mount with the kernel's id: on a misreporting kernel the device names the layer."""
-    if t.identity is None or not misreports(ctx):
+    if t.identity is None or not misreports(ctx, t.kind):
         return None
     for ns_id, mnt_id in index_of(ctx).by_dev.get(t.identity.dev, ()):
         tree = ctx.trees.get(ns_id)
@@ -209,6 +212,7 @@ def fixup_file(file: OpenFile, mount: Mount | None, ctx: DumpContext) -> OpenFil
         file.deleted,
         f"pid {file.pid} {link} {file.path!r}",
         link,
+        "fd",
     )
     fixed = check(t, mount, ctx)
     if fixed is None:
@@ -227,6 +231,7 @@ def fixup_mapping(vma: FileMapping, mount: Mount | None, ctx: DumpContext) -> Fi
         vma.deleted,
         f"pid {vma.pid} mapping {vma.start:#x}-{vma.end:#x} {vma.path!r}",
         link,
+        "map",
     )
     fixed = check(t, mount, ctx)
     if fixed is None:

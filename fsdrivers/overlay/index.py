@@ -5,14 +5,11 @@
 * layers by (namespace, layer mount, directory below its mountpoint) and by layer device: a
   file the kernel reports on a layer's mount maps back to its overlay in O(path depth), never
   by looking at every overlay mount;
-* whether this kernel reports overlay files on the overlay (every kernel since 4.2) or on the
-  layer (older ones, and some distribution kernels), decided once per dump.
+* whether this kernel reports overlay files on the overlay or on the layer, per kind (``fd``,
+  ``map``), decided once per dump by :mod:`.misreport`.
 """
 
 from __future__ import annotations
-
-import os
-import re
 
 import attrs
 from criu_fw.context import DumpContext
@@ -39,8 +36,13 @@ class OverlayIndex:
     by_layer: dict[tuple[int, int, str], list[LayerUse]] = attrs.field(factory=dict)
     #: layer superblock device -> (ns_id, layer mount id) holding layers.
     by_dev: dict[Dev, list[tuple[int, int]]] = attrs.field(factory=dict)
-    #: True: the kernel reports overlay files on the layer's mount; None: not decided yet.
-    misreports: bool | None = None
+    #: kind (``fd``/``map``) -> True when the kernel reports overlay files on the layer's
+    #: mount; a kind not in it is not decided yet.
+    misreports: dict[str, bool] = attrs.field(factory=dict)
+    #: kind -> what decided it: ``probe``, ``processes`` or ``release``.
+    decided_by: dict[str, str] = attrs.field(factory=dict)
+    #: The dumped processes' own reports were read (once per dump, only when needed).
+    processes_read: bool = False
     #: mount positions per namespace (kernel listing order), computed once.
     positions: dict[int, dict[int, int]] = attrs.field(factory=dict)
     #: mounts by mountpoint and by root per namespace, for hidden and moved layers.
@@ -78,21 +80,3 @@ KEY: StashKey[OverlayIndex] = StashKey("overlay.index")
 
 def index_of(ctx: DumpContext) -> OverlayIndex:
     return ctx.stash.setdefault(KEY, OverlayIndex())
-
-
-_RELEASE = re.compile(r"(\d+)\.(\d+)")
-#: Kernels before 4.2 report an overlay file's mount and path as the layer's.
-FIXED_IN = (4, 2)
-
-
-def release_misreports(proc_root: str) -> bool | None:
-    """From the kernel release under ``proc_root`` (a recording may hold an old one)."""
-    try:
-        with open(os.path.join(proc_root, "sys/kernel/osrelease")) as f:
-            text = f.read()
-    except OSError:
-        return None
-    m = _RELEASE.match(text.strip())
-    if m is None:
-        return None
-    return (int(m.group(1)), int(m.group(2))) < FIXED_IN

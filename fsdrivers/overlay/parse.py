@@ -6,12 +6,13 @@ import contextlib
 import os
 
 from criu_fw.context import DumpContext
-from criu_fw.errors import DumpError, SyscallError
+from criu_fw.errors import DumpError
 from criu_fw.model import Mount, MountTree
 
 from .hidden import HiddenViews, TreeIndex
-from .index import OverlayIndex, index_of, release_misreports
+from .index import OverlayIndex, index_of
 from .layers import LayerResolver, OverlayLayerError, ResolvedLayer, open_views
+from .misreport import KINDS, probe
 from .options import OverlayOptionError, OverlayOptions, parse_options
 from .state import OverlayState
 from .walk import RootView
@@ -98,8 +99,8 @@ def _resolve(
             if ext is None:
                 raise
             layers = ()  # declared external: restore binds it from outside, layers unneeded
-        if index.misreports is None and not ctx.recorded:
-            index.misreports = _probe_misreport(view, mount)
+        if not ctx.recorded and any(k not in index.misreports for k in KINDS):
+            _probe(index, view, mount, layers)
     finally:
         hidden.close()
         view.close()
@@ -114,37 +115,14 @@ def _resolve(
     )
 
 
-def _probe_misreport(view: RootView, overlay: Mount) -> bool | None:
-    """Open one regular file of the overlay and see which mount the kernel names for it."""
-    try:
-        dfd = view.open(overlay.mountpoint, os.O_RDONLY | os.O_DIRECTORY)
-    except SyscallError:
-        return None
-    try:
-        with os.scandir(dfd) as it:
-            names = [e.name for e in it if e.is_file(follow_symlinks=False)]
-        for name in names[:4]:
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            except OSError:
-                continue
-            try:
-                with open(f"/proc/self/fdinfo/{fd}") as f:
-                    for line in f:
-                        if line.startswith("mnt_id:"):
-                            return int(line.split()[1]) != overlay.mnt_id
-            finally:
-                os.close(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(dfd)
-    return None
-
-
-def misreports(ctx: DumpContext) -> bool:
-    """Whether this dump's kernel reports overlay files on the layer's mount."""
-    index = index_of(ctx)
-    if index.misreports is None:
-        index.misreports = bool(release_misreports(ctx.proc_root))
-    return index.misreports
+def _probe(
+    index: OverlayIndex, view: RootView, mount: Mount, layers: tuple[ResolvedLayer, ...]
+) -> None:
+    """Open and map one file of this overlay to see where the kernel reports it."""
+    if mount.root != "/":
+        return  # a bind of a subdirectory: its layer mounts are the superblock's all the same
+    found = probe(view, mount, {x.mnt_id for x in layers if x.mnt_id is not None})
+    for kind, value in found.items():
+        if kind not in index.misreports:
+            index.misreports[kind] = value
+            index.decided_by[kind] = "probe"
