@@ -16,14 +16,16 @@ Usage (root): ``.venv/bin/python bench/dump.py [--mounts 1000,10000] [--files 10
   fd/N, reading fdinfo/N and stat'ing fd/N for every fd.
 
 Every mount is made inside the children's private namespaces; the children are killed by
-pid at the end. After one warm-up dump, floor and dump alternate ``--repeat`` times (a slow
-spell of the machine hits both alike); figures are medians.
+pid at the end. After one warm-up dump, floor and dump alternate ``--repeat`` times; each dump
+is set against the floors measured just before and after it, and the figures are medians
+(of the times, and of these per-dump ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -143,18 +145,19 @@ def _descendants(root: int) -> list[int]:
 
 
 def _interleaved(floor: Callable[[], float], part: Callable[[], dict[str, float]],
-                 repeat: int) -> tuple[float, list[dict[str, float]]]:
-    """Median floor and every dump's timings, the two alternating (after one warm-up dump).
+                 repeat: int) -> tuple[list[float], list[dict[str, float]]]:
+    """Floors and dumps alternating (after one warm-up dump): floor, dump, floor, ..., floor.
 
-    Alternating means a slow spell of the machine hits both sides alike; the ratio is that
-    of the medians.
+    Dump ``i`` is paired with the mean of the floors just before and after it, so that a slow
+    spell of the machine (a shared host: speed here varies by half within minutes) hits both
+    sides of a ratio alike.
     """
     part()  # warm-up: imports, first-use caches, page cache of the tools
-    floors, runs = [], []
+    floors, runs = [floor()], []
     for _ in range(repeat):
-        floors.append(floor())
         runs.append(part())
-    return statistics.median(floors), runs
+        floors.append(floor())
+    return [(a + b) / 2 for a, b in itertools.pairwise(floors)], runs
 
 
 def floor_mounts(pids: list[int]) -> float:
@@ -199,15 +202,17 @@ def bench_mounts(n: int, repeat: int, out: str) -> dict[str, float]:
         raise
     try:
         pids = [proc.pid]
-        floor, runs = _interleaved(lambda: floor_mounts(pids), lambda: run_dump(proc.pid, out),
-                                   repeat)
+        floors, runs = _interleaved(lambda: floor_mounts(pids),
+                                    lambda: run_dump(proc.pid, out), repeat)
         parts = [r["mounts"] + r["check"] + r["write_mounts"] for r in runs]
         content = statistics.median(r["content"] for r in runs)
         with open(f"/proc/{proc.pid}/mountinfo", "rb") as f:
             count = f.read().count(b"\n")
         phases = {k: statistics.median(r[k] for r in runs)
                   for k in ("mounts", "check", "write_mounts")}
-        return {"count": count, "part": statistics.median(parts), "floor": floor,
+        return {"count": count, "part": statistics.median(parts),
+                "floor": statistics.median(floors),
+                "ratio": statistics.median(p / f for p, f in zip(parts, floors, strict=True)),
                 "content": content, **{f"phase_{k}": v for k, v in phases.items()}}
     finally:
         _stop(proc)
@@ -223,11 +228,12 @@ def bench_files(total: int, repeat: int, out: str) -> dict[str, float]:
         raise
     try:
         pids = [proc.pid, *_descendants(proc.pid)]
-        floor, runs = _interleaved(lambda: floor_files(pids), lambda: run_dump(proc.pid, out),
-                                   repeat)
-        part = statistics.median(r["files"] + r["write_files"] for r in runs)
+        floors, runs = _interleaved(lambda: floor_files(pids),
+                                    lambda: run_dump(proc.pid, out), repeat)
+        parts = [r["files"] + r["write_files"] for r in runs]
         fds = sum(len(os.listdir(f"/proc/{p}/fd")) for p in pids)
-        return {"fds": fds, "part": part, "floor": floor}
+        return {"fds": fds, "part": statistics.median(parts), "floor": statistics.median(floors),
+                "ratio": statistics.median(p / f for p, f in zip(parts, floors, strict=True))}
     finally:
         _stop(proc)
         shutil.rmtree(work, ignore_errors=True)
@@ -256,7 +262,7 @@ def main() -> int:
             r = bench_mounts(n, args.repeat, out)
             rows.append(r)
             print(f"mounts {int(r['count']):>6}: dump mount part {r['part'] * 1e3:8.1f} ms, "
-                  f"floor {r['floor'] * 1e3:6.1f} ms, ratio {r['part'] / r['floor']:5.2f}x "
+                  f"floor {r['floor'] * 1e3:6.1f} ms, ratio {r['ratio']:5.2f}x "
                   f"(target <= 4x); phases: read+parse+parse_mount "
                   f"{r['phase_mounts'] * 1e3:.1f} ms, re-read check {r['phase_check'] * 1e3:.1f}"
                   f" ms, write {r['phase_write_mounts'] * 1e3:.1f} ms; tmpfs content "
@@ -268,7 +274,7 @@ def main() -> int:
         if args.files:
             r = bench_files(args.files, args.repeat, out)
             print(f"files {int(r['fds']):>7}: dump files part {r['part']:7.2f} s, "
-                  f"floor {r['floor']:5.2f} s, ratio {r['part'] / r['floor']:5.2f}x "
+                  f"floor {r['floor']:5.2f} s, ratio {r['ratio']:5.2f}x "
                   f"(target <= 3x)", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
