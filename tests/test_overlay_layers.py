@@ -342,3 +342,30 @@ umount W/o2 && mv W/u W/u-moved && mv W/u2 W/u
     assert f"upperdir layer '{W}/u' not found" in msg
     # Each directory named once, however many routes led to it.
     assert f"directories at {W}/u are not the layer the overlay shows" in msg
+
+
+def test_layer_mount_below_the_overlay_is_taken_from_outside_it(scenario: Scn) -> None:
+    # The layers' tmpfs stays in the namespace twice: bound inside the overlay (W/o/layers) and
+    # outside it (W/st2). Only the outside one can be restored before the overlay.
+    s = scenario(
+        """
+mkdir W && mount -t tmpfs w W && mkdir W/st W/st2 W/o && mount -t tmpfs st W/st
+mkdir W/st/l W/st/u W/st/w && echo 1 > W/st/l/f1
+mount -t overlay overlay W/o -o lowerdir=$PWD/W/st/l,upperdir=$PWD/W/st/u,workdir=$PWD/W/st/w
+echo new > W/o/new && mkdir W/o/layers && mount --bind W/st W/o/layers && umount -l W/st
+mount --bind W/o/layers W/st2
+"""
+    )
+    ctx = live_context(s)
+    tree = tree_of(ctx, s)
+    W = f"{s.workdir}/W"
+    ovl = at(tree, f"{W}/o")
+    state = parse(ctx, tree, ovl)
+    outside = at(tree, f"{W}/st2")
+    assert [(x.mnt_id, x.path) for x in state.layers] == [
+        (outside.mnt_id, "/u"),
+        (outside.mnt_id, "/w"),
+        (outside.mnt_id, "/l"),
+    ]
+    plan = rebuild_overlay(ovl, state, None)  # type: ignore[arg-type]
+    assert plan.dependencies() == (outside.mnt_id,)

@@ -446,3 +446,48 @@ def test_copy_up_on_one_filesystem_round_trip(
         assert inside(pid, look) == want
         assert inside(pid, f"cat {W}/l/f1 && stat -c %a {W}/l/f2") == "1\n644\n"
         assert verify(pid, images).differences == ()
+
+
+# -- a root overlay whose layers are reachable only below it ----------------------------------
+
+LAYERS_INSIDE = (
+    """
+mkdir st root && mount -t tmpfs st st && mkdir st/l st/u st/w && echo 1 > st/l/f1
+mount -t overlay overlay root -o lowerdir=$PWD/st/l,upperdir=$PWD/st/u,workdir=$PWD/st/w
+mkdir -p root/layers && mount --bind st root/layers
+"""
+    + with_usr("root")
+    + """
+mkdir root/old && cd root && pivot_root . old && cd / && umount -l /old
+"""
+)
+
+
+def test_root_overlay_with_its_layers_only_below_it_fails_the_dump_saying_what_to_do(
+    scenario: Scn, tmp_path: os.PathLike[str]
+) -> None:
+    # The layers' tmpfs is left only at /layers, inside the overlay: a restore would need the
+    # overlay before its own layer (a dependency cycle). The dump says so, and how to go on.
+    s = scenario(LAYERS_INSIDE)
+    images = f"{tmp_path}/img"
+    out = cli("dump", "-t", str(s.pid), "-D", images, "--external-auto")
+    assert out.returncode != 0
+    msg = out.stderr.strip()
+    assert "\n" not in msg and "Traceback" not in msg
+    assert "at '/' (overlay" in msg
+    assert f"upperdir layer '{s.workdir}/st/u' is only reachable at '/layers/u'" in msg
+    assert "below the overlay itself" in msg
+    assert "--external mnt[/]:KEY" in msg and "--external mnt[KEY]:DIR" in msg
+    assert not os.path.exists(images)
+    # Following the advice: the root is external, the layers' tmpfs inside it is restored.
+    out = cli(
+        "dump", "-t", str(s.pid), "-D", images, "--external-auto", "--external", "mnt[/]:rootfs"
+    )
+    assert out.returncode == 0, out.stderr
+    there = f"{tmp_path}/rootdir"
+    for d in ("layers", "proc", "usr"):
+        os.makedirs(f"{there}/{d}")
+    with restored(images, externals={"rootfs": there}) as pid:
+        assert at(live_tree(pid), "/layers").fstype == "tmpfs"
+        with open(f"/proc/{pid}/root/layers/l/f1") as f:
+            assert f.read() == "1\n"

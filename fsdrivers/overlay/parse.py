@@ -14,6 +14,7 @@ from .index import OverlayIndex, index_of
 from .layers import LayerResolver, OverlayLayerError, ResolvedLayer, open_views
 from .misreport import KINDS, probe
 from .options import OverlayOptionError, OverlayOptions, parse_options
+from .placement import reachable
 from .state import OverlayState
 from .walk import RootView
 
@@ -94,7 +95,7 @@ def _resolve(
         )
         layers: tuple[ResolvedLayer, ...]
         try:
-            layers = resolver.resolve(options)
+            layers = reachable(mount, tree, resolver.resolve(options))
         except OverlayLayerError:
             if ext is None:
                 raise
