@@ -297,3 +297,20 @@ def test_recorded_report_on_the_overlay_keeps_layer_files_on_the_layer(
     files = _files_img(images)
     assert files[f"{W}/low/a/fa"] == low.mnt_id
     assert files[f"{W}/ovl/fu"] == ovl.mnt_id
+
+
+def test_probe_finds_a_file_below_top_level_directories(scenario: Scn) -> None:
+    # A container root has only directories at its top: the probe looks further down, so the
+    # release is not what decides.
+    s = scenario(
+        """
+mkdir W && mount -t tmpfs w W && mkdir -p W/l/usr/bin W/l/etc W/u W/w W/o
+echo x > W/l/usr/bin/sh
+mount -t overlay overlay W/o -o lowerdir=$PWD/W/l,upperdir=$PWD/W/u,workdir=$PWD/W/w
+"""
+    )
+    ctx = live_context(s)
+    tree = tree_of(ctx, s)
+    parse(ctx, tree, at(tree, f"{s.workdir}/W/o"))
+    assert index_of(ctx).misreports == {"fd": False, "map": False}
+    assert index_of(ctx).decided_by == {"fd": "probe", "map": "probe"}
