@@ -251,7 +251,9 @@ class DriverManager:
                 obj = ep.load()
                 if isinstance(obj, type):  # an entry point naming the class, not an instance
                     obj = obj()
-            except Exception as exc:  # a broken third-party package must not break us
+            # A broken third-party package must not break us; one that calls sys.exit() at
+            # import neither (KeyboardInterrupt still stops everything).
+            except (Exception, SystemExit) as exc:
                 self._problem(ep.name, dist, f"import failed: {type(exc).__name__}: {exc}", exc,
                               version=version)
                 continue
