@@ -28,7 +28,7 @@ import attrs
 
 from ..context import DumpContext
 from ..driver import DriverState
-from ..errors import CriuFwError, DumpError
+from ..errors import CriuFwError, DriverError, DumpError
 from ..imageset import write_mount_namespace
 from ..model import Dev, Mount
 from ..plugins import DriverConfig, DriverManager, load_drivers
@@ -39,7 +39,7 @@ from .maps import MapsReader
 from .namespaces import FilesystemViews, Namespace, find_namespaces, read_mountinfo_raw
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
-from .routing import Router
+from .routing import Router, in_context
 from .writer import (
     ProcessImages,
     mapping_flags,
@@ -202,6 +202,8 @@ def _read_consistent(
         )
         t0 = time.perf_counter()
         namespaces, ns_of = find_namespaces(fs, procs)
+        if externals:
+            _check_externals(externals, namespaces)
         attempt = _Attempt(ctx, namespaces, ns_of)
         for ns in namespaces:
             ctx.trees[ns.ns_id] = ns.tree
@@ -240,6 +242,15 @@ def _read_consistent(
     )
 
 
+def _check_externals(externals: Mapping[str, str], namespaces: list[Namespace]) -> None:
+    """A declared external mount that matches no mount is a typo, not a no-op."""
+    known = {m.mountpoint for ns in namespaces for m in ns.tree.mounts}
+    for mp, key in externals.items():
+        if mp not in known:
+            raise DumpError(f"--external mnt[{mp}]:{key}: no mount at {mp!r} in the dumped "
+                            "mount namespaces (give the mountpoint as the processes see it)")
+
+
 def _clear(tmp: str) -> None:
     for name in os.listdir(tmp):
         os.unlink(os.path.join(tmp, name))
@@ -264,7 +275,11 @@ def _mounts(a: _Attempt, router: Router) -> None:
             d, call = owner
             drivers[m.mnt_id] = d
             if call is not None:
-                state = call(mount=m, tree=tree, ctx=ctx)
+                try:
+                    state = call(mount=m, tree=tree, ctx=ctx)
+                except DriverError as err:
+                    raise in_context(err, "parse_mount", m.describe(),
+                                     f"mount {m.mnt_id}") from err.__cause__
                 if state is not None:
                     states[m.mnt_id] = state
         a.drivers[ns.ns_id] = drivers
@@ -304,8 +319,12 @@ def _content(a: _Attempt, router: Router) -> None:
             continue
         with FilesystemViews(ns.pid, ns.tree, chosen) as paths:
             for m, path in zip(chosen, paths, strict=True):
-                name = router.call("dump_content", a.drivers[ns.ns_id][m.mnt_id],
-                                   mount=m, path=path, ctx=a.ctx)
+                try:
+                    name = router.call("dump_content", a.drivers[ns.ns_id][m.mnt_id],
+                                       mount=m, path=path, ctx=a.ctx)
+                except DriverError as err:
+                    raise in_context(err, "dump_content", m.describe(),
+                                     f"mount {m.mnt_id}") from err.__cause__
                 if name is None:
                     continue
                 for other_ns, other in all_of[m.dev]:

@@ -169,6 +169,43 @@ def _scan(fs: ProcFS, skip: Iterable[int]) -> dict[int, ProcStat]:
     return out
 
 
+#: ``PF_KTHREAD`` in the flags field (9) of /proc/PID/stat.
+PF_KTHREAD = 0x00200000
+
+
+def stat_flags(fs: ProcFS, pid: int) -> int:
+    """The task flags (``PF_*``) of ``/proc/PID/stat``; 0 where a recording lacks them."""
+    data = fs.read(pid, "stat", optional=True) or b""
+    f = data.rpartition(b")")[2].split()
+    try:
+        return int(f[6])  # f[0] is field 3 (state): field 9 is f[6]
+    except (IndexError, ValueError):
+        return 0
+
+
+def check_target(fs: ProcFS, root_pid: int, me: int) -> None:
+    """Refuse, before anything is stopped, a tree that cannot be frozen from here: the
+    dumper itself or one of its ancestors (``-t $$`` would stop the calling shell, ``-t 1``
+    everything), or a kernel thread (SIGSTOP does nothing to it)."""
+    if root_pid == me:
+        raise DumpError(f"process {root_pid} is the dumper itself")
+    if stat_flags(fs, root_pid) & PF_KTHREAD:
+        raise DumpError(f"process {root_pid} ({read_stat(fs, root_pid).comm}) is a kernel "
+                        "thread: it has no mounts, files or mappings of its own to dump")
+    pid, seen = me, set()
+    while pid > 0 and pid not in seen:
+        seen.add(pid)
+        try:
+            pid = read_stat(fs, pid).ppid
+        except DumpError:
+            return  # an ancestor exited meanwhile: nothing above it can be in the tree
+        if pid == root_pid:
+            raise DumpError(
+                f"the dumper (pid {me}) is inside the tree of process {root_pid} (one of "
+                "its ancestors), which would stop the dumper too; dump it from outside"
+            )
+
+
 def collect_tree(fs: ProcFS, root_pid: int, freezer: Freezer) -> list[Process]:
     """The tree rooted at ``root_pid``, parents before children, frozen on a live system."""
     if not fs.exists(root_pid):
@@ -176,8 +213,8 @@ def collect_tree(fs: ProcFS, root_pid: int, freezer: Freezer) -> list[Process]:
     me = os.getpid()
     stats: dict[int, ProcStat] = {root_pid: read_stat(fs, root_pid)}
     order = [root_pid]
-    if fs.live and root_pid == me:
-        raise DumpError(f"process {root_pid} is the dumper itself")
+    if fs.live:
+        check_target(fs, root_pid, me)
     freezer.stop(root_pid, stats[root_pid].state)
     while True:
         found = []

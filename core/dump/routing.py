@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ..context import DumpContext
-from ..errors import DumpError, MountNotFoundError
+from ..errors import CriuFwError, DriverError, DumpError, MountNotFoundError
 from ..files import FileMapping, OpenFile
 from ..model import Mount, MountTree
 from ..plugins import DriverManager
@@ -88,7 +88,10 @@ class Router:
         by: str | None = None
         arg = "file" if hook == "fixup_fd_path" else "vma"
         for name in names:
-            res = self.call(hook, name, **{arg: item, "mount": mount, "ctx": self.ctx})
+            try:
+                res = self.call(hook, name, **{arg: item, "mount": mount, "ctx": self.ctx})
+            except DriverError as err:
+                raise in_context(err, hook, describe(item), item.path) from err.__cause__
             if res is None:
                 continue
             if fixed is not None and res != fixed:
@@ -109,6 +112,23 @@ class Router:
             return item, mount
         final = tree.find(fixed.mnt_id) if fixed.mnt_id is not None else None
         return fixed, final
+
+
+def in_context(err: DriverError, hook: str, what: str, key: str) -> DriverError:
+    """``err`` (out of a driver's ``hook``) saying what the call was about.
+
+    ``driver 'x': parse_mount on mount 61 at '/dev/shm' (tmpfs, source 'tmpfs'):
+    RuntimeError: boom``. A message of the driver's own (a criu-fw error) that already
+    names the item (``key``: its path or ``mount N``) is left as it is.
+    """
+    cause = err.__cause__
+    if cause is not None and not isinstance(cause, CriuFwError):
+        reason = f"{type(cause).__name__}: {cause}"
+    else:
+        reason = str(err).removeprefix(f"driver {err.driver!r}: ")
+        if key in reason:
+            return err
+    return DriverError(err.driver, f"{hook} on {what}: {reason}")
 
 
 def describe(item: OpenFile | FileMapping) -> str:
