@@ -5,9 +5,11 @@ owner's ``parse_mount`` (parents first); per fd, cwd, root, exe and mapping the 
 hooks; per superblock that needs it ``dump_content`` through a helper's childless copy of a
 mount; then re-read every namespace's mountinfo (in a thread, while the mount images are
 written) and start again (bounded) if anyone changed it. The tree is resumed in a
-``finally``. Images go into a temporary directory next to the target (same filesystem), are
-fsync'ed, ``inventory.img`` is written last, and the directory is renamed into place: a
-reader sees a complete dump or none.
+``finally``. Images go into a temporary directory (:mod:`.staging`: next to the target, or
+inside it when it is a mountpoint), are fsync'ed, ``inventory.img`` is written last, and the
+directory is renamed into place (or its files moved, ``inventory.img`` last): a reader sees a
+complete dump or none. SIGTERM, SIGHUP and SIGINT fail the dump like any error; a SIGKILL is
+undone by a watchdog process (:mod:`.watchdog`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import errno
 import gc
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -40,6 +40,8 @@ from .namespaces import FilesystemViews, Namespace, find_namespaces, read_mounti
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
 from .routing import Router, in_context
+from .staging import Staging, interruptible
+from .watchdog import Watchdog
 from .writer import (
     ProcessImages,
     mapping_flags,
@@ -115,33 +117,40 @@ def dump(
     :class:`~criu_fw.errors.CriuFwError`) with one line saying what failed.
     """
     target = os.path.abspath(image_dir)
-    tmp = _make_tmp(target)
     fs = ProcFS(proc_root)
-    freezer = Freezer(fs, enabled=fs.live)
-    timings: dict[str, float] = {}
+    # Started first: whatever the dumper does from here, a SIGKILL is undone.
+    watchdog = Watchdog()
     try:
-        mgr = manager if manager is not None else load_drivers(config, plugins)
-        t0 = time.perf_counter()
-        try:
-            procs = collect_tree(fs, pid, freezer)
-            timings["freeze"] = time.perf_counter() - t0
-            with _gc_paused():
-                attempt, tries = _read_consistent(
-                    fs, mgr, procs, tmp, timings,
-                    dict(externals), auto_external, proc_root, sys_root, root, pid,
-                )
-        finally:
-            if leave_stopped:
-                freezer.leave()
-            else:
-                freezer.resume()
-        t0 = time.perf_counter()
-        _write(tmp, attempt, timings)
-        _publish(tmp, target)
-        timings["write"] = time.perf_counter() - t0
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with interruptible():
+            stage = Staging(target, watchdog)
+            tmp = stage.tmp
+            freezer = Freezer(fs, enabled=fs.live, watchdog=watchdog)
+            timings: dict[str, float] = {}
+            try:
+                mgr = manager if manager is not None else load_drivers(config, plugins)
+                t0 = time.perf_counter()
+                try:
+                    procs = collect_tree(fs, pid, freezer)
+                    timings["freeze"] = time.perf_counter() - t0
+                    with _gc_paused():
+                        attempt, tries = _read_consistent(
+                            fs, mgr, procs, tmp, timings,
+                            dict(externals), auto_external, proc_root, sys_root, root, pid,
+                        )
+                finally:
+                    if leave_stopped:
+                        freezer.leave()
+                    else:
+                        freezer.resume()
+                t0 = time.perf_counter()
+                _write(tmp, attempt, timings)
+                stage.publish()
+                timings["write"] = time.perf_counter() - t0
+            except BaseException:
+                stage.abort()
+                raise
+    finally:
+        watchdog.done()
     return DumpResult(
         image_dir=target,
         pids=tuple(p.pid for p in procs),
@@ -172,20 +181,6 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _make_tmp(target: str) -> str:
-    parent = os.path.dirname(target)
-    if os.path.lexists(target):
-        if not os.path.isdir(target):
-            raise DumpError(f"image directory {target}: exists and is not a directory")
-        if os.listdir(target):
-            raise DumpError(f"image directory {target}: not empty; give an empty or new one")
-    try:
-        return tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.criu-fw-", dir=parent)
-    except OSError as exc:
-        raise DumpError(f"cannot create the image directory next to {target}: "
-                        f"{exc.strerror}") from exc
 
 
 def _read_consistent(
@@ -528,19 +523,6 @@ def _fsync_all(d: str, only: str | None = None) -> None:
         finally:
             os.close(fd)
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _publish(tmp: str, target: str) -> None:
-    try:
-        os.rename(tmp, target)  # replaces an empty directory atomically
-    except OSError as exc:
-        raise DumpError(f"cannot publish the images as {target}: {exc.strerror}") from exc
-    os.chmod(target, 0o755)
-    dfd = os.open(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:

@@ -21,6 +21,7 @@ import attrs
 
 from ..errors import DumpError
 from .procfs import ProcessGoneError, ProcFS
+from .watchdog import Watchdog
 
 log = logging.getLogger("criu_fw.dump")
 
@@ -93,10 +94,11 @@ class Process:
 class Freezer:
     """Stops processes with SIGSTOP and resumes exactly those it stopped."""
 
-    def __init__(self, fs: ProcFS, enabled: bool) -> None:
+    def __init__(self, fs: ProcFS, enabled: bool, watchdog: Watchdog | None = None) -> None:
         self.fs = fs
         self.enabled = enabled
         self.stopped: list[int] = []
+        self.watchdog = watchdog
 
     def stop(self, pid: int, state: str) -> None:
         if not self.enabled:
@@ -104,11 +106,16 @@ class Freezer:
         if state in "Tt":
             log.debug("process %d was already stopped; it stays stopped", pid)
             return
+        # Recorded (here and by the watchdog) before the signal: whatever interrupts the
+        # dumper after this, the process is resumed; a SIGCONT it did not need is harmless.
+        self.stopped.append(pid)
+        if self.watchdog is not None:
+            self.watchdog.stopping(pid)
         try:
             os.kill(pid, signal.SIGSTOP)
         except ProcessLookupError:
+            self.stopped.remove(pid)
             raise ProcessGoneError(pid, "SIGSTOP") from None
-        self.stopped.append(pid)
         self._wait_stopped(pid)
 
     def _wait_stopped(self, pid: int) -> None:
@@ -139,10 +146,14 @@ class Freezer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         self.stopped.clear()
+        if self.watchdog is not None:
+            self.watchdog.forget()
 
     def leave(self) -> list[int]:
         """Forget the stopped processes without resuming them (``--leave-stopped``)."""
         out, self.stopped = self.stopped, []
+        if self.watchdog is not None:
+            self.watchdog.forget()
         return out
 
 

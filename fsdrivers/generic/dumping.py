@@ -214,7 +214,21 @@ class GenericDump:
             log.warning("%s: tar: %s", mount.describe(), err[-1] if err else "files changed")
         elif res.returncode != 0:
             raise DumpError(
-                f"archiving {mount.describe()} into {name} failed: "
-                f"{err[-1] if err else f'tar exit status {res.returncode}'}"
+                f"archiving {mount.describe()} into {out} failed: "
+                f"{tar_error(err) or f'tar exit status {res.returncode}'}"
             )
         return name
+
+
+#: tar's closing words, which say that it failed but not why.
+_TAR_EPILOGUE = ("Error is not recoverable", "Child returned status", "Exiting with failure")
+
+
+def tar_error(lines: list[str]) -> str:
+    """The line of tar's (or gzip's) stderr that says why: the first that is not one of its
+    closing remarks (``tar: Error is not recoverable: exiting now`` hides a full disk)."""
+    for line in lines:
+        text = line.removeprefix("tar: ")
+        if text and not text.startswith(_TAR_EPILOGUE):
+            return text
+    return lines[-1].removeprefix("tar: ") if lines else ""

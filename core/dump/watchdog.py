@@ -1,0 +1,135 @@
+"""A watchdog that undoes a dump whose dumper was killed (SIGKILL, OOM): it resumes the
+processes the dumper stopped and removes its temporary images.
+
+The dumper starts this file as a small separate program (``python -I -S watchdog.py``, the
+standard library only, in its own session so that a terminal's ^C or a kill of the dumper's
+process group does not reach it) and keeps a pipe to its stdin. It tells it, one line each:
+
+* ``tmp HEX``: the temporary image directory (the path's bytes in hex);
+* ``into HEX``: images are being moved into this existing directory (a mountpoint given as
+  ``-D``): without ``inventory.img`` there, every ``*.img`` in it is ours and goes;
+* ``stop PID``: sent *before* SIGSTOP, so no stopped process can be missed; the watchdog pins
+  the process with a pidfd (a pid reused meanwhile gets nothing);
+* ``forget``: everything stopped so far has been resumed (or is left stopped on purpose);
+* ``done``: the dumper finished, successfully or after cleaning up itself.
+
+End of file without ``done`` means the dumper died: SIGCONT to every pinned process, then
+the temporary directory is removed. Nothing here imports criu-fw: it must start fast and
+work from the file alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+
+class Watchdog:
+    """The dumper's end: starts the watchdog and reports to it."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, bufsize=0,
+        )
+
+    def _send(self, line: str) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(line.encode() + b"\n")
+        except OSError:  # the watchdog itself was killed: the dump goes on unwatched
+            self._proc = None
+
+    def tmp(self, path: str) -> None:
+        self._send(f"tmp {os.fsencode(path).hex()}")
+
+    def into(self, path: str) -> None:
+        self._send(f"into {os.fsencode(path).hex()}")
+
+    def stopping(self, pid: int) -> None:
+        self._send(f"stop {pid}")
+
+    def forget(self) -> None:
+        self._send("forget")
+
+    def done(self) -> None:
+        """The dumper cleaned up (or published): the watchdog exits without doing anything."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.write(b"done\n")
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - it only reads its stdin
+            proc.kill()
+            proc.wait()
+
+
+def _remove_tree(path: str) -> None:
+    # A tar the dumper started may still be writing into it: try again for a moment.
+    for _ in range(50):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+        time.sleep(0.1)
+
+
+def _undo_moves(target: str) -> None:
+    """Images half moved into an existing directory: without inventory.img, none is valid."""
+    if os.path.exists(os.path.join(target, "inventory.img")):
+        return  # the move completed: the dump is there
+    with contextlib.suppress(OSError):
+        for name in os.listdir(target):
+            if name.endswith(".img"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(target, name))
+
+
+def main() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_IGN)
+    tmp: str | None = None
+    into: str | None = None
+    pinned: dict[int, int] = {}
+    for raw in sys.stdin.buffer:
+        cmd, _, arg = raw.rstrip(b"\n").partition(b" ")
+        if cmd == b"done":
+            return
+        if cmd == b"stop":
+            pid = int(arg)
+            if pid not in pinned:
+                with contextlib.suppress(OSError):  # gone already: nothing to resume
+                    pinned[pid] = os.pidfd_open(pid)
+        elif cmd == b"forget":
+            for fd in pinned.values():
+                os.close(fd)
+            pinned.clear()
+        elif cmd == b"tmp":
+            tmp = os.fsdecode(bytes.fromhex(arg.decode()))
+        elif cmd == b"into":
+            into = os.fsdecode(bytes.fromhex(arg.decode()))
+    # The dumper died without saying "done".
+    for fd in pinned.values():
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(fd, signal.SIGCONT)
+    if into is not None:
+        _undo_moves(into)
+    if tmp is not None:
+        _remove_tree(tmp)
+
+
+if __name__ == "__main__":
+    main()
