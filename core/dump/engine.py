@@ -34,12 +34,13 @@ from ..model import Dev, Mount
 from ..plugins import DriverConfig, DriverManager, load_drivers
 from ..proto import fdinfo_pb2, fs_pb2
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
+from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
 from .maps import MapsReader
 from .namespaces import FilesystemViews, Namespace, find_namespaces, read_mountinfo_raw
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
-from .routing import Router, in_context
+from .routing import Router, describe, in_context
 from .staging import Staging, interruptible
 from .watchdog import Watchdog
 from .writer import (
@@ -92,6 +93,7 @@ class _Attempt:
     files: list[fdinfo_pb2.file_entry] = attrs.field(factory=list)
     n_files: int = 0
     n_maps: int = 0
+    ghosts: Ghosts | None = None
 
 
 def dump(
@@ -345,6 +347,7 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
     tables = TableIds(live)
     known_devs = {m.dev for ns in a.namespaces for m in ns.tree.mounts}
     seen_tables: set[int] = set()
+    ghosts = a.ghosts = Ghosts(fs)
     for k, proc in enumerate(procs, 1):
         ns_id = a.ns_of[proc.pid]
         tree = a.ctx.trees[ns_id]
@@ -360,6 +363,8 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
                 if new:
                     a.files.append(reg_entry(fid, f, path=f.path, flags=f.flags, pos=f.pos,
                                              mnt_id=mnt, size=f.size, mode=f.mode))
+                    if f.deleted and is_ghost(f.path, f.deleted):
+                        ghosts.add(fid, describe(f), proc.pid, f"fd/{f.fd}", f.mode)
                 pi.add_fd(f.fd, fid, f.flags)
                 a.n_files += 1
         special: dict[int, int] = {}
@@ -372,6 +377,8 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
             a.files.append(reg_entry(fid, sf, path=sf.path, flags=sf.flags, pos=0,
                                      mnt_id=mount.mnt_id if mount is not None else None,
                                      size=sf.size, mode=sf.mode))
+            if sf.deleted and is_ghost(sf.path, sf.deleted):
+                ghosts.add(fid, describe(sf), proc.pid, _SPECIAL[which], sf.mode)
             special[which] = fid
         if FD_CWD in special or FD_ROOT in special:
             cwd = special.get(FD_CWD, special.get(FD_ROOT, 0))
@@ -387,6 +394,9 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
                 if new:
                     a.files.append(reg_entry(shmid, None, path=fm.path, flags=flags, pos=0,
                                              mnt_id=mnt))
+                    if fm.deleted and is_ghost(fm.path, fm.deleted):
+                        ghosts.add(shmid, describe(fm), proc.pid,
+                                   f"map_files/{v.start:x}-{v.end:x}", 0)
                 a.n_maps += 1
             vmas.append(vma_entry(v, shmid))
         pi.mm = mm_entry(mm_fields(fs.read(proc.pid, "stat", optional=True)),
@@ -394,6 +404,9 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
         # A process killed meanwhile reads as one with no files: make sure it was not.
         fs.check_alive(proc.pid, "its files and mappings")
         a.procs.append(pi)
+
+
+_SPECIAL = {FD_CWD: "cwd", FD_ROOT: "root", FD_EXE: "exe"}
 
 
 class _Recheck:
@@ -508,6 +521,8 @@ def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
     with _writing(tmp):
         t1 = time.perf_counter()
         write_process_images(tmp, a.procs, a.files)
+        if a.ghosts is not None:
+            a.ghosts.write(tmp)
         timings["write_files"] = time.perf_counter() - t1
         _fsync_all(tmp)
         # The completion mark: written (and synced) only after everything else is on disk.

@@ -32,9 +32,14 @@ class ProcReadError(DumpError, OSError):
 
     def __init__(self, path: str, exc: OSError) -> None:
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        DumpError.__init__(self, f"cannot read {path}: {name} ({exc.strerror})")
+        self.message = f"cannot read {path}: {name} ({exc.strerror})"
+        DumpError.__init__(self, self.message)
         self.errno = exc.errno
+        self.strerror = exc.strerror
         self.filename = path
+
+    def __str__(self) -> str:  # OSError's would be "[Errno 21] ...: 'path'"
+        return self.message
 
 
 _GONE = (errno.ENOENT, errno.ESRCH)

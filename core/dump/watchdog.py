@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -71,11 +72,11 @@ class Watchdog:
         with contextlib.suppress(OSError):
             assert proc.stdin is not None
             proc.stdin.close()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - it only reads its stdin
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            # It exits as soon as it has started and read "done" (tens of ms for a Python
+            # start here): reaped in the background rather than waited for.
+            threading.Thread(target=proc.wait, name="criu-fw-watchdog-reaper",
+                             daemon=True).start()
 
 
 def _remove_tree(path: str) -> None:
