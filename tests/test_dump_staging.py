@@ -98,6 +98,18 @@ def test_sigkill_mid_dump_resumes_and_leaves_nothing(two: NamespaceScenario,
     assert not out.exists()
 
 
+def test_sigkill_mid_dump_into_a_mountpoint(two: NamespaceScenario, scenario: Scenario,
+                                            tmp_path: Path) -> None:
+    holder = scenario("mkdir img && mount -t tmpfs imgfs img")
+    target = Path(f"/proc/{holder.pid}/root{holder.workdir}/img")
+    dumper = _start_sleepy(two, target, tmp_path)
+    assert [n for n in os.listdir(target) if n.startswith(".img.criu-fw-")]  # inside it
+    dumper.kill()
+    dumper.wait()
+    _wait(lambda: os.listdir(target) == [], "the temporary directory stayed")
+    _wait(lambda: all(_state(p) != "T" for p in _tree(two)), "the processes stayed stopped")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_mid_dump_fails_cleanly(two: NamespaceScenario, tmp_path: Path,
                                        sig: signal.Signals) -> None:
