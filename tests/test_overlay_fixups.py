@@ -261,11 +261,6 @@ def test_recorded_misreport_seen_in_the_processes_own_files_is_fixed_in_the_imag
     _misreporting_dump(held, recording, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/dump/routing.py passes a file to the drivers that claimed its mount only "
-    "when the kernel gave a mount id; a recorded mapping has none (routed by path alone)",
-)
 def test_recorded_misreported_mapping_is_fixed_in_the_images(
     held: NamespaceScenario, recording: str, tmp_path: os.PathLike[str]
 ) -> None:

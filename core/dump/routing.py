@@ -80,8 +80,11 @@ class Router:
         names: list[str] = []
         if mount is not None:
             names.append(self.owner(mount.fstype))
-        if item.mnt_id is not None:
-            for extra in self.ctx.claimants(tree.ns_id, item.mnt_id):
+        # Claims are on the kernel's mount id; a record without one (a recorded map_files
+        # link) is claimed through the mount its path lands on.
+        claimed = item.mnt_id if item.mnt_id is not None else (mount.mnt_id if mount else None)
+        if claimed is not None:
+            for extra in self.ctx.claimants(tree.ns_id, claimed):
                 if extra not in names:
                     names.append(extra)
         fixed: F | None = None
