@@ -181,12 +181,17 @@ def write_image(path: str, kind: str | ImageKind, entries: Iterable[Message]) ->
     return n
 
 
-def write_serialized(path: str, kind: str | ImageKind, payloads: Iterable[bytes]) -> int:
+def write_serialized(
+    path: str, kind: str | ImageKind, payloads: Iterable[bytes], *, file: BinaryIO | None = None
+) -> int:
     """Like :func:`write_image`, for entries already serialized; returns the number written.
 
     For writers that serialize many entries cheaply (``imageset`` reuses checked message
     templates): each payload must be a complete entry of the kind's message, as
     ``SerializeToString`` gives it; only its size is checked here. One write for the file.
+    ``file``: the empty file ``path`` opened earlier by the caller (who closes it); a disk
+    filesystem can make creating a file wait for its journal, which the caller can do at a
+    quieter moment.
     """
     k = _kind(kind)
     pack = _U32.pack
@@ -198,6 +203,9 @@ def write_serialized(path: str, kind: str | ImageKind, payloads: Iterable[bytes]
         out.append(pack(len(payload)))
         out.append(payload)
         n += 1
+    if file is not None:
+        file.write(b"".join(out))
+        return n
     with open(path, "wb") as f:
         f.write(b"".join(out))
     return n

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import attrs
 from google.protobuf import any_pb2
@@ -181,12 +181,14 @@ def write_mount_namespace(
     states: Mapping[int, DriverState | None] = {},
     external: Mapping[int, str] = {},
     content: Mapping[int, str] = {},
+    files: Mapping[str, BinaryIO] = {},
 ) -> list[str]:
     """Write the images of one mount namespace; returns the file names written.
 
     ``drivers`` must name the owning driver of every mount; ``states``, ``external`` and
     ``content`` are keyed by mnt_id too. The files are written in place under ``image_dir``
-    (publishing a dump atomically is the dump engine's job).
+    (publishing a dump atomically is the dump engine's job); ``files`` may hold some of them
+    already created and open (by name, see :func:`mount_image_names`; the caller closes them).
     """
     mounts = tree.mounts
     known = {m.mnt_id for m in mounts}
@@ -226,10 +228,15 @@ def write_mount_namespace(
     criu.reverse()  # CRIU's order: reverse mountinfo order
 
     mnts_name = mountpoints_image(ns_id)
-    write_serialized(os.path.join(image_dir, mnts_name), MNTS, criu)
+    write_serialized(os.path.join(image_dir, mnts_name), MNTS, criu, file=files.get(mnts_name))
     fw_name = fw_image(ns_id)
-    write_serialized(os.path.join(image_dir, fw_name), FW_MNTS, fw)
+    write_serialized(os.path.join(image_dir, fw_name), FW_MNTS, fw, file=files.get(fw_name))
     return [mnts_name, fw_name]
+
+
+def mount_image_names(ns_id: int) -> tuple[str, str]:
+    """The names of the two images :func:`write_mount_namespace` writes for ``ns_id``."""
+    return mountpoints_image(ns_id), fw_image(ns_id)
 
 
 #: A mount's two entries, and the fw_mount inside the second.

@@ -497,6 +497,44 @@ class DriverManager:
 
         return bound
 
+    def bind_args(self, hook: str, driver: str, names: tuple[str, ...]) -> Callable[..., Any]:
+        """:meth:`bind` taking the arguments by position, ``names`` their keywords in order:
+        ``bind_args(h, d, ("mount", "tree"))(m, t)`` is ``call(h, d, mount=m, tree=t)``, the
+        same results, errors and wrappers. When the implementation takes exactly ``names`` in
+        that order, it is called without building and picking a keyword dict (half a us per
+        call; the dump makes one per mount)."""
+        pm = self.pm
+        drivers = self.drivers
+        decided: list[Any] = [-1, None]  # the plugin manager's generation, the function
+        by_name = self.bind(hook, driver)
+
+        def bound(*args: Any) -> Any:
+            if decided[0] != pm.generation:
+                direct = self._direct_call(hook, driver) if driver in drivers else None
+                fits = (
+                    direct is not None
+                    and frozenset(names) >= direct[2]
+                    and direct[1](dict(zip(names, names, strict=True))) == names
+                )
+                decided[1] = direct[0] if direct is not None and fits else None
+                decided[0] = pm.generation
+            fn = decided[1]
+            if fn is None or driver not in drivers:
+                return by_name(**dict(zip(names, args, strict=True)))
+            try:
+                token = _routed.set(driver)
+                try:
+                    return fn(*args)
+                finally:
+                    _routed.reset(token)
+            except BaseException as exc:
+                err = _attributed(hook, driver, exc)
+                if err is None:
+                    raise
+                raise err from exc
+
+        return bound
+
     def call_for_fstype(self, hook: str, fstype: str, **kwargs: Any) -> Any:
         return self.call(hook, self.owner(fstype), **kwargs)
 

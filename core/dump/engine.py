@@ -15,6 +15,7 @@ undone by a watchdog process (:mod:`.watchdog`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import gc
 import logging
@@ -22,14 +23,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import attrs
 
 from ..context import DumpContext
 from ..driver import DriverState
 from ..errors import CriuFwError, DriverError, DumpError
-from ..imageset import write_mount_namespace
+from ..imageset import mount_image_names, write_mount_namespace
 from ..model import Dev, Mount
 from ..plugins import DriverConfig, DriverManager, load_drivers
 from ..proto import fdinfo_pb2, fs_pb2
@@ -207,24 +208,31 @@ def _read_consistent(
             ctx.ns_pids[ns.ns_id] = ns.pid
         router = Router(mgr, ctx)
         _mounts(attempt, router)
-        t1 = time.perf_counter()
-        _files(fs, attempt, router, procs)
-        t2 = time.perf_counter()
-        if fs.live:
-            _content(attempt, router)
-        t3 = time.perf_counter()
-        # The check re-reads every mount table, from here as it always did; the kernel
-        # formats the text without holding the GIL, so a thread does it while this one
-        # writes the mount images (an attempt that fails the check is cleared with them).
-        check = _Recheck(fs, namespaces) if fs.live else None
+        # The mount images are created now and written after the content archives: right
+        # after those, creating a file on a disk filesystem can wait for its journal (0.5 to
+        # 0.9 ms each on ext4, against a few us now).
+        images = _MountImages(tmp, namespaces)
         try:
-            _write_mounts(tmp, attempt)
-            t4 = time.perf_counter()
-            changed = check.changed() if check is not None else []
-            t5 = time.perf_counter()
+            t1 = time.perf_counter()
+            _files(fs, attempt, router, procs)
+            t2 = time.perf_counter()
+            if fs.live:
+                _content(attempt, router)
+            t3 = time.perf_counter()
+            # The check re-reads every mount table, from here as it always did; the kernel
+            # formats the text without holding the GIL, so a thread does it while this one
+            # writes the mount images (an attempt that fails the check is cleared with them).
+            check = _Recheck(fs, namespaces) if fs.live else None
+            try:
+                _write_mounts(tmp, attempt, images)
+                t4 = time.perf_counter()
+                changed = check.changed() if check is not None else []
+                t5 = time.perf_counter()
+            finally:
+                if check is not None:
+                    check.close()
         finally:
-            if check is not None:
-                check.close()
+            images.close()
         for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2),
                      ("write_mounts", t4 - t3), ("check", t5 - t4)):
             timings[k] = v
@@ -265,7 +273,7 @@ def _mounts(a: _Attempt, router: Router) -> None:
             owner = owners.get(m.fstype)
             if owner is None:
                 d = router.owner(m.fstype)
-                bound = router.mgr.bind("parse_mount", d)
+                bound = router.mgr.bind_args("parse_mount", d, ("mount", "tree", "ctx"))
                 owner = owners[m.fstype] = (
                     d, bound if router.implements("parse_mount", d) else None
                 )
@@ -273,7 +281,7 @@ def _mounts(a: _Attempt, router: Router) -> None:
             drivers[m.mnt_id] = d
             if call is not None:
                 try:
-                    state = call(mount=m, tree=tree, ctx=ctx)
+                    state = call(m, tree, ctx)
                 except DriverError as err:
                     raise in_context(err, "parse_mount", m.describe(),
                                      f"mount {m.mnt_id}") from err.__cause__
@@ -493,7 +501,35 @@ def _open_pair(fs: ProcFS, ns: Namespace) -> tuple[int, int] | None:
         return None
 
 
-def _write_mounts(tmp: str, a: _Attempt) -> None:
+class _MountImages:
+    """The mount images of an attempt, created (empty) ahead of their writing."""
+
+    def __init__(self, tmp: str, namespaces: list[Namespace]) -> None:
+        self.files: dict[str, BinaryIO] = {}
+        with _writing(tmp):
+            try:
+                for ns in namespaces:
+                    for name in mount_image_names(ns.ns_id):
+                        self.files[name] = open(os.path.join(tmp, name), "xb")  # noqa: SIM115
+            except BaseException:
+                self.close()
+                raise
+
+    def finish(self) -> None:
+        """Close the written files (a failed write-out of their buffers raises)."""
+        files, self.files = self.files, {}
+        for f in files.values():
+            f.close()
+
+    def close(self) -> None:
+        """Close whatever is still open (after a failure: the attempt is discarded)."""
+        files, self.files = self.files, {}
+        for f in files.values():
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+def _write_mounts(tmp: str, a: _Attempt, images: _MountImages) -> None:
     with _writing(tmp):
         for ns in a.namespaces:
             write_mount_namespace(
@@ -502,7 +538,9 @@ def _write_mounts(tmp: str, a: _Attempt) -> None:
                 states=a.states.get(ns.ns_id, {}),
                 external={m: k for (n, m), k in a.ctx.external_mounts.items() if n == ns.ns_id},
                 content=a.content.get(ns.ns_id, {}),
+                files=images.files,
             )
+        images.finish()
 
 
 @contextlib.contextmanager
@@ -524,10 +562,33 @@ def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
         if a.ghosts is not None:
             a.ghosts.write(tmp)
         timings["write_files"] = time.perf_counter() - t1
-        _fsync_all(tmp)
+        _sync_dir_fs(tmp)
         # The completion mark: written (and synced) only after everything else is on disk.
         write_inventory(tmp, a.procs[0])
         _fsync_all(tmp, only="inventory.img")
+
+
+def _sync_dir_fs(d: str) -> None:
+    """Everything written into ``d`` on disk: one syncfs(2) of its filesystem.
+
+    fsync(2) per image makes a disk filesystem commit its journal once per file (on ext4,
+    a few ms each); syncfs commits once, and reports write-back errors since Linux 5.8.
+    Where there is no syncfs, each file is synced.
+    """
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        _fsync_all(d)
+        return
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), d)
+    finally:
+        os.close(fd)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def _fsync_all(d: str, only: str | None = None) -> None:
