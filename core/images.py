@@ -194,15 +194,16 @@ def write_serialized(
     quieter moment.
     """
     k = _kind(kind)
-    pack = _U32.pack
-    out = [_head(k)]
-    n = 0
-    for payload in payloads:
-        if len(payload) > MAX_ENTRY_SIZE:
-            raise ImageError(path, f"entry of {len(payload)} bytes exceeds {MAX_ENTRY_SIZE}", n)
-        out.append(pack(len(payload)))
-        out.append(payload)
-        n += 1
+    items = payloads if isinstance(payloads, list) else list(payloads)
+    sizes = list(map(len, items))
+    if sizes and max(sizes) > MAX_ENTRY_SIZE:
+        n = next(i for i, size in enumerate(sizes) if size > MAX_ENTRY_SIZE)
+        raise ImageError(path, f"entry of {sizes[n]} bytes exceeds {MAX_ENTRY_SIZE}", n)
+    # Head, then size word and payload per entry: interleaved by slices (no per-entry loop).
+    n = len(items)
+    out = [_head(k)] * (2 * n + 1)
+    out[1::2] = map(_U32.pack, sizes)
+    out[2::2] = items
     if file is not None:
         file.write(b"".join(out))
         return n

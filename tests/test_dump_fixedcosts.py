@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from criu_fw import hookimpl
 from criu_fw.driver import FsDriver
+from criu_fw.dump.watchdog import Watchdog
 from criu_fw.errors import DriverError
 from criu_fw.images import write_serialized
 from criu_fw.imageset import mount_image_names, read_mount_namespace, write_mount_namespace
@@ -125,3 +127,22 @@ def test_mount_images_into_files_created_ahead_are_the_same_bytes(tmp_path: Path
     with open(tmp_path / "x.img", "xb") as f:
         assert write_serialized(str(tmp_path / "elsewhere"), "MNTS", [b"", b""], file=f) == 2
     assert not os.path.exists(tmp_path / "elsewhere") and (tmp_path / "x.img").stat().st_size
+
+
+def test_the_watchdog_says_when_it_runs_and_a_dead_one_is_not_waited_for() -> None:
+    wd = Watchdog()
+    try:
+        t = time.monotonic()
+        wd.wait_ready(timeout=30)
+        assert time.monotonic() - t < 30  # it answered: no timeout
+        assert wd._proc is not None and wd._proc.poll() is None  # running, reading its pipe
+    finally:
+        wd.done()
+    dead = Watchdog()
+    assert dead._proc is not None
+    dead._proc.kill()
+    dead._proc.wait()
+    t = time.monotonic()
+    dead.wait_ready(timeout=30)
+    assert time.monotonic() - t < 10
+    dead.done()

@@ -131,6 +131,7 @@ def dump(
             timings: dict[str, float] = {}
             try:
                 mgr = manager if manager is not None else load_drivers(config, plugins)
+                watchdog.wait_ready()
                 t0 = time.perf_counter()
                 try:
                     procs = collect_tree(fs, pid, freezer)
