@@ -237,11 +237,9 @@ class KernelMountOps(MountOps):
         legacy_data: str | None = None,
         chroot: str | None = None,
     ) -> int:
+        strings = [("source", source)] + [(k, v) for k, v in params if isinstance(v, str)]
         too_long = next(
-            (
-                (key, value) for key, value in (("source", source), *params)
-                if isinstance(value, str) and len(os.fsencode(value)) > kernel.FSCONFIG_STRING_MAX
-            ),
+            ((k, v) for k, v in strings if len(os.fsencode(v)) > kernel.FSCONFIG_STRING_MAX),
             None,
         )
         can_legacy = legacy_data is not None and self.scratch is not None

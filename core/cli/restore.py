@@ -36,12 +36,18 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--detach", is_flag=True,
               help="Leave a holder process in the restored namespace, print its PID, return.")
 @click.option("--pidfile", metavar="FILE", help="With --detach: write the holder's PID here.")
+@click.option("--outside-masters", type=click.Choice(["host", "private"]), default="host",
+              show_default=True,
+              help="A mount that was a slave of a group outside the images: make it a slave "
+                   "of the host mount it is restored from (host; an error where there is "
+                   "none), or private.")
 @click.option("--dry-run", is_flag=True, help="Print the mount requests, mount nothing.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def restore_cmd(
     ctx: click.Context, image_dir: str, root: str | None, externals: tuple[str, ...],
-    detach: bool, pidfile: str | None, dry_run: bool, command: tuple[str, ...],
+    detach: bool, pidfile: str | None, outside_masters: str, dry_run: bool,
+    command: tuple[str, ...],
 ) -> None:
     """Rebuild the dumped mount namespaces in new private namespaces.
 
@@ -55,7 +61,7 @@ def restore_cmd(
     result = restore(
         image_dir, root=root, externals=parse_externals(externals),
         command=list(command) or None, detach=detach, pidfile=pidfile,
-        plugins=(), config=mgr.config, ops=ops,
+        plugins=(), config=mgr.config, ops=ops, outside_masters=outside_masters,
     )
     if ops is not None:
         for call in ops.calls:

@@ -20,7 +20,7 @@ superblocks asked for read-only (mountpoints of every namespace had to be made i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import attrs
@@ -73,11 +73,14 @@ def build_all(
     spaces: Namespaces,
     *,
     chroot: bool,
+    outside: Mapping[tuple[int, int], int] | None = None,
 ) -> None:
     """Build every namespace (``plans``: root first) and finish them; ends in the root one.
 
     ``chroot``: pass each namespace's root directory to drivers' superblocks as their root
-    (directories given by descriptor are then recorded as the namespace will see them)."""
+    (directories given by descriptor are then recorded as the namespace will see them).
+    ``outside``: (namespace, mount id) -> a host mount's descriptor, for mounts that are to be
+    slaves of a host mount (:mod:`.outside`)."""
     pool = Superblocks([p for p, _ in plans])
     executors: list[Executor] = []
     for plan, steps in plans:
@@ -92,7 +95,7 @@ def build_all(
     for ex in executors:
         spaces.enter(ex.plan.ns_id)
         ex.finish_attrs()
-    _propagation(executors, ops, spaces)
+    _propagation(executors, ops, spaces, outside or {})
     for ex in executors:
         ex.readonly_superblocks()
     for ex in executors:
@@ -101,7 +104,10 @@ def build_all(
     spaces.enter(plans[0][0].ns_id)
 
 
-def _propagation(executors: Sequence[Executor], ops: MountOps, spaces: Namespaces) -> None:
+def _propagation(
+    executors: Sequence[Executor], ops: MountOps, spaces: Namespaces,
+    outside: Mapping[tuple[int, int], int],
+) -> None:
     owner: dict[int, Executor] = {}
     mounts: list[Mount] = []
     for ex in executors:
@@ -114,7 +120,10 @@ def _propagation(executors: Sequence[Executor], ops: MountOps, spaces: Namespace
         spaces.enter(owner[id(m)].plan.ns_id)
 
     try:
-        apply_propagation(mounts, lambda m: owner[id(m)].mount_handle(m), ops, enter)
+        apply_propagation(
+            mounts, lambda m: owner[id(m)].mount_handle(m), ops, enter,
+            lambda m: outside.get((owner[id(m)].plan.ns_id, m.mnt_id)),
+        )
     except RestoreError:
         raise
     except (CriuFwError, OSError) as exc:

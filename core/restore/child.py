@@ -47,17 +47,17 @@ HOLDER = r"""
 import ctypes, os, signal, sys
 os.closerange(3, 1 << 20)
 libc = ctypes.CDLL(None, use_errno=True)
-libc.prctl(15, b"%(name)s", 0, 0, 0)
+libc.prctl(15, b"criu-fw-holder", 0, 0, 0)
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
 path = sys.stdin.readline().strip()
 try:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 except OSError as exc:
-    os.write(1, ("ERR cannot open %%s: %%s\n" %% (path, exc.strerror)).encode())
+    os.write(1, f"ERR cannot open {path}: {exc.strerror}\n".encode())
     sys.exit(1)
 if libc.setns(fd, 0x20000) != 0:
-    os.write(1, ("ERR setns: %%s\n" %% os.strerror(ctypes.get_errno())).encode())
+    os.write(1, f"ERR setns: {os.strerror(ctypes.get_errno())}\n".encode())
     sys.exit(1)
 os.close(fd)
 os.chdir("/")
@@ -65,7 +65,8 @@ os.write(1, b"OK\n")
 os.closerange(0, 1 << 20)
 while True:
     signal.pause()
-""" % {"name": HOLDER_NAME}
+"""
+assert HOLDER_NAME in HOLDER
 
 
 @attrs.frozen

@@ -27,6 +27,7 @@ from ..proto import inventory_pb2
 from .build import SameNamespace, build_all
 from .child import KernelNamespaces, spawn
 from .order import Step, order_steps
+from .outside import close_all, host_masters, open_masters
 from .plans import NamespaceImage, NamespacePlan, plan_namespaces
 
 #: The newest CRIU inventory image version criu-fw reads (CRIU writes 2).
@@ -129,6 +130,7 @@ def restore(
     ops: MountOps | None = None,
     namespaces: Sequence[NamespaceImage] | None = None,
     proc_root: str = "/proc",
+    outside_masters: str = "host",
 ) -> RestoreResult:
     """Restore every mount namespace dumped in ``image_dir``.
 
@@ -146,6 +148,9 @@ def restore(
         :class:`~criu_fw.mountops.RecordingMountOps`): nothing is forked, mounted or written.
     :param namespaces: restore these instead of reading ``image_dir`` (first = root).
     :param proc_root: where drivers read the restoring kernel's /proc (``filesystems``).
+    :param outside_masters: a mount that was a slave of a group outside the images becomes a
+        slave of the host mount it is restored from (``host``; an error where there is none)
+        or private (``private``); see :mod:`criu_fw.restore.outside`.
     """
     if command is not None and detach:
         raise UsageError("a command and --detach exclude each other")
@@ -172,8 +177,13 @@ def restore(
     try:
         for plan in plan_namespaces(spaces, mgr, ctx):
             plans.append((plan, order_steps(plan)))
+        masters = host_masters([p for p, _ in plans], outside_masters)
         result = RestoreResult(root_ns)
-        return _run(plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns)
+        fds = open_masters(masters)
+        try:
+            return _run(plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds)
+        finally:
+            close_all(fds)
     finally:
         if collecting:
             gc.enable()
@@ -189,14 +199,15 @@ def _run(
     detach: bool,
     pidfile: str | None,
     root_ns: int,
+    outside: Mapping[tuple[int, int], int],
 ) -> RestoreResult:
     if ops is not None:
-        build_all(plans, ops, mgr, ctx, SameNamespace(), chroot=False)
+        build_all(plans, ops, mgr, ctx, SameNamespace(), chroot=False, outside=outside)
         result.ops = ops
         return result
 
     def build(kops: KernelMountOps, spaces: KernelNamespaces) -> None:
-        build_all(plans, kops, mgr, ctx, spaces, chroot=True)
+        build_all(plans, kops, mgr, ctx, spaces, chroot=True, outside=outside)
 
     spawned = spawn(build, [p.ns_id for p, _ in plans], command=command, detach=detach)
     result.holders.update(spawned.holders)

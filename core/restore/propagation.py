@@ -12,8 +12,10 @@ anywhere. Dumped group ids mean nothing here; each dumped group becomes a new gr
 * a slave that is not shared joins a member of its master's group, then becomes MS_SLAVE;
 * unbindable mounts get MS_UNBINDABLE.
 
-A master group that is not in the namespace (the dumped mount was a slave of a mount
-elsewhere) cannot be rebuilt; that mount stays private and a warning names it.
+A master group that is in no restored namespace (the dumped mount was a slave of a mount
+elsewhere) cannot be rebuilt from the images: ``outside(m)`` gives a host mount to be a slave
+of instead, or None to leave it private (the choice is made before the restore; see
+:mod:`.outside`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def apply_propagation(
     handle: Callable[[Mount], int],
     ops: MountOps,
     enter: Callable[[Mount], None] | None = None,
+    outside: Callable[[Mount], int | None] | None = None,
 ) -> None:
     """Set the propagation of ``mounts`` (parents-first order) through ``ops``.
 
@@ -76,10 +79,14 @@ def apply_propagation(
         if master is None:
             return
         if master not in groups:
-            log.warning(
-                "%s: its master group %d is not in this namespace; it is restored without it",
-                m.describe(), master,
-            )
+            host = outside(m) if outside is not None else None
+            if host is None:
+                log.info("%s: its master group %d is outside the images; restored private",
+                         m.describe(), master)
+                return
+            # Joins the host mount's group (and master), then becomes a slave of that group.
+            ops.set_group(host, handle(m))
+            set_propagation(m, MS_SLAVE)
             return
         build(master)
         join(master, m)
