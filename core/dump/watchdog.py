@@ -1,9 +1,10 @@
 """A watchdog that undoes a dump whose dumper was killed (SIGKILL, OOM): it resumes the
 processes the dumper stopped and removes its temporary images.
 
-The dumper starts this file as a small separate program (``python -I -S watchdog.py``, the
-standard library only, in its own session so that a terminal's ^C or a kill of the dumper's
-process group does not reach it) and keeps a pipe to its stdin. It tells it, one line each:
+The dumper starts :mod:`.watchdogd` as a small separate program (``python -I -S
+watchdogd.py``, the standard library only, in its own session so that a terminal's ^C or a
+kill of the dumper's process group does not reach it) and keeps a pipe to its stdin. It tells
+it, one line each:
 
 * ``tmp HEX``: the temporary image directory (the path's bytes in hex);
 * ``into HEX``: images are being moved into this existing directory (a mountpoint given as
@@ -14,8 +15,8 @@ process group does not reach it) and keeps a pipe to its stdin. It tells it, one
 * ``done``: the dumper finished, successfully or after cleaning up itself.
 
 End of file without ``done`` means the dumper died: SIGCONT to every pinned process, then
-the temporary directory is removed. Nothing here imports criu-fw: it must start fast and
-work from the file alone.
+the temporary directory is removed. The program imports nothing of criu-fw: it must start
+fast and work from the file alone.
 """
 
 from __future__ import annotations
@@ -23,12 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
-import signal
 import subprocess
 import sys
 import threading
-import time
 
 
 class Watchdog:
@@ -36,7 +34,8 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+            [sys.executable, "-I", "-S", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                      "watchdogd.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             start_new_session=True, bufsize=0,
         )
@@ -99,62 +98,3 @@ class Watchdog:
             # start here): reaped in the background rather than waited for.
             threading.Thread(target=proc.wait, name="criu-fw-watchdog-reaper",
                              daemon=True).start()
-
-
-def _remove_tree(path: str) -> None:
-    # A tar the dumper started may still be writing into it: try again for a moment.
-    for _ in range(50):
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            return
-        time.sleep(0.1)
-
-
-def _undo_moves(target: str) -> None:
-    """Images half moved into an existing directory: without inventory.img, none is valid."""
-    if os.path.exists(os.path.join(target, "inventory.img")):
-        return  # the move completed: the dump is there
-    with contextlib.suppress(OSError):
-        for name in os.listdir(target):
-            if name.endswith(".img"):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(target, name))
-
-
-def main() -> None:
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(s, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.write(1, b"r")  # running: see Watchdog.wait_ready
-    tmp: str | None = None
-    into: str | None = None
-    pinned: dict[int, int] = {}
-    for raw in sys.stdin.buffer:
-        cmd, _, arg = raw.rstrip(b"\n").partition(b" ")
-        if cmd == b"done":
-            return
-        if cmd == b"stop":
-            pid = int(arg)
-            if pid not in pinned:
-                with contextlib.suppress(OSError):  # gone already: nothing to resume
-                    pinned[pid] = os.pidfd_open(pid)
-        elif cmd == b"forget":
-            for fd in pinned.values():
-                os.close(fd)
-            pinned.clear()
-        elif cmd == b"tmp":
-            tmp = os.fsdecode(bytes.fromhex(arg.decode()))
-        elif cmd == b"into":
-            into = os.fsdecode(bytes.fromhex(arg.decode()))
-    # The dumper died without saying "done".
-    for fd in pinned.values():
-        with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(fd, signal.SIGCONT)
-    if into is not None:
-        _undo_moves(into)
-    if tmp is not None:
-        _remove_tree(tmp)
-
-
-if __name__ == "__main__":
-    main()
