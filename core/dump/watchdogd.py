@@ -1,9 +1,10 @@
 """The watchdog program (see :mod:`.watchdog`, whose :class:`~.watchdog.Watchdog` starts it
 as ``python -I -S watchdogd.py``): undoes a dump whose dumper died without saying ``done``.
 
-It imports only modules the interpreter has loaded anyway (``os``, ``signal``, ``sys``,
-``time``): the dumper waits for it to run before it stops anything, and a Python start with
-``shutil``, ``subprocess`` and ``contextlib`` took three times as long (30 ms against 10 ms
+It imports only modules the interpreter has loaded anyway (``os``, ``sys``, ``time``) and
+``_signal``, the C module under ``signal`` (whose enums import half the standard library):
+the dumper waits for it to run before it stops anything, and a Python start with ``shutil``,
+``subprocess``, ``contextlib`` and ``signal`` took three times as long (30 ms against 10 ms
 here). Hence try/except where the rest of criu-fw uses ``contextlib.suppress``.
 """
 
@@ -11,8 +12,8 @@ here). Hence try/except where the rest of criu-fw uses ``contextlib.suppress``.
 
 from __future__ import annotations
 
+import _signal as signal  # type: ignore[import-not-found]  # no stub; signal's plain ints
 import os
-import signal
 import sys
 import time
 
