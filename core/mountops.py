@@ -76,6 +76,73 @@ class Call:
     #: ``new_superblock``: the mount(2) data for filesystems the new API cannot create.
     legacy_data: str | None = None
 
+    def describe(self) -> str:
+        """One readable line (``criu-fw restore --dry-run``); handles are shown as ``#N``."""
+        h, o = f"#{self.handle}", f"#{self.other}"
+        if self.op == "new_superblock":
+            params = ",".join(_show_param(k, v) for k, v in self.params)
+            line = f"{h} = new {self.fstype} superblock, source {self.source!r}"
+            line += f", options {params}" if params else ""
+            if self.legacy_data is not None:
+                line += f" (mount(2) data if needed: {self.legacy_data!r})"
+            return line
+        if self.op == "clone":
+            where = f"host path {self.path}" if self.other is None else f"{o} at {self.path}"
+            return f"{h} = copy of the mount at {where}"
+        if self.op == "attach":
+            if self.other is None:
+                return f"attach {h} at host path {self.path}"
+            return f"attach {h} to {o} at {self.path or '.'}"
+        if self.op == "set_attr":
+            return (f"set flags of {h}: {_attr_names(self.flags) or 'rw,relatime'} "
+                    f"(clearing {_attr_names(self.clear) or 'nothing'})")
+        if self.op == "set_propagation":
+            return f"make {h} {_PROPAGATION.get(self.flags, hex(self.flags))}"
+        if self.op == "set_group":
+            return f"{h} joins the peer group (and master) of {o}"
+        if self.op == "reconfigure":
+            return f"reconfigure the superblock of {h}: " + ",".join(
+                _show_param(k, v) for k, v in self.params
+            )
+        if self.op == "restore_content":
+            return f"fill {h} from {self.path}"
+        return f"{self.op} {h}"
+
+
+_PROPAGATION = {
+    kernel.MS_SHARED: "shared", kernel.MS_SLAVE: "a slave", kernel.MS_PRIVATE: "private",
+    kernel.MS_UNBINDABLE: "unbindable",
+}
+_ATTR_NAMES = (
+    (kernel.MOUNT_ATTR_RDONLY, "ro"), (kernel.MOUNT_ATTR_NOSUID, "nosuid"),
+    (kernel.MOUNT_ATTR_NODEV, "nodev"), (kernel.MOUNT_ATTR_NOEXEC, "noexec"),
+    (kernel.MOUNT_ATTR_NODIRATIME, "nodiratime"), (kernel.MOUNT_ATTR_NOATIME, "noatime"),
+    (kernel.MOUNT_ATTR_STRICTATIME, "strictatime"), (kernel.MOUNT_ATTR__ATIME, "atime"),
+)
+
+
+def _attr_names(value: int) -> str:
+    names = []
+    for bit, name in _ATTR_NAMES:
+        if bit == kernel.MOUNT_ATTR__ATIME:
+            if value & bit == bit:
+                names.append("any atime mode")
+        elif value & bit == bit and not (
+            bit in (kernel.MOUNT_ATTR_NOATIME, kernel.MOUNT_ATTR_STRICTATIME)
+            and value & kernel.MOUNT_ATTR__ATIME == kernel.MOUNT_ATTR__ATIME
+        ):
+            names.append(name)
+    return ",".join(names)
+
+
+def _show_param(key: str, value: ParamArg) -> str:
+    if value is None:
+        return key
+    if isinstance(value, Fd):
+        where = value.path if value.mnt_id < 0 else f"{value.path} in mount {value.mnt_id}"
+        return f"{key}=<dir {where}>"
+    return f"{key}={value}"
+
 
 class MountOps:
     """The operations a restore needs. Subclasses implement every method."""
@@ -227,6 +294,10 @@ class KernelMountOps(MountOps):
 
     def __init__(self, scratch: str | None = None) -> None:
         self.scratch = scratch
+        #: Mountpoints this restore created in existing trees (a --root directory): (a
+        #: descriptor of the parent mount, the path in it), so a failed restore removes them.
+        self.created: list[tuple[int, str]] = []
+        self._anchors: dict[int, int] = {}
 
     def new_superblock(
         self,
@@ -334,21 +405,70 @@ class KernelMountOps(MountOps):
         try:
             kernel.move_mount(handle, "", to_fd, to_path, flags)
         except SyscallError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EINVAL):
+                self._check_types(handle, parent, path, exc)
             if exc.errno != errno.ENOENT:
                 raise
             self._make_mountpoint(handle, parent, path)
             kernel.move_mount(handle, "", to_fd, to_path, flags)
 
+    def _check_types(self, handle: int, parent: int | None, path: str, exc: SyscallError) -> None:
+        """A directory mounted on a file (or a file on a directory): say so."""
+        where = path if parent is None else _fdpath(parent, path)
+        try:
+            source_dir = stat.S_ISDIR(os.stat(_fdpath(handle)).st_mode)
+            target_dir = stat.S_ISDIR(os.stat(where).st_mode)
+        except OSError:
+            return
+        if source_dir != target_dir:
+            kinds = ("a directory", "a file")
+            raise SyscallError(
+                "move_mount", exc.errno or errno.EINVAL, exc.filename,
+                f"its source is {kinds[not source_dir]} but its mountpoint is "
+                f"{kinds[not target_dir]}",
+            ) from exc
+
     def _make_mountpoint(self, handle: int, parent: int | None, path: str) -> None:
         # The mountpoint is created only when it is missing (a --root tree that lacks it):
-        # a tmpfs restored from its archive already has every mountpoint.
+        # a tmpfs restored from its archive already has every mountpoint. What is created is
+        # recorded (relative to a descriptor of the parent mount) for undo().
         where = path if parent is None else _fdpath(parent, path)
         is_dir = stat.S_ISDIR(os.stat(_fdpath(handle)).st_mode)
+        rel = path.strip("/")
+        missing: list[str] = []
+        probe = rel
+        while probe and not os.path.lexists(where[: len(where) - len(rel)] + probe):
+            missing.append(probe)
+            probe = os.path.dirname(probe)
         if is_dir:
             os.makedirs(where, exist_ok=True)
         else:
             os.makedirs(os.path.dirname(where), exist_ok=True)
             os.close(os.open(where, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        if parent is not None and missing:
+            anchor = self._anchors.get(parent)
+            if anchor is None:
+                anchor = self._anchors[parent] = os.dup(parent)
+            self.created.extend((anchor, p) for p in reversed(missing))
+
+    def undo(self) -> None:
+        """Remove the mountpoints this restore created (deepest first), after a failure."""
+        for anchor, rel in reversed(self.created):
+            try:
+                if stat.S_ISDIR(os.stat(rel, dir_fd=anchor, follow_symlinks=False).st_mode):
+                    os.rmdir(rel, dir_fd=anchor)
+                else:
+                    os.unlink(rel, dir_fd=anchor)
+            except OSError:
+                continue  # something is mounted on it, or it is not empty: leave it
+        self.forget()
+
+    def forget(self) -> None:
+        """Keep what was created (the restore succeeded)."""
+        for fd in self._anchors.values():
+            os.close(fd)
+        self._anchors.clear()
+        self.created.clear()
 
     def set_attr(self, handle: int, attr_set: int, attr_clr: int) -> None:
         kernel.mount_setattr(handle, "", kernel.AT_EMPTY_PATH, attr_set, attr_clr)

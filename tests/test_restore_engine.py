@@ -203,3 +203,49 @@ def test_command_runs_in_the_restored_root_and_gives_its_status(tmp_path: os.Pat
         command=["sh", "-c", "grep -q ' marker ' /proc/self/mountinfo && test $PWD = / && exit 7"],
     )
     assert res.exit_code == 7
+
+
+@pytest.mark.privileged
+def test_failed_restore_removes_the_mountpoints_it_made(tmp_path: os.PathLike[str]) -> None:
+    """--root's tree gets missing mountpoints; a failed restore takes them away again."""
+    host = read_mountinfo("self")
+    root = host.root
+    base = str(tmp_path)
+    made = Mount(999997, root.mnt_id, root.dev.__class__(0, 9997), "/", f"{base}/new/a/b",
+                 "tmpfs", "made", ("rw", "relatime"), ("rw",))
+    file_dir = Mount(999996, root.mnt_id, root.dev.__class__(0, 9996), "/", f"{base}/new2",
+                     "tmpfs", "made2", ("rw", "relatime"), ("rw",))
+    bad = Mount(999995, root.mnt_id, root.dev.__class__(0, 9995), "/", f"{base}/zz", "tmpfs",
+                "bad", ("rw", "relatime"), ("rw", "bogus_opt"))
+    tree = MountTree.from_mounts([root, made, file_dir, bad])
+    with pytest.raises(RestoreError, match="bogus_opt"):
+        restore("/x", root="/", namespaces=[SimpleNamespace(1, tree)], detach=True)
+    assert os.listdir(base) == []
+
+
+@pytest.mark.privileged
+def test_external_of_the_wrong_kind_names_the_mount(tmp_path: os.PathLike[str]) -> None:
+    host = read_mountinfo("self")
+    root = host.root
+    base = str(tmp_path)
+    os.mkdir(f"{base}/e")
+    afile = f"{base}/afile"
+    open(afile, "w").close()
+    ext = Mount(999994, root.mnt_id, root.dev.__class__(0, 9994), "/", f"{base}/e",
+                "tmpfs", "ext", ("rw", "relatime"), ("rw",))
+    tree = MountTree.from_mounts([root, ext])
+    ns = SimpleNamespace(1, tree, external={999994: "k"})
+    with pytest.raises(RestoreError) as err:
+        restore("/x", root="/", namespaces=[ns], externals={"k": afile}, detach=True)
+    assert str(err.value) == (
+        f"mount 999994 at '{base}/e' (tmpfs, source 'ext'): move_mount on "
+        f"'{base.lstrip('/')}/e' failed: EINVAL (Invalid argument) (its source is a file but "
+        f"its mountpoint is a directory)"
+    )
+    # A directory with mounts under it, mapped to a file: refused before anything is made.
+    kid = Mount(999993, 999994, root.dev.__class__(0, 9993), "/", f"{base}/e/k", "tmpfs", "kid",
+                ("rw", "relatime"), ("rw",))
+    ns = SimpleNamespace(1, MountTree.from_mounts([root, ext, kid]), external={999994: "k"})
+    with pytest.raises(RestoreError, match=r"^mount 999994 at .*: external 'k' is mapped to .*"
+                       r"afile', a file, but the dumped mount was a directory"):
+        restore("/x", root="/", namespaces=[ns], externals={"k": afile}, ops=RecordingMountOps())

@@ -158,3 +158,26 @@ def test_legacy_data_over_a_page_names_the_mount(tmp_path: os.PathLike[str]) -> 
     msg = str(err.value)
     assert msg.startswith("mount 2 at '/h' (hugefs, source 'huge'): "), msg
     assert "at most 4095" in msg and "\n" not in msg
+
+
+@pytest.mark.privileged
+def test_dry_run_prints_one_readable_line_per_request(
+    atimes: tuple[str, str, RestoreResult],
+) -> None:
+    import subprocess
+    import sys
+
+    _, images, _ = atimes
+    res = subprocess.run(
+        [sys.executable, "-m", "criu_fw", "restore", "-D", images, "--root", "/", "--dry-run"],
+        capture_output=True, text=True, check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines and not any("Call(" in x for x in lines)
+    assert any(x.endswith("= new tmpfs superblock, source 'tstrict'") for x in lines), lines
+    assert any(x.startswith("set flags of #") and ": strictatime (clearing " in x
+               for x in lines), lines
+    assert any(x.startswith("attach #") and " to #" in x for x in lines)
+    assert all(x.split()[0] in ("attach", "set", "make", "close", "fill", "reconfigure")
+               or x.startswith("#") for x in lines), lines

@@ -65,7 +65,7 @@ def restore_cmd(
     )
     if ops is not None:
         for call in ops.calls:
-            click.echo(call)
+            click.echo(call.describe())
         return
     if command:
         sys.exit(result.exit_code or 0)

@@ -257,11 +257,21 @@ def _child(
     control: int,
     command: Sequence[str] | None,
 ) -> None:  # pragma: no cover - child process
+    ops = KernelMountOps(scratch)
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         kernel.enter_private_namespace()
         spaces = KernelNamespaces(roots)
-        build(KernelMountOps(scratch), spaces)
+        try:
+            build(ops, spaces)
+        except BaseException:
+            # Mountpoints made in a --root tree are on the caller's filesystem: remove them
+            # from the base namespace, where nothing is mounted on them (removing a
+            # mountpoint of another namespace detaches what is mounted there).
+            kernel.setns(spaces.base, kernel.CLONE_NEWNS)
+            ops.undo()
+            raise
+        ops.forget()
         for ns in ns_ids:
             os.write(w, f"NS {ns} {spaces.fds[ns]}\n".encode())
         os.write(w, b"READY\n")

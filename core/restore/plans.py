@@ -16,6 +16,7 @@ same superblock, so a write in one restored namespace is seen in the other.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -240,7 +241,13 @@ def plan_namespace(
         ext_key = ns.external.get(m.mnt_id)
         if ext_key is not None:
             ref = ExternalRef(key=ext_key, path=ext_key if ext_key.startswith("/") else None)
-            jobs[m.mnt_id] = MountJob(m, None, _external_path(ref, m, ctx.externals))
+            path = _external_path(ref, m, ctx.externals)
+            if tree.children(m) and os.path.exists(path) and not os.path.isdir(path):
+                raise RestoreError(
+                    f"{m.describe()}: external {ext_key!r} is mapped to {path!r}, a file, but "
+                    f"the dumped mount was a directory (mounts were made under it)"
+                )
+            jobs[m.mnt_id] = MountJob(m, None, path)
             continue
         first = first_of_dev.get(m.dev)
         earlier = shared.first.get(m.dev) if first is None else None
