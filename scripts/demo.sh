@@ -72,12 +72,7 @@ echo "== the original namespace (process $cpid)"
 
 echo
 echo "== dump"
-if "$cli" dump --help >/dev/null 2>&1; then
-    "$cli" dump -t "$cpid" -D "$work/images"
-else
-    "$py" -c "import sys; from criu_fw.dump import dump; print(dump(int(sys.argv[1]), sys.argv[2]))" \
-        "$cpid" "$work/images"
-fi
+"$cli" dump -t "$cpid" -D "$work/images"
 ls "$work/images"
 
 echo
@@ -103,7 +98,20 @@ nsenter -t "$rpid" -m -- /bin/sh -c '
 
 echo
 echo "== the open file held by the container's shell, as dumped (files.img)"
-"$cli" show "$work/images/files.img" | grep -B3 -A6 '"/merged/hello"' | grep -E '"(name|mnt_id|flags|pos)"'
+"$cli" show "$work/images/files.img" | "$py" -c '
+import json, sys
+for entry in json.load(sys.stdin)["entries"]:
+    reg = entry.get("reg", {})
+    if reg.get("name") == "/merged/hello":
+        print(", ".join(f"{k}: {reg.get(k)}" for k in ("name", "mnt_id", "flags", "pos")))
+'
+
+echo
+echo "== propagation after restore: a mount made in /shared appears in its peer /peer"
+nsenter -t "$rpid" -m -- /bin/sh -c '
+    mkdir /shared/late && mount -t tmpfs late /shared/late && echo "mounted in /shared" > /shared/late/x
+    cat /peer/late/x
+'
 
 echo
 echo "== what the overmount hides (the top tmpfs unmounted inside the restored namespace)"

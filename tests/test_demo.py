@@ -41,7 +41,11 @@ def test_demo_runs_end_to_end() -> None:
     # Both trees were printed, with the overmount stacked on /over.
     assert out.count("│ └─/over  top") == 2
     assert "hello from the lower layer\nwritten through the overlay\n" in out
-    assert '"name": "/merged/hello"' in out
+    # The open file with its flags and position, as dumped.
+    assert "name: /merged/hello, mnt_id: " in out and ", flags: " in out and ", pos: 0\n" in out
+    # Propagation works in the restored namespace: a mount in /shared shows in its peer.
+    assert "appears in its peer /peer\nmounted in /shared\n" in out
+    assert "dump --help" not in open(os.path.join(TOP, "scripts", "demo.sh")).read()
     assert out.rstrip().endswith("hidden under the overmount\ndemo: round trip complete")
     assert _demo_processes() == []
     assert set(glob.glob("/tmp/criu-fw-demo-*")) == before

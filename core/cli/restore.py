@@ -30,7 +30,10 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
               help="The image directory written by criu-fw dump.")
 @click.option("--root", metavar="PATH",
-              help="Directory to use as the root where the root mount cannot be rebuilt.")
+              help="Directory to use as the root where the root mount cannot be rebuilt. "
+                   "Mountpoints missing in its tree are created there (on that filesystem); "
+                   "they stay after a restore that succeeds and are removed after one that "
+                   "fails.")
 @click.option("--external", "externals", multiple=True, metavar="mnt[KEY]:PATH",
               help="Where the external mount dumped under KEY comes from here.")
 @click.option("--detach", is_flag=True,
