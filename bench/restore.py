@@ -5,9 +5,10 @@ directory) comes from a content archive, and per unit of 10 mounts: a tmpfs with
 stacked over it (an overmount), three binds of a directory of the root filesystem forming a
 shared group (two peers and a slave), a tmpfs mounted inside one of those binds, a bind of a
 child tmpfs, and three more tmpfs. The floor is a minimal loop in a fresh private namespace
-issuing the same mount system calls for the same tree (fsopen/fsconfig/fsmount/move_mount per
-tmpfs, open_tree/move_mount per bind, mount_setattr and MOVE_MOUNT_SET_GROUP for the groups),
-with the mountpoints made by mkdir instead of the archive.
+issuing the same mount system calls for the same tree, the way the engine issues them
+(fsopen/fsconfig/fsmount per superblock, open_tree CLONE from the superblock's fd per mount,
+move_mount relative to the parent mount's fd, mount_setattr and MOVE_MOUNT_SET_GROUP for the
+groups), with the mountpoints made by mkdir instead of the archive.
 
     sudo .venv/bin/python bench/restore.py [--sizes 1000,10000] [--repeat 7]
 
@@ -107,32 +108,41 @@ def _tmpfs() -> int:
 
 
 def _floor_loop(tree: MountTree, dirs: list[str], base: str) -> None:
-    root = _tmpfs()
-    kernel.move_mount(root, "", kernel.AT_FDCWD, base, kernel.MOVE_MOUNT_F_EMPTY_PATH)
-    for d in dirs:
-        os.makedirs(base + d, exist_ok=True)
+    """The engine's system calls and nothing else: every superblock made once and kept
+    detached, every mount cut from it (open_tree CLONE relative to the superblock's fd) and
+    attached relative to its parent's fd (move_mount; an overmount with T_EMPTY_PATH onto
+    the mount it covers), flags before attaching, groups after."""
     clone = kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
-    fds: dict[int, int] = {}
-    sbs: dict[Dev, int] = {}
+    empty = kernel.AT_EMPTY_PATH
+    f_empty, t_empty = kernel.MOVE_MOUNT_F_EMPTY_PATH, kernel.MOVE_MOUNT_T_EMPTY_PATH
+    root_sb = _tmpfs()
+    for d in dirs:
+        os.makedirs(f"/proc/self/fd/{root_sb}{d}", exist_ok=True)
+    root = kernel.open_tree("", clone | empty, dirfd=root_sb)
+    kernel.move_mount(root, "", kernel.AT_FDCWD, base, f_empty)
+    root_id = tree.root.mnt_id
+    fds: dict[int, int] = {root_id: root}
+    sbs: dict[Dev, int] = {Dev(0, 1): root_sb}
+    by_id = {m.mnt_id: m for m in tree}
     for m in tree.topo_order()[1:]:
-        if m.dev == Dev(0, 1):
-            h = kernel.open_tree(base + m.root, clone)
-        elif m.dev in sbs:
-            h = kernel.open_tree("", clone | kernel.AT_EMPTY_PATH, dirfd=sbs[m.dev])
+        sb = sbs.get(m.dev)
+        if sb is not None:
+            rel = m.root.strip("/")
+            h = kernel.open_tree(rel, clone, dirfd=sb) if rel else kernel.open_tree(
+                "", clone | empty, dirfd=sb
+            )
         else:
             h = _tmpfs()
             if len(tree.by_dev(m.dev)) > 1:
                 sbs[m.dev] = h
-                h = kernel.open_tree("", clone | kernel.AT_EMPTY_PATH, dirfd=h)
+                h = kernel.open_tree("", clone | empty, dirfd=h)
         if "nosuid" in m.mount_options:
-            kernel.mount_setattr(h, "", kernel.AT_EMPTY_PATH, kernel.MOUNT_ATTR_NOSUID)
-        kernel.move_mount(
-            h, "", kernel.AT_FDCWD, base + m.mountpoint, kernel.MOVE_MOUNT_F_EMPTY_PATH
-        )
+            kernel.mount_setattr(h, "", empty, kernel.MOUNT_ATTR_NOSUID)
+        parent = by_id[m.parent_id]
+        rel = m.mountpoint[len(parent.mountpoint):].strip("/")
+        kernel.move_mount(h, "", fds[parent.mnt_id], rel, f_empty | (0 if rel else t_empty))
         fds[m.mnt_id] = h
-    group = (kernel.MOVE_MOUNT_SET_GROUP | kernel.MOVE_MOUNT_F_EMPTY_PATH
-             | kernel.MOVE_MOUNT_T_EMPTY_PATH)
-    empty = kernel.AT_EMPTY_PATH
+    group = kernel.MOVE_MOUNT_SET_GROUP | f_empty | t_empty
     for m in tree:
         p, h = m.propagation, fds.get(m.mnt_id, -1)
         if p.shared is not None and m.mountpoint.endswith("b1"):
