@@ -45,7 +45,8 @@ def test_demo_runs_end_to_end() -> None:
     assert "name: /merged/hello, mnt_id: " in out and ", flags: " in out and ", pos: 0\n" in out
     # Propagation works in the restored namespace: a mount in /shared shows in its peer.
     assert "appears in its peer /peer\nmounted in /shared\n" in out
-    assert "dump --help" not in open(os.path.join(TOP, "scripts", "demo.sh")).read()
+    with open(os.path.join(TOP, "scripts", "demo.sh")) as f:
+        assert "dump --help" not in f.read()
     assert out.rstrip().endswith("hidden under the overmount\ndemo: round trip complete")
     assert _demo_processes() == []
     assert set(glob.glob("/tmp/criu-fw-demo-*")) == before
