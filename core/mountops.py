@@ -318,11 +318,11 @@ class KernelMountOps(MountOps):
             if can_legacy:
                 # fsconfig takes at most 255 bytes a string; mount(2) takes a page.
                 return self._legacy(fstype, source, params, legacy_data)
-            key, value = too_long
+            long_key, long_value = too_long
             raise SyscallError(
                 "fsconfig", errno.EINVAL, None,
-                f"value of {key!r} is {len(os.fsencode(value))} bytes, the kernel takes at "
-                f"most {kernel.FSCONFIG_STRING_MAX}; pass it by descriptor instead",
+                f"value of {long_key!r} is {len(os.fsencode(long_value))} bytes, the kernel "
+                f"takes at most {kernel.FSCONFIG_STRING_MAX}; pass it by descriptor instead",
             )
         try:
             fsfd = kernel.fsopen(fstype)
