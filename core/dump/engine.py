@@ -6,10 +6,10 @@ hooks; per superblock that needs it ``dump_content`` through a helper's childles
 mount; then re-read every namespace's mountinfo (in a thread, while the mount images are
 written) and start again (bounded) if anyone changed it. The tree is resumed in a
 ``finally``. Images go into a temporary directory (:mod:`.staging`: next to the target, or
-inside it when it is a mountpoint), are fsync'ed, ``inventory.img`` is written last, and the
-directory is renamed into place (or its files moved, ``inventory.img`` last): a reader sees a
-complete dump or none. SIGTERM, SIGHUP and SIGINT fail the dump like any error; a SIGKILL is
-undone by a watchdog process (:mod:`.watchdog`).
+inside it when it is a mountpoint), are synced (one syncfs), ``inventory.img`` is written
+last and fsynced, and the directory is renamed into place (or its files moved,
+``inventory.img`` last): a reader sees a complete dump or none. SIGTERM, SIGHUP and SIGINT
+fail the dump like any error; a SIGKILL is undone by a watchdog process (:mod:`.watchdog`).
 """
 
 from __future__ import annotations
