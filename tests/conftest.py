@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
 from criu_fw.testing import NamespaceScenario, host_mount_table
 
 ROOT = os.geteuid() == 0
+SCENARIO_DIRS = os.path.join(tempfile.gettempdir(), "criu-fw-scn-*")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -26,9 +29,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _host_mounts_unchanged() -> Iterator[None]:
     before = host_mount_table()
+    scratch = set(glob.glob(SCENARIO_DIRS))
     yield
     after = host_mount_table()
     assert after == before, "the test changed the caller's mount table"
+    # A restore with --root / creates the dumped mountpoints under that root, so a scenario's
+    # (already removed) working directory comes back on the host filesystem: remove it. These
+    # are plain directories here; the mount-table check above proves nothing is mounted there.
+    for path in set(glob.glob(SCENARIO_DIRS)) - scratch:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
