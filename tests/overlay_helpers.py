@@ -57,15 +57,18 @@ def parse(ctx: DumpContext, tree: MountTree, mount: Mount) -> OverlayState:
 def open_files(pid: int) -> list[OpenFile]:
     out = []
     for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
-        link = os.readlink(f"/proc/{pid}/fd/{name}")
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                info = dict(line.split(":", 1) for line in f.read().splitlines())
+            st = os.stat(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            continue  # a transient fd of the live process, closed while we looked
         if not link.startswith("/"):
             continue
         path, deleted = link, False
         if path.endswith(" (deleted)"):
             path, deleted = path[: -len(" (deleted)")], True
-        with open(f"/proc/{pid}/fdinfo/{name}") as f:
-            info = dict(line.split(":", 1) for line in f.read().splitlines())
-        st = os.stat(f"/proc/{pid}/fd/{name}")
         out.append(
             OpenFile(
                 pid=pid,
