@@ -24,6 +24,7 @@ from fixtures.aufs.recording import (
     AUFS_ROOT_ID,
     BASE_LAYER,
     BRANCHES,
+    MOUNTINFO,
     NGINX_LAYER,
     PID,
     SI,
@@ -235,3 +236,28 @@ def test_which_driver_handled_what(tmp_path: Path) -> None:
     by_path = {s.split(" on ")[0]: d for _, d, s in tracer.calls("fixup_fd_path")}
     assert by_path[repr(f"{NGINX_LAYER}/bin/nginx")] == "aufs"  # fdinfo said host mount 22
     assert by_path["'/dev/null'"] == "generic"
+
+
+def test_volume_over_the_branch_directories_does_not_hide_branch_paths(tmp_path: Path) -> None:
+    # A Docker volume at /var: inside the container, /var/lib/docker/aufs/diff/... (where the
+    # map_files links point) lands on the volume's mount, not on the AUFS root. The AUFS
+    # driver claims that mount, so the links are still turned into container paths.
+    mountinfo = MOUNTINFO + (
+        "93 90 8:1 /var/lib/docker/volumes/v/_data /var rw,relatime - ext4 /dev/sda1 rw\n"
+    )
+    rec = build(tmp_path / "rec", mountinfo=mountinfo)
+    img = tmp_path / "img"
+    dump(
+        rec.pid,
+        str(img),
+        proc_root=str(rec.proc),
+        sys_root=str(rec.sys),
+        root=str(rec.root),
+        externals={"/var": "vol"},
+    )
+    assert [(name, mnt) for _, name, mnt in file_vmas(img)] == [
+        ("/bin/nginx", -1),
+        ("/bin/nginx", -1),
+        ("/lib/x86_64-linux-gnu/libc.so.6", -1),
+    ]
+    assert fds(img)[5] == ("/bin/nginx", -1)

@@ -80,10 +80,11 @@ class Router:
         names: list[str] = []
         if mount is not None:
             names.append(self.owner(mount.fstype))
-        # Claims are on the kernel's mount id; a record without one (a recorded map_files
-        # link) is claimed through the mount its path lands on.
-        claimed = item.mnt_id if item.mnt_id is not None else (mount.mnt_id if mount else None)
-        if claimed is not None:
+        # Claims are on the kernel's mount id and on the mount the core found: a record
+        # without a usable id (a map_files link, a host mount id the namespace lacks) is
+        # claimed through the mount its path lands on.
+        found = mount.mnt_id if mount is not None else None
+        for claimed in dict.fromkeys(i for i in (item.mnt_id, found) if i is not None):
             for extra in self.ctx.claimants(tree.ns_id, claimed):
                 if extra not in names:
                     names.append(extra)

@@ -12,10 +12,12 @@ from typing import ClassVar
 import attrs
 from criu_fw.context import DumpContext, RestoreContext
 from criu_fw.driver import DriverState, FsDriver
+from criu_fw.errors import MountNotFoundError
 from criu_fw.files import FileMapping, OpenFile
 from criu_fw.hookspecs import hookimpl
 from criu_fw.model import Mount, MountTree
 from criu_fw.plan import MountPlan
+from criu_fw.plugins import current_driver
 from criu_fw.stash import StashKey
 
 from . import fixups, rebuild
@@ -40,6 +42,9 @@ class Superblock:
 
 #: si -> the superblock, parsed once per dump.
 SUPERBLOCKS: StashKey[dict[str, Superblock]] = StashKey("aufs.superblocks")
+#: (namespace, mount id) of a mount that a branch path lands on in the container (a volume at
+#: /var holds /var/lib/docker/aufs/... there) -> the superblocks whose branches lie on it.
+CLAIMED: StashKey[dict[tuple[int, int], list[Superblock]]] = StashKey("aufs.claimed")
 
 
 def superblock(mount: Mount, ctx: DumpContext) -> Superblock:
@@ -55,6 +60,24 @@ def superblock(mount: Mount, ctx: DumpContext) -> Superblock:
     return sb
 
 
+def _indexes(mount: Mount | None, ctx: DumpContext) -> list[BranchIndex]:
+    """The branch indexes that apply to a file found on ``mount``: its own superblock's for
+    an AUFS mount, those of the superblocks that claimed it for any other mount."""
+    if mount is None:
+        return []
+    if mount.fstype == "aufs":
+        return [superblock(mount, ctx).index]
+    claimed = ctx.stash.get(CLAIMED, {})
+    return [
+        sb.index
+        for (ns_id, mnt_id), sbs in claimed.items()
+        if mnt_id == mount.mnt_id
+        and ctx.trees.get(ns_id, None) is not None
+        and ctx.trees[ns_id].find(mnt_id) is mount
+        for sb in sbs
+    ]
+
+
 class AufsDriver(FsDriver):
     fstypes: ClassVar[tuple[str, ...]] = ("aufs",)
     state_types: ClassVar[tuple[type[DriverState], ...]] = (AufsState,)
@@ -62,23 +85,43 @@ class AufsDriver(FsDriver):
 
     @hookimpl
     def parse_mount(self, mount: Mount, tree: MountTree, ctx: DumpContext) -> DriverState | None:
-        return superblock(mount, ctx).state
+        sb = superblock(mount, ctx)
+        # A branch link (map_files) is routed by its path, which lands on whatever the
+        # container has mounted there: usually the AUFS root itself, but a volume at /var
+        # would take /var/lib/docker/aufs/diff/... away from us. Claim such mounts.
+        claimed = ctx.stash.setdefault(CLAIMED, {})
+        for branch in sb.branches:
+            try:
+                under = tree.lookup(branch.path)
+            except (MountNotFoundError, ValueError):
+                continue
+            if under.mnt_id == mount.mnt_id:
+                continue
+            sbs = claimed.setdefault((tree.ns_id, under.mnt_id), [])
+            if sb not in sbs:
+                sbs.append(sb)
+                ctx.claim_files(tree.ns_id, under.mnt_id, current_driver() or "aufs")
+        return sb.state
 
     @hookimpl
     def fixup_fd_path(
         self, file: OpenFile, mount: Mount | None, ctx: DumpContext
     ) -> OpenFile | None:
-        if mount is None or mount.fstype != "aufs":
-            return None
-        return fixups.fix_open_file(file, superblock(mount, ctx).index, ctx)
+        for index in _indexes(mount, ctx):
+            fixed = fixups.fix_open_file(file, index, ctx)
+            if fixed is not None:
+                return fixed
+        return None
 
     @hookimpl
     def fixup_vma(
         self, vma: FileMapping, mount: Mount | None, ctx: DumpContext
     ) -> FileMapping | None:
-        if mount is None or mount.fstype != "aufs":
-            return None
-        return fixups.fix_mapping(vma, superblock(mount, ctx).index, ctx)
+        for index in _indexes(mount, ctx):
+            fixed = fixups.fix_mapping(vma, index, ctx)
+            if fixed is not None:
+                return fixed
+        return None
 
     @hookimpl
     def rebuild_mount(
