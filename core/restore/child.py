@@ -180,9 +180,6 @@ def spawn(
     pid = 0
     report = control = -1
     try:
-        # The holders start while the namespaces are built (an interpreter takes ~15 ms).
-        for ns in wanted:
-            holders[ns] = _start_holder(detach)
         r, w = os.pipe()
         cr, cw = os.pipe()
         sys.stdout.flush()
@@ -195,6 +192,11 @@ def spawn(
         os.close(w)
         os.close(cr)
         report, control = r, cw
+        # The holders start while the child builds the namespaces (posix_spawn blocks the
+        # caller until the exec, and an interpreter takes a while to start): after the fork,
+        # so their start overlaps the build and the child holds none of their pipes.
+        for ns in wanted:
+            holders[ns] = _start_holder(detach)
         fds: dict[int, int] = {}
         while True:
             line = _read_line(report).decode("utf-8", "replace")
