@@ -128,6 +128,52 @@ class _Parser:
         self.devs: dict[bytes, Dev | None] = {}
         self.roots: dict[bytes, tuple[str, bool] | None] = {}
         self.tails: dict[bytes, _Tail | None] = {}
+        # The pieces of tails: distinct tails differ mostly in their peer groups, and the
+        # option lists and names they share are decoded once.
+        self.options: dict[bytes, tuple[str, ...]] = {}
+        self.texts: dict[bytes, str] = {}
+        self.props: dict[tuple[bytes, ...], Propagation | None] = {}
+
+    def _tail(self, rest: bytes) -> _Tail | None:
+        # Everything after the mountpoint; None: let parse_line say what is wrong.
+        fields = rest.split(b" ")
+        try:
+            sep = fields.index(b"-", 1)
+        except ValueError:
+            return None
+        if len(fields) - sep != 4:
+            return None
+        optional = tuple(fields[1:sep])
+        try:
+            prop = self.props[optional]
+        except KeyError:
+            try:
+                prop = _propagation(list(optional), "", 0, b"")
+            except MountinfoError:
+                prop = None
+            self.props[optional] = prop
+        if prop is None:
+            return None
+        fstype = self._text(fields[sep + 1])
+        if not fstype:
+            return None
+        options = self._options
+        return (options(fields[0]), prop, fstype, self._text(fields[sep + 2]),
+                options(fields[sep + 3]))  # fmt: skip
+
+    def _options(self, field: bytes) -> tuple[str, ...]:
+        try:
+            return self.options[field]
+        except KeyError:
+            value = self.options[field] = _options(field)
+            return value
+
+    def _text(self, field: bytes) -> str:
+        try:
+            return self.texts[field]
+        except KeyError:
+            value = self.texts[field] = _text(field)
+            return value
 
     def mounts(self, data: bytes, first_lineno: int = 1) -> Iterator[Mount]:
         source = self.source
@@ -144,7 +190,7 @@ class _Parser:
             try:
                 tail = tails[rest]
             except KeyError:
-                tail = tails[rest] = _tail(rest)
+                tail = tails[rest] = self._tail(rest)
             try:
                 dev = devs[dev_f]
             except KeyError:
@@ -188,25 +234,6 @@ def _root(field: bytes) -> tuple[str, bool] | None:
     if not root.startswith(b"/"):
         return None
     return os.fsdecode(root), deleted
-
-
-def _tail(rest: bytes) -> _Tail | None:
-    # Everything after the mountpoint; None: let parse_line say what is wrong.
-    fields = rest.split(b" ")
-    try:
-        sep = fields.index(b"-", 1)
-    except ValueError:
-        return None
-    if len(fields) - sep != 4:
-        return None
-    try:
-        prop = _propagation(fields[1:sep], "", 0, b"")
-    except MountinfoError:
-        return None
-    fstype = _text(fields[sep + 1])
-    if not fstype:
-        return None
-    return _options(fields[0]), prop, fstype, _text(fields[sep + 2]), _options(fields[sep + 3])
 
 
 def read_mountinfo(pid: int | str = "self", proc_root: str = "/proc", ns_id: int = 0) -> MountTree:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import fnmatch
 import operator
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from importlib import metadata
 from typing import Any, cast
@@ -483,17 +483,7 @@ class DriverManager:
             direct: _Direct | None = decided[1]
             if direct is None or not kwargs.keys() >= direct[2] or driver not in drivers:
                 return self.call(hook, driver, **kwargs)
-            try:
-                token = _routed.set(driver)
-                try:
-                    return direct[0](*direct[1](kwargs))
-                finally:
-                    _routed.reset(token)
-            except BaseException as exc:
-                err = _attributed(hook, driver, exc)
-                if err is None:
-                    raise
-                raise err from exc
+            return _call_routed(hook, driver, direct[0], direct[1](kwargs))
 
         return bound
 
@@ -521,22 +511,28 @@ class DriverManager:
             fn = decided[1]
             if fn is None or driver not in drivers:
                 return by_name(**dict(zip(names, args, strict=True)))
-            try:
-                token = _routed.set(driver)
-                try:
-                    return fn(*args)
-                finally:
-                    _routed.reset(token)
-            except BaseException as exc:
-                err = _attributed(hook, driver, exc)
-                if err is None:
-                    raise
-                raise err from exc
+            return _call_routed(hook, driver, fn, args)
 
         return bound
 
     def call_for_fstype(self, hook: str, fstype: str, **kwargs: Any) -> Any:
         return self.call(hook, self.owner(fstype), **kwargs)
+
+
+def _call_routed(hook: str, driver: str, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
+    """``fn(*args)``, the implementation of ``hook`` in ``driver``, called as :meth:`call`
+    calls it: routed to ``driver`` (``current_driver``) and with its errors attributed."""
+    try:
+        token = _routed.set(driver)
+        try:
+            return fn(*args)
+        finally:
+            _routed.reset(token)
+    except BaseException as exc:
+        err = _attributed(hook, driver, exc)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def load_drivers(

@@ -335,3 +335,23 @@ def test_a_complete_call_warns_nothing() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1) == Label("myram")
+
+
+def test_mount_images_of_templates_copied_between_peer_groups(tmp_path: Path) -> None:
+    # Templates that differ only in the device and the peer groups share one built from
+    # scratch: each combination (a group set, then cleared; big and zero values) still gives
+    # the bytes of its own message.
+    groups = [None, 0, 1, 300, 1 << 31]
+    mounts = [
+        Mount(10 + n, 1, Dev(n % 3, n % 7 * 1000), "/", f"/m{n}", "tmpfs", "t", ("rw",),
+              ("rw", "size=1k"), Propagation(shared=groups[n % 5], master=groups[n // 5 % 5]))
+        for n in range(60)
+    ]  # fmt: skip
+    tree = MountTree(tuple(mounts))
+    drivers = dict.fromkeys((m.mnt_id for m in mounts), "generic")
+    write_mount_namespace(str(tmp_path), 2, tree, drivers=drivers)
+    criu = frames(tmp_path / "mountpoints-2.img")
+    assert criu == [criu_mnt_entry(m).SerializeToString() for m in reversed(mounts)]
+    fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]
+    assert fw == [fwstate_pb2.fw_entry(mount=_fw_mount(m, "generic", None, None, None))
+                  .SerializeToString() for m in mounts]  # fmt: skip
