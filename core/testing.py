@@ -19,6 +19,16 @@ from types import TracebackType
 
 READY = "criu-fw-scenario-ready"
 
+#: Working directories of the scenarios this process closed (see :func:`closed_workdirs`).
+_closed: list[str] = []
+
+
+def closed_workdirs() -> list[str]:
+    """Working directories of scenarios this process has closed. A restore with ``--root /``
+    creates the dumped mountpoints again under that root, so such a directory can come back
+    on the host's filesystem after its scenario is gone; test suites remove them."""
+    return list(_closed)
+
 
 def host_mount_table() -> list[str]:
     """The caller's mount table without ids, to check that nothing leaked into it."""
@@ -108,6 +118,8 @@ class NamespaceScenario:
         # The namespace died with its last process, so the workdir holds no mounts here:
         # removing it only touches what the script created on the host's /tmp.
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.workdir not in _closed:
+            _closed.append(self.workdir)
 
     def __enter__(self) -> NamespaceScenario:
         return self

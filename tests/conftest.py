@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
-from criu_fw.testing import NamespaceScenario, host_mount_table
+from criu_fw.testing import NamespaceScenario, closed_workdirs, host_mount_table
 
 ROOT = os.geteuid() == 0
-SCENARIO_DIRS = os.path.join(tempfile.gettempdir(), "criu-fw-scn-*")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,14 +26,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def _host_mounts_unchanged() -> Iterator[None]:
     before = host_mount_table()
-    scratch = set(glob.glob(SCENARIO_DIRS))
     yield
     after = host_mount_table()
     assert after == before, "the test changed the caller's mount table"
-    # A restore with --root / creates the dumped mountpoints under that root, so a scenario's
-    # (already removed) working directory comes back on the host filesystem: remove it. These
-    # are plain directories here; the mount-table check above proves nothing is mounted there.
-    for path in set(glob.glob(SCENARIO_DIRS)) - scratch:
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scenario_dirs_removed() -> Iterator[None]:
+    """A restore with --root / creates the dumped mountpoints under that root, so a closed
+    scenario's working directory can come back on the host filesystem. Remove those at the
+    end of the session (earlier, removing a directory would detach the mounts a still-living
+    restored namespace has on it), and only this process's, never another suite's."""
+    yield
+    for path in closed_workdirs():
         shutil.rmtree(path, ignore_errors=True)
 
 
