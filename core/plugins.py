@@ -202,7 +202,9 @@ def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
     dist = ep.dist
     if dist is None:
         return ("unknown", "")
-    return (dist.metadata["Name"] or dist.name, dist.version)
+    # Each .metadata access parses the METADATA file again: read it once.
+    md = dist.metadata
+    return (md["Name"] or dist.name, md["Version"] or dist.version)
 
 
 class DriverManager:
