@@ -20,7 +20,21 @@ import abc
 from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
+import attrs
 from google.protobuf.message import Message
+
+
+@attrs.frozen
+class NamedDirectory:
+    """A directory that a superblock option names (an overlay layer), by where it leads:
+    ``mnt_id`` (the dumped or live mount id) and ``path`` below that mount's mountpoint, or
+    ``mnt_id is None`` and a path on the host."""
+
+    role: str
+    #: The option that spells it (``lowerdir+``, ``upperdir``...).
+    option: str
+    mnt_id: int | None
+    path: str
 
 
 class DriverState(abc.ABC):
@@ -41,6 +55,13 @@ class DriverState(abc.ABC):
     @abc.abstractmethod
     def from_message(cls, message: Any) -> Self:
         """Rebuild the state from an instance of ``MESSAGE``."""
+
+    def directories(self) -> tuple[NamedDirectory, ...] | None:
+        """The directories this mount's superblock options name, resolved; ``None`` when it
+        names none. ``criu-fw verify`` compares such directories by where they lead and
+        leaves the options that spell them out of the textual comparison (the same layer
+        is ``lowerdir=rel/l`` at dump and ``lowerdir+=/l`` after a restore by descriptor)."""
+        return None
 
 
 @runtime_checkable

@@ -11,7 +11,8 @@ Directories named in superblock options (an overlay's layers) are compared by wh
 not by how they are spelled: the dump may have seen ``lowerdir=layers/lower`` (relative to a
 cwd long gone, or with a prefix that pivot_root made stale) and the restore passes the same
 directory by descriptor, which the kernel shows as ``lowerdir+=/layers/lower``. Where the
-images hold a driver state with ``layers`` (the overlay driver's), the owning driver's own
+images hold a driver state that names directories (``DriverState.directories()``: the overlay
+driver's layers), the owning driver's own
 ``parse_mount`` reads the live mount the way a dump would, and the two layer lists are compared
 as (role, mount, path inside it); the options that spell those layers are then left out of the
 textual comparison.
@@ -93,25 +94,20 @@ LayerKey = tuple[str, int | None, str]
 def layer_keys(state: DriverState | None, to_live: Callable[[int], int | None]) -> (
     tuple[LayerKey, ...] | None
 ):
-    """The layers a driver state names, with mount ids mapped by ``to_live``; None when the
-    state names no layers."""
-    layers = getattr(state, "layers", None)
-    if layers is None:
+    """The directories a driver state names, with mount ids mapped by ``to_live``; None when
+    the state names none."""
+    dirs = state.directories() if state is not None else None
+    if dirs is None:
         return None
-    out: list[LayerKey] = []
-    for layer in layers:
-        role = getattr(getattr(getattr(layer, "spec", None), "role", None), "value", "?")
-        mnt = getattr(layer, "mnt_id", None)
-        out.append((str(role), None if mnt is None else to_live(mnt), str(layer.path)))
-    return tuple(out)
+    return tuple(
+        (d.role, None if d.mnt_id is None else to_live(d.mnt_id), d.path) for d in dirs
+    )
 
 
 def _layer_options(state: DriverState | None) -> set[str]:
     names = {"lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir"}
-    for layer in getattr(state, "layers", None) or ():
-        option = getattr(getattr(layer, "spec", None), "option", None)
-        if option:
-            names.add(str(option))
+    for d in (state.directories() if state is not None else None) or ():
+        names.add(d.option)
     return names
 
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Self
 
 import attrs
-from criu_fw.driver import DriverState
+from criu_fw.driver import DriverState, NamedDirectory
 from criu_fw.model import Dev
 from criu_fw.proto import overlay_pb2
 from google.protobuf.message import Message
@@ -47,6 +47,12 @@ class OverlayState(DriverState):
 
     def role(self, role: Role) -> tuple[ResolvedLayer, ...]:
         return tuple(layer for layer in self.layers if layer.spec.role is role)
+
+    def directories(self) -> tuple[NamedDirectory, ...]:
+        return tuple(
+            NamedDirectory(layer.spec.role.value, layer.spec.option, layer.mnt_id, layer.path)
+            for layer in self.layers
+        )
 
     def to_message(self) -> overlay_pb2.overlay_state:
         msg = overlay_pb2.overlay_state(readonly=self.readonly, new_api=self.new_api)
