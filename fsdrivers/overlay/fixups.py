@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import posixpath
+from typing import TypeVar
 
 import attrs
 from criu_fw.context import DumpContext
@@ -202,6 +203,18 @@ def _join(mountpoint: str, rest: str) -> str:
     return posixpath.normpath(mountpoint.rstrip("/") + "/" + rest.lstrip("/"))
 
 
+_R = TypeVar("_R", OpenFile, FileMapping)
+
+
+def _corrected(record: _R, t: _Target, mount: Mount | None, ctx: DumpContext) -> _R | None:
+    """``record`` with the path and mount :func:`check` found, or None when it was right."""
+    fixed = check(t, mount, ctx)
+    if fixed is None:
+        return None
+    path, mnt_id = fixed
+    return attrs.evolve(record, path=path, mnt_id=mnt_id)
+
+
 def fixup_file(file: OpenFile, mount: Mount | None, ctx: DumpContext) -> OpenFile | None:
     link = _LINKS.get(file.fd, f"fd/{file.fd}")
     t = _Target(
@@ -214,11 +227,7 @@ def fixup_file(file: OpenFile, mount: Mount | None, ctx: DumpContext) -> OpenFil
         link,
         "fd",
     )
-    fixed = check(t, mount, ctx)
-    if fixed is None:
-        return None
-    path, mnt_id = fixed
-    return attrs.evolve(file, path=path, mnt_id=mnt_id)
+    return _corrected(file, t, mount, ctx)
 
 
 def fixup_mapping(vma: FileMapping, mount: Mount | None, ctx: DumpContext) -> FileMapping | None:
@@ -233,8 +242,4 @@ def fixup_mapping(vma: FileMapping, mount: Mount | None, ctx: DumpContext) -> Fi
         link,
         "map",
     )
-    fixed = check(t, mount, ctx)
-    if fixed is None:
-        return None
-    path, mnt_id = fixed
-    return attrs.evolve(vma, path=path, mnt_id=mnt_id)
+    return _corrected(vma, t, mount, ctx)
