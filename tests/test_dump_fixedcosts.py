@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ from criu_fw.errors import DriverError
 from criu_fw.images import write_serialized
 from criu_fw.imageset import mount_image_names, read_mount_namespace, write_mount_namespace
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse, parse_line
-from criu_fw.plugins import DriverConfig, DriverManager, current_driver
+from criu_fw.mountinfo import parse
+from criu_fw.plugins import current_driver
+from test_fastpaths import MOUNT, Wrap, ram_manager
 
 
 class Ram3(FsDriver):
@@ -38,31 +38,11 @@ class Ram3(FsDriver):
         return "state" if ctx is not None else None
 
 
-class Wrap:
-    name = "wrap"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @hookimpl(wrapper=True)
-    def parse_mount(self) -> Iterator[None]:
-        self.calls += 1
-        return (yield)
-
-
-MOUNT = parse_line(b"5 1 0:9 / /r rw - ramfs myram rw")
-
-
-def manager(*plugins: object) -> DriverManager:
-    blocked = frozenset({"generic", "overlay", "aufs"})
-    return DriverManager(DriverConfig(blocked=blocked, external=False)).load(plugins)
-
-
 @pytest.mark.parametrize("names", [("mount", "tree", "ctx"), ("ctx", "mount", "tree")])
 def test_positional_calls_keep_results_routing_and_wrappers(names: tuple[str, ...]) -> None:
     # The second order does not match the implementation's: the keyword path, same results.
     ram = Ram3()
-    mgr = manager(ram)
+    mgr = ram_manager(ram)
     call = mgr.bind_args("parse_mount", "ram3", names)
 
     def args(mount: object, tree: object, ctx: object) -> list[object]:
@@ -88,22 +68,26 @@ def test_positional_calls_keep_results_routing_and_wrappers(names: tuple[str, ..
     ],
 )
 def test_positional_calls_attribute_errors(exc: Exception, message: str) -> None:
-    call = manager(Ram3(exc)).bind_args("parse_mount", "ram3", ("mount", "tree", "ctx"))
+    call = ram_manager(Ram3(exc)).bind_args("parse_mount", "ram3", ("mount", "tree", "ctx"))
     with pytest.raises(DriverError) as err:
         call(MOUNT, None, 1)
     assert str(err.value) == message and err.value.driver == "ram3"
     assert err.value is exc or err.value.__cause__ is exc
     with pytest.raises(KeyboardInterrupt):
-        manager(Ram3(KeyboardInterrupt())).bind_args(
-            "parse_mount", "ram3", ("mount", "tree", "ctx"))(MOUNT, None, 1)
+        ram_manager(Ram3(KeyboardInterrupt())).bind_args(
+            "parse_mount", "ram3", ("mount", "tree", "ctx")
+        )(MOUNT, None, 1)
     with pytest.raises(DriverError, match="no such driver is loaded"):
-        manager(Ram3()).bind_args("parse_mount", "nope", ("mount", "tree", "ctx"))(
-            MOUNT, None, 1)
+        ram_manager(Ram3()).bind_args("parse_mount", "nope", ("mount", "tree", "ctx"))(
+            MOUNT, None, 1
+        )
 
 
-TABLE = (b"1 0 0:20 / / rw - tmpfs root rw\n"
-         b"2 1 0:21 / /proc rw,nosuid - proc proc rw\n"
-         b"3 1 0:40 / /t rw shared:5 - tmpfs t rw,size=1k\n")
+TABLE = (
+    b"1 0 0:20 / / rw - tmpfs root rw\n"
+    b"2 1 0:21 / /proc rw,nosuid - proc proc rw\n"
+    b"3 1 0:40 / /t rw shared:5 - tmpfs t rw,size=1k\n"
+)
 
 
 def test_mount_images_into_files_created_ahead_are_the_same_bytes(tmp_path: Path) -> None:
