@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .driver import DriverState
     from .files import FileMapping, OpenFile
     from .model import Mount, MountTree
-    from .plan import MountPlan
+    from .plan import ContentJob, MountPlan
 
 PROJECT = "criu_fw"
 
@@ -145,7 +145,9 @@ def dump_content(mount: Mount, path: str, ctx: DumpContext) -> str | None:
 
 
 @hookspec(firstresult=True)
-def restore_content(mount: Mount, image: str, path: str, ctx: RestoreContext) -> bool | None:
+def restore_content(
+    mount: Mount, image: str, path: str, ctx: RestoreContext
+) -> bool | ContentJob | None:
     """Put saved content back into a freshly created filesystem.
 
     Phase: restore, once per superblock whose ``dump_content`` wrote an image, right after the
@@ -157,7 +159,10 @@ def restore_content(mount: Mount, image: str, path: str, ctx: RestoreContext) ->
         and nowhere else.
     :param ctx: The restore.
 
-    :returns: ``True`` once restored; ``None`` if this driver does not handle that image
+    :returns: ``True`` once restored; a :class:`~criu_fw.plan.ContentJob` when the work
+        was started and goes on by itself (a process writing into ``path``: the core makes
+        other superblocks meanwhile and waits for the job before it needs the content, and
+        cancels it if the restore fails); ``None`` if this driver does not handle that image
         (the restore then fails naming the image: content is never silently dropped).
 
     .. versionadded:: 0.1

@@ -7,6 +7,8 @@ themselves, the core's mount layer does (which is what lets tests record the cal
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import attrs
 
 
@@ -75,3 +77,27 @@ class BindExternal:
 
 
 MountPlan = NewSuperblock | BindFrom | BindExternal
+
+
+@runtime_checkable
+class ContentJob(Protocol):
+    """Content being put back while the restore goes on (what ``restore_content`` may return
+    instead of ``True``: a started extraction).
+
+    The core creates other superblocks meanwhile and calls :meth:`wait` before anything is
+    cut from, mounted on or named inside the filesystem being filled, and before the
+    namespace becomes the restored one; on a failure elsewhere it calls :meth:`cancel`.
+    """
+
+    def done(self) -> bool:
+        """Whether the job has ended (well or not), without waiting."""
+        ...
+
+    def wait(self) -> None:
+        """Wait for the end; raise :class:`~criu_fw.errors.RestoreError` saying why if it
+        failed (the core adds the mount and the driver)."""
+        ...
+
+    def cancel(self) -> None:
+        """Stop the job and wait for it to be gone (the restore failed); never raises."""
+        ...

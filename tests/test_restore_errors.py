@@ -101,6 +101,19 @@ def test_missing_content_archive(base: tuple[str, str], tmp_path: os.PathLike[st
     _fails(_restore(images, "--external", "mnt[data]:/tmp"), archive, "'/", "(tmpfs, source 'ta')")
 
 
+def test_corrupt_content_archive(base: tuple[str, str], tmp_path: os.PathLike[str]) -> None:
+    # tar runs while the restore goes on (a content job); its failure is reported when the
+    # restore waits for it, and _restore checks that no tar is left running.
+    images = _copy(base, tmp_path)
+    ns = read_mount_namespace(images, 1)
+    (archive,) = [ns.content[m.mnt_id] for m in ns.tree if m.source == "ta"]
+    with open(os.path.join(images, archive), "r+b") as f:
+        f.seek(10)
+        f.write(b"\xde\xad" * 64)
+    _fails(_restore(images, "--external", "mnt[data]:/tmp"), "(tmpfs, source 'ta')",
+           "driver 'generic'", f"{archive}: tar could not restore the content")
+
+
 @pytest.mark.parametrize("spoil", ["truncate", "garble", "magic"])
 def test_corrupt_image(base: tuple[str, str], tmp_path: os.PathLike[str], spoil: str) -> None:
     images = _copy(base, tmp_path)

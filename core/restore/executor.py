@@ -11,18 +11,27 @@ namespace of one restore: a superblock is created by the first namespace that ne
 stays open until the last mount of any namespace has been cut from it. What runs after every
 namespace's tree exists (deferred flags, propagation across namespaces, read-only superblocks)
 is driven by :mod:`.build`.
+
+Content put back by a job that runs on its own (a tar, see
+:class:`~criu_fw.plan.ContentJob`) overlaps the rest of the build: while it runs, the
+executor creates the superblocks that come later and depend on nothing (no layer, no
+content of their own), and it waits for the job only when a mount is cut from the filling
+superblock (every later use of it goes through such a mount), or at the end of its steps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
 from collections.abc import Sequence
 
 from .. import kernel
 from ..context import RestoreContext
-from ..errors import CriuFwError, RestoreError
+from ..errors import CriuFwError, DriverError, RestoreError
 from ..model import Mount
 from ..mountops import Fd, MountOps, ParamArg
-from ..plan import ExternalRef, PathRef
+from ..plan import ContentJob, ExternalRef, PathRef
 from ..plugins import DriverManager
 from .order import CREATE, SB, Step
 from .plans import MountJob, NamespacePlan, SuperblockJob
@@ -111,6 +120,10 @@ class Executor:
         self.refs: dict[int, int] = {}
         self.keep: set[int] = set()  # mount ids needed after the build
         self.deferred_attrs: list[Mount] = []
+        #: Superblocks whose content is still being put back, by key.
+        self.pending: dict[int, tuple[SuperblockJob, ContentJob]] = {}
+        self._ahead: list[SuperblockJob] = []  # superblocks that may be created early
+        self._made: set[int] = set()  # keys of the superblocks created so far
         tree = plan.tree
         for sb in plan.superblocks.values():
             for ref in sb.plan.dependencies():
@@ -138,13 +151,28 @@ class Executor:
     # -- steps ---------------------------------------------------------------------------
 
     def run(self, steps: Sequence[Step]) -> None:
-        for step in steps:
-            if step.kind == SB:
-                sb = self.plan.superblocks[step.key]
-                self._guard(sb.mount, self._superblock, sb)
-            else:
-                m = self.plan.tree.get(step.key)
-                self._guard(m, self._create if step.kind == CREATE else self._attach, m)
+        sbs = self.plan.superblocks
+        # In step order from the end, so that pop() gives the next one.
+        self._ahead = [sbs[s.key] for s in reversed(steps) if s.kind == SB and _early(sbs[s.key])]
+        try:
+            for step in steps:
+                if step.kind == SB:
+                    sb = sbs[step.key]
+                    self._guard(sb.mount, self._superblock, sb)
+                else:
+                    m = self.plan.tree.get(step.key)
+                    self._guard(m, self._create if step.kind == CREATE else self._attach, m)
+            for key in list(self.pending):
+                self._wait(key)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def cancel(self) -> None:
+        """Stop the content jobs still running (the restore failed)."""
+        pending, self.pending = self.pending, {}
+        for _, job in pending.values():
+            job.cancel()
 
     def _guard(self, m: Mount, fn: object, arg: object) -> None:
         assert callable(fn)
@@ -166,32 +194,68 @@ class Executor:
         return value
 
     def _superblock(self, sb: SuperblockJob) -> None:
+        if sb.key in self._made:
+            return
         params = [(k, self._param(v)) for k, v in sb.plan.params]
         h = self.ops.new_superblock(
             sb.plan.fstype, sb.plan.source, params,
             legacy_data=sb.plan.legacy_data, chroot=self.chroot,
         )
         self.pool.handle[sb.key] = h
+        self._made.add(sb.key)
         for ref in sb.plan.dependencies():
             self._release(ref)
         if sb.content is not None:
             image = sb.content
+            started: list[ContentJob] = []
 
             def fill(path: str) -> None:
                 done = self.mgr.call(
                     "restore_content", sb.driver, mount=sb.mount, image=image, path=path,
                     ctx=self.ctx,
                 )
-                if not done:
+                if isinstance(done, ContentJob):
+                    started.append(done)
+                elif not done:
                     raise RestoreError(
                         f"{sb.mount.describe()}: driver {sb.driver!r} did not restore the "
                         f"content image {image}"
                     )
 
             self.ops.restore_content(h, image, fill)
+            if started:
+                self.pending[sb.key] = (sb, started[0])
+                self._work_ahead()
+
+    def _work_ahead(self) -> None:
+        """Create later, independent superblocks while content jobs run, within a share of
+        the descriptors left (each one is a handle held until its mounts are cut)."""
+        room = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _open_fds()) // 2
+        while self._ahead and room > 0 and not all(j.done() for _, j in self.pending.values()):
+            sb = self._ahead.pop()
+            if sb.key in self.pool.handle or sb.key in self._made:
+                continue
+            self._guard(sb.mount, self._superblock, sb)
+            room -= 1
+
+    def _wait(self, key: int) -> None:
+        sb, job = self.pending.pop(key)
+        try:
+            job.wait()
+        except Exception as exc:
+            # Worded as an error out of the hook itself would be (see DriverManager.call).
+            if isinstance(exc, DriverError):
+                err = exc
+            elif isinstance(exc, CriuFwError):
+                err = DriverError(sb.driver, str(exc))
+            else:
+                err = DriverError(sb.driver, f"restore_content failed: {type(exc).__name__}: {exc}")
+            raise RestoreError(f"{sb.mount.describe()}: {err}") from exc
 
     def _create(self, m: Mount) -> None:
         job = self.plan.jobs[m.mnt_id]
+        if job.sb in self.pending:
+            self._wait(job.sb)
         if job.sb is None:
             h = self.ops.clone(None, job.path)
             current: int | None = None  # whatever the host mount has
@@ -251,6 +315,20 @@ class Executor:
         for mnt_id in list(self.keep):
             self._release(mnt_id)
         self.keep.clear()
+
+
+def _early(sb: SuperblockJob) -> bool:
+    """Whether a superblock can be created before its turn: it names no mount or outside
+    path and has no content of its own (another job)."""
+    return sb.content is None and all(
+        not isinstance(v, PathRef | ExternalRef) for _, v in sb.plan.params
+    ) and not sb.plan.dependencies()
+
+
+def _open_fds() -> int:
+    with contextlib.suppress(OSError):
+        return len(os.listdir("/proc/self/fd"))
+    return 0
 
 
 def _relative(path: str, top: str) -> str:

@@ -5,14 +5,17 @@ superblock options (the mountinfo spelling, which is what the kernel's parsers t
 minus options that describe the machine rather than the mount (an LSM's ``seclabel``).
 Other mounts of the same superblock, external mounts and the ``--root`` bind are the core's
 business. ``restore_content`` unpacks ``tmpfs-dev-<kdev>.tar.gz.img`` with GNU tar, keeping
-numeric owners, permissions, xattrs and sparse files.
+numeric owners, permissions, xattrs and sparse files; it returns the running tar as a
+:class:`~criu_fw.plan.ContentJob`, so the core creates other superblocks meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import tempfile
 
 from criu_fw.context import RestoreContext
 from criu_fw.driver import DriverState
@@ -41,18 +44,45 @@ def default_plan(mount: Mount) -> NewSuperblock:
     return NewSuperblock(mount.fstype, mount.source, tuple(params))
 
 
-def extract_archive(archive: str, path: str) -> None:
-    """Unpack a content archive into the directory ``path`` (a fresh filesystem's root)."""
-    res = subprocess.run(
-        [*TAR_EXTRACT, "--file", archive, "--directory", path],
-        stdin=subprocess.DEVNULL, capture_output=True, check=False,
-    )
-    if res.returncode != 0:
-        detail = " ".join(res.stderr.decode("utf-8", "replace").split())[:300]
+class Extraction:
+    """A tar unpacking a content archive, running while the restore goes on (a
+    :class:`~criu_fw.plan.ContentJob`). tar's messages go to an unnamed file, not a pipe,
+    so a chatty tar never blocks waiting for a reader."""
+
+    def __init__(self, archive: str, path: str) -> None:
+        self.archive = archive
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait/cancel
+        try:
+            self._proc = subprocess.Popen(
+                [*TAR_EXTRACT, "--file", archive, "--directory", path],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
+            )
+        except OSError as exc:
+            self._errors.close()
+            raise RestoreError(
+                f"{os.path.basename(archive)}: cannot run tar: {exc.strerror}"
+            ) from exc
+
+    def done(self) -> bool:
+        return self._proc.poll() is not None
+
+    def wait(self) -> None:
+        code = self._proc.wait()
+        with self._errors:
+            if code == 0:
+                return
+            self._errors.seek(0)
+            detail = " ".join(self._errors.read(4096).decode("utf-8", "replace").split())
         raise RestoreError(
-            f"{os.path.basename(archive)}: tar could not restore the content "
-            f"(exit {res.returncode}): {detail}"
+            f"{os.path.basename(self.archive)}: tar could not restore the content "
+            f"(exit {code}): {detail[:300]}"
         )
+
+    def cancel(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        self._proc.wait()
+        self._errors.close()
 
 
 class GenericRebuild:
@@ -67,12 +97,12 @@ class GenericRebuild:
     @hookimpl
     def restore_content(
         self, mount: Mount, image: str, path: str, ctx: RestoreContext
-    ) -> bool | None:
+    ) -> Extraction | None:
         if not _CONTENT_IMAGE.match(image):
             return None
         archive = os.path.join(ctx.image_dir, image)
         if not os.path.isfile(archive):
             # The core prefixes the mount (mountpoint, fstype, source) and the driver.
             raise RestoreError(f"{archive}: missing content image")
-        extract_archive(archive, path)
-        return True
+        # Started, not waited for: the core makes other superblocks while tar works.
+        return Extraction(archive, path)
