@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import BinaryIO, Literal
 
 import attrs
@@ -214,17 +214,7 @@ def write_mount_namespace(
             )
         ).SerializeToString()
     ]
-    entries = _EntryWriter()
-    serialize = entries.serialize
-    append_criu, append_fw = criu.append, fw.append
-    for m in mounts:
-        mnt_id = m.mnt_id
-        c, f = serialize(
-            m, drivers[mnt_id], states.get(mnt_id) if states else None,
-            external.get(mnt_id) if external else None, content.get(mnt_id) if content else None,
-        )
-        append_criu(c)
-        append_fw(f)
+    _EntryWriter().write_all(mounts, drivers, states, external, content, criu, fw)
     criu.reverse()  # CRIU's order: reverse mountinfo order
 
     mnts_name = mountpoints_image(ns_id)
@@ -259,29 +249,51 @@ class _EntryWriter:
         self.templates: dict[tuple[object, ...], _Templates] = {}
         self.bases: dict[tuple[object, ...], _Templates] = {}
 
-    def serialize(
-        self, m: Mount, driver: str, state: DriverState | None, ext: str | None,
-        content: str | None,
-    ) -> tuple[bytes, bytes]:
-        if state is not None or m.unique_id is not None or not _FAST_TEXT:
-            return self._scratch(m, driver, state, ext, content)
-        dev, prop = m.dev, m.propagation
-        key = (m.fstype, dev.major, dev.minor, m.root, m.source, m.mount_options,
-               m.super_options, prop.shared, prop.master, prop.propagate_from, prop.unbindable,
-               m.root_deleted, driver, ext, content)  # fmt: skip
-        templates = self.templates.get(key)
-        if templates is None:
-            templates = self.templates[key] = self._template(m, driver, ext, content)
-        criu, fw, fw_mount = templates
-        try:
-            # Refused (UnicodeEncodeError) for a mountpoint that is not UTF-8, which needs
-            # its exact bytes in the fw entry too: built from scratch.
-            criu.mountpoint = m.mountpoint
-        except UnicodeEncodeError:
-            return self._scratch(m, driver, state, ext, content)
-        criu.mnt_id = fw_mount.mnt_id = m.mnt_id
-        criu.parent_mnt_id = m.parent_id
-        return criu.SerializeToString(), fw.SerializeToString()
+    def write_all(
+        self, mounts: Iterable[Mount], drivers: Mapping[int, str],
+        states: Mapping[int, DriverState | None], external: Mapping[int, str],
+        content: Mapping[int, str], criu_out: list[bytes], fw_out: list[bytes],
+    ) -> None:
+        """Append both entries of every mount, in order, to ``criu_out`` and ``fw_out``.
+
+        One loop with the template path inline: at 1,000 mounts a call per mount was a
+        fifth of the serializing."""
+        templates, make = self.templates, self._template
+        scratch = self._scratch
+        add_criu, add_fw = criu_out.append, fw_out.append
+        fast = _FAST_TEXT
+        for m in mounts:
+            mnt_id = m.mnt_id
+            driver = drivers[mnt_id]
+            state = states.get(mnt_id) if states else None
+            ext = external.get(mnt_id) if external else None
+            cont = content.get(mnt_id) if content else None
+            if state is not None or m.unique_id is not None or not fast:
+                c, f = scratch(m, driver, state, ext, cont)
+                add_criu(c)
+                add_fw(f)
+                continue
+            dev, prop = m.dev, m.propagation
+            key = (m.fstype, dev.major, dev.minor, m.root, m.source, m.mount_options,
+                   m.super_options, prop.shared, prop.master, prop.propagate_from,
+                   prop.unbindable, m.root_deleted, driver, ext, cont)  # fmt: skip
+            tpl = templates.get(key)
+            if tpl is None:
+                tpl = templates[key] = make(m, driver, ext, cont)
+            criu, fw, fw_mount = tpl
+            try:
+                # Refused (UnicodeEncodeError) for a mountpoint that is not UTF-8, which
+                # needs its exact bytes in the fw entry too: built from scratch.
+                criu.mountpoint = m.mountpoint
+            except UnicodeEncodeError:
+                c, f = scratch(m, driver, state, ext, cont)
+                add_criu(c)
+                add_fw(f)
+                continue
+            criu.mnt_id = fw_mount.mnt_id = mnt_id
+            criu.parent_mnt_id = m.parent_id
+            add_criu(criu.SerializeToString())
+            add_fw(fw.SerializeToString())
 
     def _template(self, m: Mount, driver: str, ext: str | None, content: str | None) -> _Templates:
         # Templates that differ only in the device and the peer groups (a table's many

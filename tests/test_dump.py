@@ -225,6 +225,61 @@ def test_mount_table_keeps_changing(busy: NamespaceScenario, out: Path) -> None:
     assert not out.exists()
 
 
+class _ChangeOnce:
+    """Runs a shell command in the dumped namespace once, from inside one hook of the dump's
+    first pass (a wrapper: the drivers' own work still runs)."""
+
+    def __init__(self, scn: NamespaceScenario, during: str, command: str) -> None:
+        self.scn, self.during, self.command = scn, during, command
+        self.done = False
+
+    def _now(self, hook: str) -> None:
+        if hook == self.during and not self.done:
+            self.done = True
+            self.scn.sh(self.command)
+
+    @hookimpl(wrapper=True)
+    def parse_mount(self) -> Iterator[None]:
+        self._now("parse_mount")
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def dump_content(self) -> Iterator[None]:
+        self._now("dump_content")
+        return (yield)
+
+
+def test_a_change_undone_before_the_reread_is_still_seen(busy: NamespaceScenario,
+                                                         out: Path) -> None:
+    # The text is the same again by the end: only the kernel's change events tell.
+    change = _ChangeOnce(busy, "parse_mount", "mkdir -p aba && mount -t tmpfs x aba && umount aba")
+    res = dump(busy.pid, str(out), plugins=[change])
+    assert change.done and res.attempts == 2
+    assert not any(m.mountpoint.endswith("/aba") for m in _mounts(out, 1))
+
+
+def test_a_propagation_change_is_seen(busy: NamespaceScenario, out: Path) -> None:
+    # mount(2)'s MS_SHARED moves no change event on this kernel: the re-read sees it.
+    def bind_entry() -> mnt_pb2.mnt_entry:
+        (entry,) = [m for m in _mounts(out, 1) if m.mountpoint.endswith(f"{busy.workdir}/b")]
+        return entry
+
+    dump(busy.pid, str(out))
+    assert bind_entry().shared_id == 0
+    os.rename(out, f"{out}.before")
+    res = dump(busy.pid, str(out), plugins=[_ChangeOnce(busy, "parse_mount",
+                                                        "mount --make-shared b")])
+    assert res.attempts == 2 and bind_entry().shared_id != 0
+
+
+def test_a_mount_made_while_content_is_archived_is_seen(busy: NamespaceScenario,
+                                                        out: Path) -> None:
+    change = _ChangeOnce(busy, "dump_content", "mkdir -p late && mount -t tmpfs x late")
+    res = dump(busy.pid, str(out), plugins=[change])
+    assert change.done and res.attempts == 2
+    assert any(m.mountpoint.endswith("/late") for m in _mounts(out, 1))
+
+
 def test_leave_stopped(busy: NamespaceScenario, out: Path) -> None:
     dump(busy.pid, str(out), leave_stopped=True)
     try:

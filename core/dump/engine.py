@@ -3,13 +3,15 @@
 Order of work (CRIU's): freeze the tree top-down; find its mount namespaces; per mount the
 owner's ``parse_mount`` (parents first); per fd, cwd, root, exe and mapping the ``fixup_*``
 hooks; per superblock that needs it ``dump_content`` through a helper's childless copy of a
-mount; then re-read every namespace's mountinfo (in a thread, while the mount images are
-written) and start again (bounded) if anyone changed it. The tree is resumed in a
-``finally``. Images go into a temporary directory (:mod:`.staging`: next to the target, or
-inside it when it is a mountpoint), are synced (one syncfs), ``inventory.img`` is written
-last and fsynced, and the directory is renamed into place (or its files moved,
-``inventory.img`` last): a reader sees a complete dump or none. SIGTERM, SIGHUP and SIGINT
-fail the dump like any error; a SIGKILL is undone by a watchdog process (:mod:`.watchdog`).
+mount. Every mount table is watched for change events from before it is read and read again
+from when the files are done (in a thread, while the content is archived and the mount
+images are written; :mod:`.consistency`), and the dump starts again (bounded) if anyone
+changed one. The tree is resumed in a ``finally``. Images go into a temporary directory
+(:mod:`.staging`: next to the target, or inside it when it is a mountpoint), are synced (one
+syncfs), ``inventory.img`` is written last and fsynced, and the directory is renamed into
+place (or its files moved, ``inventory.img`` last): a reader sees a complete dump or none.
+SIGTERM, SIGHUP and SIGINT fail the dump like any error; a SIGKILL is undone by a watchdog
+process (:mod:`.watchdog`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import errno
 import gc
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO
@@ -34,11 +35,12 @@ from ..imageset import mount_image_names, write_mount_namespace
 from ..model import Dev, Mount
 from ..plugins import DriverConfig, DriverManager, load_drivers
 from ..proto import fdinfo_pb2, fs_pb2
+from .consistency import MountWatch, Recheck
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
 from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
 from .maps import MapsReader
-from .namespaces import FilesystemViews, Namespace, find_namespaces, read_mountinfo_raw
+from .namespaces import FilesystemViews, Namespace, find_namespaces
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe, in_context
@@ -75,7 +77,7 @@ class DumpResult:
     external: Mapping[tuple[int, int], str]
     content_images: tuple[str, ...]
     attempts: int
-    #: Seconds per phase: freeze, mounts, files, content, write_mounts (while the check's
+    #: Seconds per phase: freeze, mounts, files, content and write_mounts (while the check's
     #: re-read runs in a thread), check (what is left of it), write (process images).
     timings: Mapping[str, float]
 
@@ -199,41 +201,50 @@ def _read_consistent(
             image_dir=tmp, proc_root=proc_root, sys_root=sys_root, root_pid=pid,
             externals=externals, recorded=not fs.live, root=root, auto_external=auto_external,
         )
-        t0 = time.perf_counter()
-        namespaces, ns_of = find_namespaces(fs, procs)
-        if externals:
-            _check_externals(externals, namespaces)
-        attempt = _Attempt(ctx, namespaces, ns_of)
-        for ns in namespaces:
-            ctx.trees[ns.ns_id] = ns.tree
-            ctx.ns_pids[ns.ns_id] = ns.pid
-        router = Router(mgr, ctx)
-        _mounts(attempt, router)
-        # The mount images are created now and written after the content archives: right
-        # after those, creating a file on a disk filesystem can wait for its journal (0.5 to
-        # 0.9 ms each on ext4, against a few us now).
-        images = _MountImages(tmp, namespaces)
+        # Watching for changes starts before the tables are read (see .consistency).
+        watch = MountWatch() if fs.live else None
         try:
-            t1 = time.perf_counter()
-            _files(fs, attempt, router, procs)
-            t2 = time.perf_counter()
-            if fs.live:
-                _content(attempt, router)
-            t3 = time.perf_counter()
-            # The check re-reads every mount table, from here as it always did; the kernel
-            # formats the text without holding the GIL, so a thread does it while this one
-            # writes the mount images (an attempt that fails the check is cleared with them).
-            check = _Recheck(fs, namespaces) if fs.live else None
+            t0 = time.perf_counter()
+            namespaces, ns_of = find_namespaces(fs, procs, watch)
+            if externals:
+                _check_externals(externals, namespaces)
+            attempt = _Attempt(ctx, namespaces, ns_of)
+            for ns in namespaces:
+                ctx.trees[ns.ns_id] = ns.tree
+                ctx.ns_pids[ns.ns_id] = ns.pid
+            router = Router(mgr, ctx)
+            _mounts(attempt, router)
+            # The mount images are created now and written after the content archives: right
+            # after those, creating a file on a disk filesystem can wait for its journal (0.5
+            # to 0.9 ms each on ext4, against a few us now).
+            images = _MountImages(tmp, namespaces)
             try:
-                _write_mounts(tmp, attempt, images)
-                t4 = time.perf_counter()
-                changed = check.changed() if check is not None else []
-                t5 = time.perf_counter()
+                t1 = time.perf_counter()
+                _files(fs, attempt, router, procs)
+                t2 = time.perf_counter()
+                # The snapshot: the re-read starts now and runs (the kernel's part, in a
+                # thread) while the content is archived and the mount images are written.
+                check = Recheck(fs, namespaces) if fs.live else None
+                try:
+                    if fs.live:
+                        _content(attempt, router)
+                    t3 = time.perf_counter()
+                    _write_mounts(tmp, attempt, images)
+                    t4 = time.perf_counter()
+                    changed = check.changed() if check is not None else []
+                    if watch is not None:
+                        moved = watch.changed()
+                        changed += [ns for ns in namespaces
+                                    if ns.pid in moved and ns not in changed]
+                    t5 = time.perf_counter()
+                finally:
+                    if check is not None:
+                        check.close()
             finally:
-                if check is not None:
-                    check.close()
+                images.close()
         finally:
-            images.close()
+            if watch is not None:
+                watch.close()
         for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2),
                      ("write_mounts", t4 - t3), ("check", t5 - t4)):
             timings[k] = v
@@ -416,90 +427,6 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
 
 
 _SPECIAL = {FD_CWD: "cwd", FD_ROOT: "root", FD_EXE: "exe"}
-
-
-class _Recheck:
-    """The consistency check's re-read, the kernel's part in a thread.
-
-    A seq_file gives a page per read(2), and a thread retakes the GIL after each one: with
-    this thread busy writing images, that is a switch interval (5 ms) per page. So the
-    thread makes one system call per namespace, sendfile(2) of the whole text into a memfd,
-    and :meth:`changed` (after the images are written) reads the memfds back here. Anything
-    unusual (no memfd, no splice for the file, a vanished process) is read again the
-    ordinary way, which also raises the ordinary errors.
-    """
-
-    def __init__(self, fs: ProcFS, namespaces: list[Namespace]) -> None:
-        self._fs = fs
-        self._namespaces = namespaces
-        # A small table is read again in changed(): a thread would cost more than it saves.
-        self._fds: list[tuple[int, int] | None] = [
-            _open_pair(fs, ns) if len(ns.raw) >= _SMALL else None for ns in namespaces
-        ]
-        self._sizes: list[int | None] = [None] * len(namespaces)
-        self._started = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="criu-fw-mount-recheck",
-                                        daemon=True)  # fmt: skip
-        if any(self._fds):
-            self._thread.start()
-            # The thread needs the GIL once to get going: give it now rather than after a
-            # switch interval of this thread's work.
-            self._started.wait()
-
-    def _run(self) -> None:
-        self._started.set()
-        for i, fds in enumerate(self._fds):
-            if fds is None:
-                continue
-            with contextlib.suppress(OSError):  # then read the ordinary way in changed()
-                self._sizes[i] = os.sendfile(fds[1], fds[0], None, _ONE_CALL)
-
-    def changed(self) -> list[Namespace]:
-        """The namespaces whose mount table differs now from what was read."""
-        self._join()
-        out = []
-        for ns, fds, size in zip(self._namespaces, self._fds, self._sizes, strict=True):
-            now = None
-            if fds is not None and size is not None and size < _ONE_CALL:
-                now = os.pread(fds[1], size + 1, 0)
-                if len(now) != size:
-                    now = None
-            if now is None:
-                now = read_mountinfo_raw(self._fs, ns.pid)
-            if now != ns.raw:
-                out.append(ns)
-        return out
-
-    def _join(self) -> None:
-        if self._thread.ident is not None:
-            self._thread.join()
-
-    def close(self) -> None:
-        self._join()
-        for fds in self._fds:
-            if fds is not None:
-                os.close(fds[0])
-                os.close(fds[1])
-        self._fds = [None] * len(self._fds)
-
-
-#: More than any mount table (100,000 mounts make about 10 MB): one call reads it all.
-_ONE_CALL = 1 << 30
-#: Below this, the re-read is done directly (a few hundred mounts).
-_SMALL = 32 << 10
-
-
-def _open_pair(fs: ProcFS, ns: Namespace) -> tuple[int, int] | None:
-    """``/proc/PID/mountinfo`` and a memfd to copy it into, or None (read it as usual)."""
-    try:
-        src = os.open(fs.path(ns.pid, "mountinfo"), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return src, os.memfd_create("criu-fw-mountinfo", os.MFD_CLOEXEC)
-    except (OSError, AttributeError):
-        os.close(src)
-        return None
 
 
 class _MountImages:

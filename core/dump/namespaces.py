@@ -16,8 +16,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -27,6 +28,9 @@ from ..mountinfo import parse, read_while_written
 from . import nshelper
 from .procfs import ProcessGoneError, ProcFS
 from .procs import Process
+
+if TYPE_CHECKING:
+    from .consistency import MountWatch
 
 
 @attrs.frozen
@@ -48,8 +52,12 @@ def read_mountinfo_raw(fs: ProcFS, pid: int) -> bytes:
     return fs.must_read(pid, "mountinfo")
 
 
-def find_namespaces(fs: ProcFS, procs: Sequence[Process]) -> tuple[list[Namespace], dict[int, int]]:
-    """Every distinct mount namespace of ``procs`` and, per pid, its namespace's small id."""
+def find_namespaces(
+    fs: ProcFS, procs: Sequence[Process], watch: MountWatch | None = None
+) -> tuple[list[Namespace], dict[int, int]]:
+    """Every distinct mount namespace of ``procs`` and, per pid, its namespace's small id.
+
+    ``watch``: told about each table (by the pid it is read through) before it is read."""
     key_of: dict[int, tuple[int, bytes]] = {}
     raws: dict[int, bytes] = {}
     for p in procs:
@@ -57,6 +65,8 @@ def find_namespaces(fs: ProcFS, procs: Sequence[Process]) -> tuple[list[Namespac
         if link is not None:
             key_of[p.pid] = (fs.ns_inode(p.pid), b"")
         else:
+            if watch is not None:
+                watch.add(p.pid, fs.path(p.pid, "mountinfo"))
             raw = read_mountinfo_raw(fs, p.pid)
             raws[p.pid] = raw
             key_of[p.pid] = (0, hashlib.sha256(raw).digest())
@@ -73,6 +83,8 @@ def find_namespaces(fs: ProcFS, procs: Sequence[Process]) -> tuple[list[Namespac
     for key, ns_id in ids.items():
         pid = first[ns_id]
         source = fs.path(pid, "mountinfo")
+        if watch is not None:
+            watch.add(pid, source)
         # Live: parsed while the kernel still writes the text (None: the usual way).
         streamed = None if raws.get(pid) or not fs.live else read_while_written(source)
         if streamed is not None:
@@ -82,11 +94,6 @@ def find_namespaces(fs: ProcFS, procs: Sequence[Process]) -> tuple[list[Namespac
             mounts = tuple(parse(raw, source))
         out.append(Namespace(ns_id, key[0], pid, raw, MountTree(mounts, ns_id)))
     return out, ns_of
-
-
-def changed_namespaces(fs: ProcFS, namespaces: Iterable[Namespace]) -> list[Namespace]:
-    """The namespaces whose mount table differs now from what was read."""
-    return [ns for ns in namespaces if read_mountinfo_raw(fs, ns.pid) != ns.raw]
 
 
 def chain_of(tree: MountTree, mount: Mount) -> list[Mount]:
