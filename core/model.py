@@ -7,6 +7,7 @@ survive byte for byte: ``os.fsencode(mount.mountpoint)`` gives back the kernel's
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
 
 import attrs
 
@@ -91,9 +92,14 @@ class Propagation:
         return " ".join(parts) or "private"
 
 
-@attrs.frozen
-class Mount:
-    """One mount as the kernel reports it (mountinfo or statmount)."""
+class Mount(NamedTuple):
+    """One mount as the kernel reports it (mountinfo or statmount).
+
+    Immutable like every record here, but a named tuple rather than an attrs class: a table
+    makes one per mount, and a tuple is built in C (``tuple.__new__(Mount, fields)``, what
+    the mountinfo parser does) in a sixth of the time of a frozen attrs ``__init__``, with
+    fields read as fast as slots. ``mount._replace(...)`` makes a changed copy.
+    """
 
     mnt_id: int
     parent_id: int

@@ -178,7 +178,7 @@ class _Parser:
     def mounts(self, data: bytes, first_lineno: int = 1) -> Iterator[Mount]:
         source = self.source
         devs, roots, tails = self.devs, self.roots, self.tails
-        mount = Mount
+        new, mount = tuple.__new__, Mount
         for lineno, line in enumerate(data.split(b"\n"), first_lineno):
             if not line:
                 continue
@@ -208,8 +208,9 @@ class _Parser:
                 yield parse_line(line, source, lineno)
                 continue
             mopts, prop, fstype, src, sopts = tail
-            yield mount(ident, parent, dev, root[0], mp.decode(_FS_ENCODING, _FS_ERRORS),
-                        fstype, src, mopts, sopts, prop, root[1])
+            # Mount's fields in order (unique_id: None), without its Python-level __new__.
+            yield new(mount, (ident, parent, dev, root[0], mp.decode(_FS_ENCODING, _FS_ERRORS),
+                              fstype, src, mopts, sopts, prop, root[1], None))
 
 
 #: What follows the mountpoint, decoded: per-mount options, propagation, fstype, source and

@@ -62,6 +62,8 @@ def test_table_parse_equals_line_by_line() -> None:
     fast = list(parse(data, "mi"))
     slow = [parse_line(line, "mi", n) for n, line in enumerate(data.split(b"\n"), 1) if line]
     assert fast == slow and len(fast) == 30 * len(LINES)
+    # Built by tuple.__new__ in the fast path: still Mounts, every field where it belongs.
+    assert all(type(m) is Mount and m.unique_id is None for m in fast)
     # Shared pieces are shared values, never shared mistakes.
     assert {m.source for m in fast if m.fstype == "tmpfs"} == {"t", "my\tsrc",
                                                               os.fsdecode(b"src\xfe"), ""}

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 
-import attrs
 import pytest
 from criu_fw.dump import dump
 from criu_fw.images import KINDS, read_image, write_image
@@ -162,7 +161,7 @@ def test_kernel_refuses_an_option(base: tuple[str, str], tmp_path: os.PathLike[s
     images = _copy(base, tmp_path)
     ns = read_mount_namespace(images, 1)
     mounts = [
-        attrs.evolve(m, super_options=(*m.super_options, "bogus_opt=1"))
+        m._replace(super_options=(*m.super_options, "bogus_opt=1"))
         if m.source == "ta" else m
         for m in ns.tree
     ]

@@ -78,7 +78,8 @@ class DumpResult:
     content_images: tuple[str, ...]
     attempts: int
     #: Seconds per phase: freeze, mounts, files, content and write_mounts (while the check's
-    #: re-read runs in a thread), check (what is left of it), write (process images).
+    #: re-read runs in a thread), check (starting the re-read, and what is left of it after
+    #: the images are written), write (process images).
     timings: Mapping[str, float]
 
 
@@ -225,6 +226,7 @@ def _read_consistent(
                 # The snapshot: the re-read starts now and runs (the kernel's part, in a
                 # thread) while the content is archived and the mount images are written.
                 check = Recheck(fs, namespaces) if fs.live else None
+                started = time.perf_counter() - t2  # counted with the check
                 try:
                     if fs.live:
                         _content(attempt, router)
@@ -245,8 +247,8 @@ def _read_consistent(
         finally:
             if watch is not None:
                 watch.close()
-        for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2),
-                     ("write_mounts", t4 - t3), ("check", t5 - t4)):
+        for k, v in (("mounts", t1 - t0), ("files", t2 - t1), ("content", t3 - t2 - started),
+                     ("write_mounts", t4 - t3), ("check", t5 - t4 + started)):
             timings[k] = v
         if not changed:
             return attempt, n
