@@ -35,9 +35,11 @@ PER_MOUNT_FLAGS: Mapping[str, int] = {
 }
 
 
-@attrs.frozen(order=True)
-class Dev:
-    """A device number as mountinfo shows it (``major:minor``)."""
+class Dev(NamedTuple):
+    """A device number as mountinfo shows it (``major:minor``); ordered by (major, minor).
+
+    A named tuple, like :class:`Mount`: hashed in C, which the dump does per mount and per
+    open file (indexes by device)."""
 
     major: int
     minor: int
@@ -188,15 +190,12 @@ class MountTree:
         by_id = {m.mnt_id: m for m in mounts}
         children: dict[int, list[Mount]] = {}
         at: dict[tuple[int, str], Mount] = {}
-        # Grouped by object first: a parsed table shares one Dev per device, so the
-        # (Python-level) Dev hash runs once per distinct object, not once per mount.
-        by_obj: dict[int, list[Mount]] = {}
+        by_dev: dict[Dev, list[Mount]] = {}
         base = None
         for m in mounts:
-            dev_id = id(m.dev)
-            group = by_obj.get(dev_id)
+            group = by_dev.get(m.dev)
             if group is None:
-                by_obj[dev_id] = [m]
+                by_dev[m.dev] = [m]
             else:
                 group.append(m)
             pid = m.parent_id
@@ -212,19 +211,6 @@ class MountTree:
                 # The last parentless mount at "/" (stacked roots: the later one is on top);
                 # kept so that lookup() costs the depth of the path, not a scan of the table.
                 base = m
-        by_dev: dict[Dev, list[Mount]] = {}
-        for group in by_obj.values():
-            same = by_dev.get(group[0].dev)
-            if same is None:
-                by_dev[group[0].dev] = group
-            else:
-                same.extend(group)
-        if len(by_dev) < len(by_obj):
-            # Equal devices held by different objects (records not from one parse): group
-            # by value directly, which keeps kernel order within each device.
-            by_dev = {}
-            for m in mounts:
-                by_dev.setdefault(m.dev, []).append(m)
         object.__setattr__(self, "_by_id", by_id)
         object.__setattr__(self, "_children", children)
         object.__setattr__(self, "_by_dev", by_dev)
