@@ -93,17 +93,15 @@ class Recheck:
             _read_now(fs, ns) if fds is None else None
             for ns, fds in zip(namespaces, self._fds, strict=True)
         ]
-        self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="criu-fw-mount-recheck",
                                         daemon=True)  # fmt: skip
         if any(self._fds):
+            # Not waited for: it takes the GIL at this thread's next system call (the content
+            # helper's start) and needs it only for that moment; the re-read happens from
+            # there on, which leaves the snapshot consistent (see the module's docstring).
             self._thread.start()
-            # The thread needs the GIL once to get going: give it now rather than after a
-            # switch interval of this thread's work.
-            self._started.wait()
 
     def _run(self) -> None:
-        self._started.set()
         for i, fds in enumerate(self._fds):
             if fds is None:
                 continue
