@@ -248,6 +248,7 @@ class _EntryWriter:
     def __init__(self) -> None:
         self.templates: dict[tuple[object, ...], _Templates] = {}
         self.bases: dict[tuple[object, ...], _Templates] = {}
+        self.shapes: dict[tuple[object, ...], _Templates] = {}
 
     def write_all(
         self, mounts: Iterable[Mount], drivers: Mapping[int, str],
@@ -305,8 +306,7 @@ class _EntryWriter:
                     content)  # fmt: skip
         base = self.bases.get(base_key)
         if base is None:
-            fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, None, ext, content))
-            base = self.bases[base_key] = (criu_mnt_entry(m, ext), fw, fw.mount)
+            base = self.bases[base_key] = self._base(m, driver, ext, content)
             return base
         criu = mnt_pb2.mnt_entry()
         criu.CopyFrom(base[0])
@@ -314,15 +314,39 @@ class _EntryWriter:
             criu.root_dev = m.dev.kdev
         except ValueError:
             return (criu_mnt_entry(m, ext), base[1], base[2])  # gives protobuf's error
-        if prop.shared is None:
-            criu.ClearField("shared_id")
-        else:
-            criu.shared_id = prop.shared
-        if prop.master is None:
-            criu.ClearField("master_id")
-        else:
-            criu.master_id = prop.master
+        _set_groups(criu, prop)
         return (criu, base[1], base[2])
+
+    def _base(self, m: Mount, driver: str, ext: str | None, content: str | None) -> _Templates:
+        # Bases that differ only in root, source and content image (a table's superblocks of
+        # one kind) copy the pair built for the first of them and set those: a third of the
+        # cost. Text that is not exact UTF-8 changes more fields: built from scratch.
+        prop = m.propagation
+        shape_key = (m.fstype, m.mount_options, m.super_options, prop.propagate_from,
+                     prop.unbindable, m.root_deleted, driver, ext)  # fmt: skip
+        shape = self.shapes.get(shape_key)
+        exact = is_exact_utf8(m.root) and is_exact_utf8(m.source)
+        if shape is None or not exact:
+            fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, None, ext, content))
+            built = (criu_mnt_entry(m, ext), fw, fw.mount)
+            if exact:
+                self.shapes[shape_key] = built
+            return built
+        criu = mnt_pb2.mnt_entry()
+        criu.CopyFrom(shape[0])
+        try:
+            criu.root_dev = m.dev.kdev
+        except ValueError:
+            return (criu_mnt_entry(m, ext), shape[1], shape[2])  # gives protobuf's error
+        criu.root, criu.source = m.root, m.source  # exact: criu_text() gives them back
+        _set_groups(criu, prop)
+        fw = fwstate_pb2.fw_entry()
+        fw.CopyFrom(shape[1])
+        if content is None:
+            fw.mount.ClearField("content_image")
+        else:
+            fw.mount.content_image = content
+        return (criu, fw, fw.mount)
 
     @staticmethod
     def _scratch(
@@ -330,6 +354,18 @@ class _EntryWriter:
     ) -> tuple[bytes, bytes]:
         fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, state, ext, content))
         return criu_mnt_entry(m, ext).SerializeToString(), fw.SerializeToString()
+
+
+def _set_groups(criu: mnt_pb2.mnt_entry, prop: Propagation) -> None:
+    """The peer groups of a copied entry, as :func:`criu_mnt_entry` sets them."""
+    if prop.shared is None:
+        criu.ClearField("shared_id")
+    else:
+        criu.shared_id = prop.shared
+    if prop.master is None:
+        criu.ClearField("master_id")
+    else:
+        criu.master_id = prop.master
 
 
 #: Text that encodes as UTF-8 is its own CRIU form (``criu_text``) only when the filesystem

@@ -357,3 +357,28 @@ def test_mount_images_of_templates_copied_between_peer_groups(tmp_path: Path) ->
     fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]
     assert fw == [fwstate_pb2.fw_entry(mount=_fw_mount(m, "generic", None, None, None))
                   .SerializeToString() for m in mounts]  # fmt: skip
+
+
+def test_mount_images_of_templates_copied_between_superblocks(tmp_path: Path) -> None:
+    # Superblocks of one kind (same options, driver, external key) differ in root, source
+    # and content image: each copies the first one's pair and still gives its own bytes,
+    # whether the content image is set, changed or absent, and whatever came before it
+    # (text that is not UTF-8 is built from scratch and leaves the copies alone).
+    sources = ["t", "u", os.fsdecode(b"s\xfe"), "v", ""]
+    roots = ["/", "/sub", "/a b", os.fsdecode(b"/r\xff")]
+    contents = ["tmpfs-dev-1.tar.gz.img", None, "other.img"]
+    mounts = [
+        Mount(10 + n, 1, Dev(0, 50 + n % 6), roots[n % 4], f"/m{n}", "tmpfs", sources[n % 5],
+              ("rw", "relatime"), ("rw", "size=1k"), Propagation(shared=n % 2 or None))
+        for n in range(60)
+    ]  # fmt: skip
+    tree = MountTree(tuple(mounts))
+    drivers = dict.fromkeys((m.mnt_id for m in mounts), "generic")
+    content = {m.mnt_id: c for n, m in enumerate(mounts) if (c := contents[n % 3]) is not None}
+    write_mount_namespace(str(tmp_path), 2, tree, drivers=drivers, content=content)
+    criu = frames(tmp_path / "mountpoints-2.img")
+    assert criu == [criu_mnt_entry(m).SerializeToString() for m in reversed(mounts)]
+    fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]
+    assert fw == [fwstate_pb2.fw_entry(mount=_fw_mount(m, "generic", None, None,
+                                                       content.get(m.mnt_id)))
+                  .SerializeToString() for m in mounts]  # fmt: skip
