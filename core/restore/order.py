@@ -50,20 +50,21 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
     the order of the mounts' ranks, so no sort is needed) and each one is emitted after its
     dependencies, found by an iterative depth-first walk. A heap of ready steps gave the same
     guarantees but cost O(n log n) plus a hash of every step per edge, which at 10,000 mounts
-    was a fifth of the restore's own work.
+    was a fifth of the restore's own work. Inside, a step is the int ``key << 2 | kind``:
+    making a named tuple per edge was two thirds of the ordering's time.
     """
     tree = plan.tree
     rank = {m.mnt_id: i for i, m in enumerate(plan.mounts)}
-    deps: dict[Step, list[Step]] = {}
+    deps: dict[int, list[int]] = {}
 
-    def need(step: Step, dep: Step) -> None:
+    def need(step: int, dep: int) -> None:
         lst = deps.get(step)
         if lst is None:
             deps[step] = [dep]
         else:
             lst.append(dep)
 
-    def placed(mnt_id: int, who: Mount) -> Iterable[Step]:
+    def placed(mnt_id: int, who: Mount) -> Iterable[int]:
         """The steps after which mount ``mnt_id`` is in the final tree under the root."""
         m = tree.find(mnt_id)
         if m is None or mnt_id not in rank:
@@ -73,13 +74,13 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
             )
         cur: Mount | None = m
         while cur is not None:
-            yield Step(ATTACH, cur.mnt_id)
+            yield cur.mnt_id << 2 | ATTACH
             cur = None if cur is plan.root else tree.parent(cur)
 
     sb_of_first: dict[int, list[int]] = {}
     for sbk, sb in plan.superblocks.items():
         sb_of_first.setdefault(sb.mount.mnt_id, []).append(sbk)
-        step = Step(SB, sbk)
+        step = sbk << 2 | SB
         for dep in sb.plan.dependencies():
             for d in placed(dep, sb.mount):
                 need(step, d)
@@ -94,20 +95,21 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
                     if target == kid.mountpoint or target.startswith(
                         kid.mountpoint.rstrip("/") + "/"
                     ):
-                        need(Step(ATTACH, kid.mnt_id), step)
+                        need(kid.mnt_id << 2 | ATTACH, step)
     jobs = plan.jobs
     root = plan.root
+    superblocks = plan.superblocks
     for m in plan.mounts:
         job = jobs[m.mnt_id]
-        create, attach = Step(CREATE, m.mnt_id), Step(ATTACH, m.mnt_id)
-        if job.sb is not None and job.sb in plan.superblocks:
+        create, attach = m.mnt_id << 2 | CREATE, m.mnt_id << 2 | ATTACH
+        if job.sb is not None and job.sb in superblocks:
             # (A superblock of an earlier namespace exists before this namespace starts.)
-            need(create, Step(SB, job.sb))
+            need(create, job.sb << 2 | SB)
         if job.bind_of is not None:
-            need(create, Step(CREATE, job.bind_of))
+            need(create, job.bind_of << 2 | CREATE)
         need(attach, create)
         if m is not root:
-            need(attach, Step(CREATE, m.parent_id))
+            need(attach, m.parent_id << 2 | CREATE)
     for cover_id, covered in tree.overmounts().items():
         if cover_id not in rank:
             continue
@@ -116,29 +118,30 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
         for hidden in covered:
             for x in _subtree(tree, hidden):
                 if x.mnt_id not in own and x.mnt_id in rank:
-                    need(Step(ATTACH, cover_id), Step(ATTACH, x.mnt_id))
+                    need(cover_id << 2 | ATTACH, x.mnt_id << 2 | ATTACH)
 
-    every: list[Step] = []
+    every: list[int] = []
     for m in plan.mounts:
-        every.extend(Step(SB, k) for k in sb_of_first.get(m.mnt_id, ()))
-        every.append(Step(CREATE, m.mnt_id))
-        every.append(Step(ATTACH, m.mnt_id))
-    return _toposort(every, deps, plan, tree)
+        every.extend(k << 2 | SB for k in sb_of_first.get(m.mnt_id, ()))
+        every.append(m.mnt_id << 2 | CREATE)
+        every.append(m.mnt_id << 2 | ATTACH)
+    new = tuple.__new__
+    return [new(Step, (n & 3, n >> 2)) for n in _toposort(every, deps, plan, tree)]
 
 
 _DONE, _ACTIVE = 1, 2
 
 
 def _toposort(
-    every: list[Step], deps: dict[Step, list[Step]], plan: NamespacePlan, tree: MountTree
-) -> list[Step]:
-    state: dict[Step, int] = {}
-    out: list[Step] = []
+    every: list[int], deps: dict[int, list[int]], plan: NamespacePlan, tree: MountTree
+) -> list[int]:
+    state: dict[int, int] = {}
+    out: list[int] = []
     for start in every:
         if start in state:
             continue
         # Iterative DFS: (step, index of the next dependency to look at).
-        stack: list[tuple[Step, int]] = [(start, 0)]
+        stack: list[tuple[int, int]] = [(start, 0)]
         state[start] = _ACTIVE
         while stack:
             step, i = stack[-1]
@@ -162,10 +165,11 @@ def _toposort(
     return out
 
 
-def _describe_cycle(loop: list[Step], plan: NamespacePlan, tree: MountTree) -> str:
-    def name(st: Step) -> str:
-        m = plan.superblocks[st.key].mount if st.kind == SB else tree.get(st.key)
-        return f"{KIND_NAMES[st.kind]} {m.describe()}"
+def _describe_cycle(loop: list[int], plan: NamespacePlan, tree: MountTree) -> str:
+    def name(node: int) -> str:
+        kind, key = node & 3, node >> 2
+        m = plan.superblocks[key].mount if kind == SB else tree.get(key)
+        return f"{KIND_NAMES[kind]} {m.describe()}"
 
     names = [name(st) for st in loop]
     return "restore steps depend on each other in a cycle: " + " needs ".join(
