@@ -93,15 +93,18 @@ class Recheck:
             _read_now(fs, ns) if fds is None else None
             for ns, fds in zip(namespaces, self._fds, strict=True)
         ]
-        self._thread = threading.Thread(target=self._run, name="criu-fw-mount-recheck",
-                                        daemon=True)  # fmt: skip
+        going = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(going,),
+                                        name="criu-fw-mount-recheck", daemon=True)  # fmt: skip
         if any(self._fds):
-            # Not waited for: it takes the GIL at this thread's next system call (the content
-            # helper's start) and needs it only for that moment; the re-read happens from
-            # there on, which leaves the snapshot consistent (see the module's docstring).
             self._thread.start()
+            # Until the thread is in its system call: it needs the GIL to get there, and
+            # this thread, busy writing images when there is no content to archive, would
+            # keep it waiting up to a switch interval (5 ms).
+            going.wait()
 
-    def _run(self) -> None:
+    def _run(self, going: threading.Event) -> None:
+        going.set()  # the GIL goes back at the system call right after this
         for i, fds in enumerate(self._fds):
             if fds is None:
                 continue
