@@ -296,3 +296,43 @@ def test_strict_and_external_from_env() -> None:
     assert cfg.strict and not cfg.external
     with pytest.raises(TypeError, match="unknown DriverConfig settings"):
         DriverConfig.from_env({}, colour="red")
+
+
+class _Dist:
+    """An installed distribution as importlib.metadata shows it, with a given METADATA."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read_text(self, name: str) -> str | None:
+        return self.text if name == "METADATA" else None
+
+    @property
+    def metadata(self) -> Any:
+        import email
+
+        return email.message_from_string(self.text)  # None for a missing header, as there
+
+    name = version = "from-metadata"
+
+
+class _EntryPoint:
+    def __init__(self, text: str) -> None:
+        self.dist = _Dist(text)
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Metadata-Version: 2.1\nName: criu-fw-zfs\nVersion: 1.2\n\nName: body\n",
+         ("criu-fw-zfs", "1.2")),
+        # A header the quick reading does not find (after the blank line ending the headers):
+        # the standard parser decides, as it always did.
+        ("Metadata-Version: 2.1\nName: criu-fw-zfs\n\nVersion: 9\n",
+         ("criu-fw-zfs", "from-metadata")),
+    ],
+)
+def test_distribution_name_and_version_from_metadata(text: str, want: tuple[str, str]) -> None:
+    from criu_fw.plugins import _dist_of
+
+    assert _dist_of(_EntryPoint(text)) == want  # type: ignore[arg-type]
