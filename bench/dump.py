@@ -5,8 +5,9 @@ Usage (root): ``.venv/bin/python bench/dump.py [--mounts 1000,10000] [--files 10
 * Mount table: a child process in a private mount namespace builds N mounts under a tmpfs (1%
   new tmpfs superblocks made shared, 10% private binds, 10% binds stacked over those, 10%
   slaves, the rest binds that join the superblock mount's peer group). The *mount part* of the
-  dump (reading the namespaces and parsing mountinfo, ``parse_mount`` per mount, the consistency
-  re-read, writing mountpoints images) is compared with its floor: this process reading the same
+  dump (reading the namespaces and parsing mountinfo, ``parse_mount`` per mount, writing the
+  mountpoints images, the consistency check; its re-read runs in a thread from the end of the
+  files on, see bench/README.md) is compared with its floor: this process reading the same
   /proc files (ns/mnt link, mountinfo) and nothing else. tmpfs archiving is reported apart (one
   ``tar`` per superblock: proportional to content, not to mounts).
 * Open files: a tree of processes in a private namespace, each holding up to 19,990 fds (the
