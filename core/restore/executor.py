@@ -17,6 +17,7 @@ Content put back by a job that runs on its own (a tar, see
 executor creates the superblocks that come later and depend on nothing (no layer, no
 content of their own), and it waits for the job only when a mount is cut from the filling
 superblock (every later use of it goes through such a mount), or at the end of its steps.
+That cut is the step right after the superblock's own, so one job runs at a time.
 """
 
 from __future__ import annotations
