@@ -308,13 +308,9 @@ class _EntryWriter:
         if base is None:
             base = self.bases[base_key] = self._base(m, driver, ext, content)
             return base
-        criu = mnt_pb2.mnt_entry()
-        criu.CopyFrom(base[0])
-        try:
-            criu.root_dev = m.dev.kdev
-        except ValueError:
+        criu = _copied(base[0], m)
+        if criu is None:
             return (criu_mnt_entry(m, ext), base[1], base[2])  # gives protobuf's error
-        _set_groups(criu, prop)
         return (criu, base[1], base[2])
 
     def _base(self, m: Mount, driver: str, ext: str | None, content: str | None) -> _Templates:
@@ -332,14 +328,10 @@ class _EntryWriter:
             if exact:
                 self.shapes[shape_key] = built
             return built
-        criu = mnt_pb2.mnt_entry()
-        criu.CopyFrom(shape[0])
-        try:
-            criu.root_dev = m.dev.kdev
-        except ValueError:
+        criu = _copied(shape[0], m)
+        if criu is None:
             return (criu_mnt_entry(m, ext), shape[1], shape[2])  # gives protobuf's error
         criu.root, criu.source = m.root, m.source  # exact: criu_text() gives them back
-        _set_groups(criu, prop)
         fw = fwstate_pb2.fw_entry()
         fw.CopyFrom(shape[1])
         if content is None:
@@ -356,8 +348,16 @@ class _EntryWriter:
         return criu_mnt_entry(m, ext).SerializeToString(), fw.SerializeToString()
 
 
-def _set_groups(criu: mnt_pb2.mnt_entry, prop: Propagation) -> None:
-    """The peer groups of a copied entry, as :func:`criu_mnt_entry` sets them."""
+def _copied(entry: mnt_pb2.mnt_entry, m: Mount) -> mnt_pb2.mnt_entry | None:
+    """A copy of ``entry`` with ``m``'s device and peer groups, set as :func:`criu_mnt_entry`
+    sets them; None where protobuf refuses the device (building from scratch raises)."""
+    criu = mnt_pb2.mnt_entry()
+    criu.CopyFrom(entry)
+    try:
+        criu.root_dev = m.dev.kdev
+    except ValueError:
+        return None
+    prop = m.propagation
     if prop.shared is None:
         criu.ClearField("shared_id")
     else:
@@ -366,6 +366,7 @@ def _set_groups(criu: mnt_pb2.mnt_entry, prop: Propagation) -> None:
         criu.ClearField("master_id")
     else:
         criu.master_id = prop.master
+    return criu
 
 
 #: Text that encodes as UTF-8 is its own CRIU form (``criu_text``) only when the filesystem
