@@ -77,12 +77,12 @@ def make_images(dirs: list[str], where: str) -> str:
 
 def floor(tree: MountTree, dirs: list[str]) -> float:
     """Seconds the minimal syscall loop takes, measured in a forked child (fresh namespace)."""
+    base = tempfile.mkdtemp(prefix="criu-fw-bench-floor-")
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
             kernel.enter_private_namespace()
-            base = tempfile.mkdtemp()
             t0 = time.perf_counter()
             _floor_loop(tree, dirs, base)
             os.write(w, f"{time.perf_counter() - t0}".encode())
@@ -93,6 +93,7 @@ def floor(tree: MountTree, dirs: list[str]) -> float:
     out = os.read(r, 1000).decode()
     os.close(r)
     os.waitpid(pid, 0)
+    os.rmdir(base)  # its mounts were the child's namespace's, gone with it
     if out.startswith("ERR"):
         raise RuntimeError(out)
     return float(out)
