@@ -9,7 +9,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any
 
 import attrs
 import pytest
@@ -26,8 +26,7 @@ from criu_fw.mountinfo import parse, parse_line, read_while_written
 from criu_fw.plugins import DriverConfig, DriverManager, current_driver
 from criu_fw.proto import fwstate_pb2
 from criu_fw.testing import NamespaceScenario
-from google.protobuf import wrappers_pb2
-from google.protobuf.message import Message
+from test_imageset import LabelState
 
 # Lines of every shape the parser knows, each repeated so that the table's caches are hit.
 LINES = [
@@ -98,20 +97,6 @@ def test_a_bad_line_in_a_big_table_fails_as_alone(bad: bytes, reason: str) -> No
     assert f"mi: line 41: {reason}" in str(err.value)
 
 
-@attrs.frozen
-class Label(DriverState):
-    MESSAGE: ClassVar[type[Message]] = wrappers_pb2.StringValue
-
-    label: str
-
-    def to_message(self) -> wrappers_pb2.StringValue:
-        return wrappers_pb2.StringValue(value=self.label)
-
-    @classmethod
-    def from_message(cls, message: Any) -> Self:
-        return cls(message.value)
-
-
 def frames(path: Path) -> list[bytes]:
     raw = path.read_bytes()[8:]  # IMG_COMMON and the image's magic
     out = []
@@ -132,7 +117,7 @@ def test_mount_images_are_those_of_messages_built_one_by_one(tmp_path: Path) -> 
     tree = MountTree(tuple(mounts), ns_id=4026531840)
     ids = [m.mnt_id for m in mounts]
     drivers = {i: ("overlay" if i % 100 == 12 else "generic") for i in ids}
-    states: dict[int, DriverState | None] = {i: Label(f"s{i}") for i in ids[::7]}
+    states: dict[int, DriverState | None] = {i: LabelState(f"s{i}") for i in ids[::7]}
     external = {i: f"key-{i % 3}" for i in ids[::5]}
     content = {i: "tmpfs-dev-1.tar.gz.img" for i in ids[::4]}
     write_mount_namespace(str(tmp_path), 3, tree, drivers=drivers, states=states,
@@ -172,11 +157,11 @@ class Ram(FsDriver):
         self.seen: list[str | None] = []
 
     @hookimpl
-    def parse_mount(self, mount: Mount, ctx: object) -> Label | None:
+    def parse_mount(self, mount: Mount, ctx: object) -> LabelState | None:
         self.seen.append(current_driver())
         if self.fail is not None:
             raise self.fail
-        return Label(mount.source) if ctx is not None else None
+        return LabelState(mount.source) if ctx is not None else None
 
 
 class Wrap:
@@ -207,16 +192,16 @@ def test_direct_calls_keep_results_routing_and_errors(how: str) -> None:
         (lambda **kw: mgr.call("parse_mount", "ram", **kw)) if how == "call"
         else mgr.bind("parse_mount", "ram")
     )  # fmt: skip
-    assert call(mount=MOUNT, tree=None, ctx=1) == Label("myram")
+    assert call(mount=MOUNT, tree=None, ctx=1) == LabelState("myram")
     assert call(mount=MOUNT, tree=None, ctx=None) is None
     assert ram.seen == ["ram", "ram"] and current_driver() is None
     # A spec argument left out: pluggy's own path, with pluggy's warning.
     with pytest.warns(UserWarning, match="'tree' which are declared in the hookspec"):
-        assert call(mount=MOUNT, ctx=1) == Label("myram")
+        assert call(mount=MOUNT, ctx=1) == LabelState("myram")
     # A wrapper registered later is called from then on.
     wrap = Wrap()
     mgr.pm.register(wrap)
-    assert call(mount=MOUNT, tree=None, ctx=1) == Label("myram") and wrap.calls == 1
+    assert call(mount=MOUNT, tree=None, ctx=1) == LabelState("myram") and wrap.calls == 1
     mgr.pm.unregister(wrap)
     # Hook-call monitoring added after direct calls sees the next ones.
     seen: list[str] = []
@@ -336,7 +321,7 @@ def test_a_complete_call_warns_nothing() -> None:
     mgr = ram_manager(Ram())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1) == Label("myram")
+        assert mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1) == LabelState("myram")
 
 
 def test_mount_images_of_templates_copied_between_peer_groups(tmp_path: Path) -> None:
