@@ -6,12 +6,16 @@ through the documented attributes and methods below.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import attrs
 
+from .errors import ImageError
 from .model import Mount, MountTree
 from .stash import Stash
 
@@ -89,8 +93,50 @@ class RestoreContext:
     root: str | None = None
     #: ``--external mnt[KEY]:PATH``: key -> path on the restoring host.
     externals: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``--allow-host DIR``: host directories under which paths the images name may be used
+    #: (see :mod:`criu_fw.restore.grants`).
+    allow_host: tuple[str, ...] = ()
     #: The layer through which every mount call goes (a recording one in tests).
     ops: MountOps | None = None
     #: The dumped mount tree being restored (one namespace at a time).
     tree: MountTree | None = None
     stash: Stash = attrs.field(factory=Stash)
+
+    def open_image(self, name: str) -> int:
+        """A read descriptor of the image file ``name`` in :attr:`image_dir` (a content
+        archive), for a driver to read or hand to a helper process by descriptor.
+
+        Images are untrusted: ``name`` must be a plain file name, and the file a regular
+        file, not a link, a FIFO or a device (opened without following a link and without
+        blocking, then checked). Raises :class:`~criu_fw.errors.ImageError` naming it."""
+        return open_regular(self.image_dir, name)
+
+
+def open_regular(directory: str, name: str) -> int:
+    """``name`` inside ``directory``, opened read-only if it is a regular file (see
+    :meth:`RestoreContext.open_image`)."""
+    path = os.path.join(directory, name)
+    if not name or "/" in name or name in (".", ".."):
+        raise ImageError(path, "not a plain image file name")
+    try:
+        dfd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImageError(directory, f"cannot open the image directory: {exc.strerror}") from None
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd
+        )
+    except FileNotFoundError:
+        raise ImageError(path, "missing content image") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(path, "is a symbolic link, not an image file") from None
+        raise ImageError(path, f"cannot open: {exc.strerror}") from None
+    finally:
+        os.close(dfd)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageError(path, "is not a regular file, not an image file")
+    os.set_blocking(fd, True)
+    return fd

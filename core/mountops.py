@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 
-from . import kernel
+from . import confine, kernel
 from .errors import SyscallError
 
 
@@ -50,11 +50,13 @@ from .errors import SyscallError
 class Fd:
     """A superblock parameter passed by file descriptor (FSCONFIG_SET_FD): the directory at
     ``path`` inside restored mount ``handle``; ``mnt_id`` is the dumped id of that mount.
-    ``mnt_id`` -1 (and ``handle`` -1) means ``path`` is an absolute host path."""
+    ``mnt_id`` -1 (and ``handle`` -1) means a host directory: ``path`` inside the directory
+    ``base`` the operator granted, or, without ``base``, the operator's own absolute path."""
 
     mnt_id: int
     path: str
     handle: int = attrs.field(default=-1, eq=False)
+    base: str | None = None
 
 
 ParamArg = str | None | Fd
@@ -135,11 +137,22 @@ def _attr_names(value: int) -> str:
     return ",".join(names)
 
 
+def host_join(base: str, rel: str) -> str:
+    """``rel`` (inside a tree) below the absolute host directory ``base``, for messages."""
+    rel = rel.strip("/")
+    if not rel:
+        return base
+    return f"{base.rstrip('/')}/{rel}"
+
+
 def _show_param(key: str, value: ParamArg) -> str:
     if value is None:
         return key
     if isinstance(value, Fd):
-        where = value.path if value.mnt_id < 0 else f"{value.path} in mount {value.mnt_id}"
+        if value.mnt_id >= 0:
+            where = f"{value.path} in mount {value.mnt_id}"
+        else:
+            where = value.path if value.base is None else host_join(value.base, value.path)
         return f"{key}=<dir {where}>"
     return f"{key}={value}"
 
@@ -166,6 +179,12 @@ class MountOps:
     def clone(self, src: int | None, path: str) -> int:
         """A detached copy of one mount (no children): ``path`` inside handle ``src``, or the
         mount at absolute host ``path`` when ``src`` is None."""
+        raise NotImplementedError
+
+    def clone_host(self, base: str, path: str, *, follow: bool = False) -> int:
+        """A detached copy of the host directory ``path`` inside ``base``, a directory the
+        operator gave (``--root``, ``--external``, ``--allow-host``): resolved beneath it,
+        through no link (``follow``: through its own links that stay inside it)."""
         raise NotImplementedError
 
     def attach(self, handle: int, parent: int | None, path: str) -> None:
@@ -233,6 +252,11 @@ class RecordingMountOps(MountOps):
         self.calls.append(Call("clone", handle=h, other=src, path=path))
         return h
 
+    def clone_host(self, base: str, path: str, *, follow: bool = False) -> int:
+        h = self._new()
+        self.calls.append(Call("clone", handle=h, other=None, path=host_join(base, path)))
+        return h
+
     def attach(self, handle: int, parent: int | None, path: str) -> None:
         self.calls.append(Call("attach", handle=handle, other=parent, path=path))
 
@@ -255,9 +279,20 @@ class RecordingMountOps(MountOps):
         self.calls.append(Call("close", handle=handle))
 
 
-def _fdpath(fd: int, path: str = "") -> str:
-    rel = path.strip("/")
-    return f"/proc/self/fd/{fd}/{rel}" if rel else f"/proc/self/fd/{fd}"
+def open_param(value: Fd) -> int:
+    """An O_PATH descriptor of a directory passed by descriptor, resolved where it must stay:
+    inside its restored mount, or inside the host directory the operator granted."""
+    if value.handle >= 0:
+        # Layers may be spelled through the mount's own relative links (a container store's
+        # l/<id>), never out of the mount.
+        return confine.open_beneath(value.handle, value.path, confine.GRANTED)
+    if value.base is None:
+        return os.open(value.path, os.O_PATH | os.O_CLOEXEC)  # the operator's own path
+    base = os.open(value.base, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return confine.open_beneath(base, value.path, confine.GRANTED)
+    finally:
+        os.close(base)
 
 
 @contextlib.contextmanager
@@ -294,10 +329,9 @@ class KernelMountOps(MountOps):
 
     def __init__(self, scratch: str | None = None) -> None:
         self.scratch = scratch
-        #: Mountpoints this restore created in existing trees (a --root directory): (a
-        #: descriptor of the parent mount, the path in it), so a failed restore removes them.
-        self.created: list[tuple[int, str]] = []
-        self._anchors: dict[int, int] = {}
+        #: Mountpoints this restore created in existing trees (a --root directory), so a
+        #: failed restore removes exactly those.
+        self.maker = confine.Maker()
 
     def new_superblock(
         self,
@@ -338,9 +372,7 @@ class KernelMountOps(MountOps):
         try:
             for _key, value in params:
                 if isinstance(value, Fd):
-                    # handle -1: a host path (an external directory), opened as it is.
-                    where = value.path if value.handle < 0 else _fdpath(value.handle, value.path)
-                    opened.append(os.open(where, os.O_PATH | os.O_CLOEXEC))
+                    opened.append(open_param(value))
             with _chrooted(chroot if opened else None):
                 if source:
                     kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_STRING, "source", source)
@@ -388,87 +420,86 @@ class KernelMountOps(MountOps):
     def clone(self, src: int | None, path: str) -> int:
         flags = kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
         if src is None:
+            # Only the core's own absolute paths come here; image-named paths go through
+            # clone_host (a granted directory) or a handle (a restored mount).
             return kernel.open_tree(path, flags)
-        rel = path.strip("/")
-        if not rel:
+        if not confine.components(path):
             return kernel.open_tree("", flags | kernel.AT_EMPTY_PATH, dirfd=src)
-        return kernel.open_tree(rel, flags, dirfd=src)
+        # A bind root named by the images: resolved inside the source mount, no link, no '..'.
+        fd = confine.open_beneath(src, path)
+        try:
+            return kernel.open_tree("", flags | kernel.AT_EMPTY_PATH, dirfd=fd)
+        finally:
+            os.close(fd)
+
+    def clone_host(self, base: str, path: str, *, follow: bool = False) -> int:
+        fd = os.open(base, os.O_PATH | os.O_CLOEXEC)
+        try:
+            if not confine.components(path):
+                return kernel.open_tree(
+                    "", kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
+                    | kernel.AT_EMPTY_PATH, dirfd=fd,
+                )
+            inner = confine.open_beneath(fd, path, confine.GRANTED if follow else confine.STRICT)
+            try:
+                return kernel.open_tree(
+                    "", kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
+                    | kernel.AT_EMPTY_PATH, dirfd=inner,
+                )
+            finally:
+                os.close(inner)
+        finally:
+            os.close(fd)
 
     def attach(self, handle: int, parent: int | None, path: str) -> None:
         if parent is None:
-            to_fd, to_path, flags = kernel.AT_FDCWD, path, kernel.MOVE_MOUNT_F_EMPTY_PATH
-        else:
-            to_fd, to_path = parent, path.strip("/")
-            flags = kernel.MOVE_MOUNT_F_EMPTY_PATH
-            if not to_path:
-                flags |= kernel.MOVE_MOUNT_T_EMPTY_PATH
+            # The root of a namespace being built, at the restore's own directory.
+            kernel.move_mount(handle, "", kernel.AT_FDCWD, path, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            return
         try:
-            kernel.move_mount(handle, "", to_fd, to_path, flags)
-        except SyscallError as exc:
-            if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EINVAL):
-                self._check_types(handle, parent, path, exc)
+            target = confine.open_beneath(parent, path)
+        except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            self._make_mountpoint(handle, parent, path)
-            kernel.move_mount(handle, "", to_fd, to_path, flags)
-
-    def _check_types(self, handle: int, parent: int | None, path: str, exc: SyscallError) -> None:
-        """A directory mounted on a file (or a file on a directory): say so."""
-        where = path if parent is None else _fdpath(parent, path)
+            # Missing only in a tree that lacks it (a --root directory, a tmpfs restored
+            # without its archive): a tmpfs restored from its archive has every mountpoint.
+            is_dir = stat.S_ISDIR(os.fstat(handle).st_mode)
+            target = self.maker.open_or_make(parent, path, is_dir)
         try:
-            source_dir = stat.S_ISDIR(os.stat(_fdpath(handle)).st_mode)
-            target_dir = stat.S_ISDIR(os.stat(where).st_mode)
+            kernel.move_mount(
+                handle, "", target, "",
+                kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        except SyscallError as exc:
+            if exc.errno in (errno.ENOTDIR, errno.EISDIR, errno.EINVAL):
+                self._check_types(handle, target, path, exc)
+            raise
+        finally:
+            os.close(target)
+
+    def _check_types(self, handle: int, target: int, path: str, exc: SyscallError) -> None:
+        """A directory mounted on a file (or a file on a directory): say so."""
+        try:
+            source_dir = stat.S_ISDIR(os.fstat(handle).st_mode)
+            target_dir = stat.S_ISDIR(os.fstat(target).st_mode)
         except OSError:
             return
         if source_dir != target_dir:
             kinds = ("a directory", "a file")
             raise SyscallError(
-                "move_mount", exc.errno or errno.EINVAL, exc.filename,
+                "move_mount", exc.errno or errno.EINVAL, path,
                 f"its source is {kinds[not source_dir]} but its mountpoint is "
                 f"{kinds[not target_dir]}",
             ) from exc
 
-    def _make_mountpoint(self, handle: int, parent: int | None, path: str) -> None:
-        # The mountpoint is created only when it is missing (a --root tree that lacks it):
-        # a tmpfs restored from its archive already has every mountpoint. What is created is
-        # recorded (relative to a descriptor of the parent mount) for undo().
-        where = path if parent is None else _fdpath(parent, path)
-        is_dir = stat.S_ISDIR(os.stat(_fdpath(handle)).st_mode)
-        rel = path.strip("/")
-        missing: list[str] = []
-        probe = rel
-        while probe and not os.path.lexists(where[: len(where) - len(rel)] + probe):
-            missing.append(probe)
-            probe = os.path.dirname(probe)
-        if is_dir:
-            os.makedirs(where, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(where), exist_ok=True)
-            os.close(os.open(where, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        if parent is not None and missing:
-            anchor = self._anchors.get(parent)
-            if anchor is None:
-                anchor = self._anchors[parent] = os.dup(parent)
-            self.created.extend((anchor, p) for p in reversed(missing))
-
     def undo(self) -> None:
-        """Remove the mountpoints this restore created (deepest first), after a failure."""
-        for anchor, rel in reversed(self.created):
-            try:
-                if stat.S_ISDIR(os.stat(rel, dir_fd=anchor, follow_symlinks=False).st_mode):
-                    os.rmdir(rel, dir_fd=anchor)
-                else:
-                    os.unlink(rel, dir_fd=anchor)
-            except OSError:
-                continue  # something is mounted on it, or it is not empty: leave it
-        self.forget()
+        """Remove the mountpoints this restore created (deepest first), after a failure,
+        through the descriptors held since they were made (see :mod:`criu_fw.confine`)."""
+        self.maker.undo()
 
     def forget(self) -> None:
         """Keep what was created (the restore succeeded)."""
-        for fd in self._anchors.values():
-            os.close(fd)
-        self._anchors.clear()
-        self.created.clear()
+        self.maker.forget()
 
     def set_attr(self, handle: int, attr_set: int, attr_clr: int) -> None:
         kernel.mount_setattr(handle, "", kernel.AT_EMPTY_PATH, attr_set, attr_clr)

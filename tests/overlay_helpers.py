@@ -133,11 +133,23 @@ def checkpoint(pid: int, images: str, **kw: object) -> None:
     dump(pid, images, **kw)  # type: ignore[arg-type]
 
 
+def auto_externals(images: str) -> dict[str, str]:
+    """``--external mnt[KEY]:KEY`` for every external the dump recorded by its host path
+    (``--external-auto``): the grant an operator who checked those paths gives."""
+    from criu_fw.imageset import read_mount_namespace
+    from criu_fw.restore import image_namespaces
+
+    _, ids = image_namespaces(images)
+    keys = (k for i in ids for k in read_mount_namespace(images, i).external.values())
+    return {k: k for k in keys if k.startswith("/")}
+
+
 @contextlib.contextmanager
 def restored(images: str, **kw: object) -> Iterator[int]:
     """Restore ``images`` detached; yield the holder's PID; end it (by PID) afterwards."""
     from criu_fw.restore import restore
 
+    kw.setdefault("externals", auto_externals(images))
     res = restore(images, detach=True, **kw)  # type: ignore[arg-type]
     try:
         yield res.pid

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import criu_fw
 import pytest
 from criu_fw.context import DumpContext
+from criu_fw.errors import RestoreError
 from criu_fw.fsdrivers.overlay.layers import namespace_path
 from criu_fw.fsdrivers.overlay.options import parse_options
 from criu_fw.model import MountTree
@@ -34,14 +35,18 @@ def context_of(pid: int) -> tuple[DumpContext, MountTree]:
     return ctx, tree
 
 
-def rebuild(pid: int, mountpoint: str, root: str | None = "/") -> RestoreResult:
+def rebuild(
+    pid: int, mountpoint: str, root: str | None = "/", allow_host: tuple[str, ...] = ()
+) -> RestoreResult:
     ctx, tree = context_of(pid)
     ovl = at(tree, mountpoint)
     state = parse(ctx, tree, ovl)
     ns = SimpleNamespace(
         tree.ns_id, tree, drivers={ovl.mnt_id: "overlay"}, states={ovl.mnt_id: state}
     )
-    return restore("/nonexistent", root=root, namespaces=[ns], detach=True)
+    return restore(
+        "/nonexistent", root=root, namespaces=[ns], detach=True, allow_host=allow_host
+    )
 
 
 def inside(pid: int, script: str) -> str:
@@ -138,7 +143,7 @@ PY
         res.terminate()
 
 
-def test_container_root_on_host_layers_restores_without_root(scenario: Scn) -> None:
+def test_container_root_on_host_layers_restores_with_the_host_dir_granted(scenario: Scn) -> None:
     s = scenario(
         """
 mkdir l1 l2 up wk root && echo 1 > l1/f1 && echo 2 > l2/f2
@@ -148,7 +153,14 @@ for d in bin lib lib64 sbin; do ln -s usr/$d root/$d; done
 cd root && pivot_root . old && cd / && umount -l /old
 """
     )
-    res = rebuild(s.pid, "/", root=None)
+    # The images name host directories as layers: refused until the operator grants them.
+    with pytest.raises(RestoreError) as err:
+        rebuild(s.pid, "/", root=None)
+    assert str(err.value).endswith(
+        f"lowerdir+ directory '{s.workdir}/l1' is a host path named by the images, used only "
+        f"when granted; give --allow-host {s.workdir} (or a directory above it)"
+    )
+    res = rebuild(s.pid, "/", root=None, allow_host=(s.workdir,))
     try:
         root = at(context_of(res.pid)[1], "/")
         assert root.fstype == "overlay"

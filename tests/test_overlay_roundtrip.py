@@ -21,7 +21,15 @@ from criu_fw.imageset import read_mount_namespace
 from criu_fw.restore import image_namespaces
 from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario
-from overlay_helpers import at, checkpoint, inside, layer_options, live_tree, restored
+from overlay_helpers import (
+    at,
+    auto_externals,
+    checkpoint,
+    inside,
+    layer_options,
+    live_tree,
+    restored,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -94,7 +102,7 @@ def test_pivot_root_through_the_cli(scenario: Scn, tmp_path: os.PathLike[str]) -
     images = f"{tmp_path}/images"
     out = cli("dump", "-t", str(s.pid), "-D", images, "--external-auto")
     assert out.returncode == 0, out.stderr
-    out = cli("restore", "-D", images, "--detach")
+    out = cli("restore", "-D", images, "--detach", "--external", "mnt[/usr]:/usr")
     assert out.returncode == 0, out.stderr
     pid = int(out.stdout.split()[0])
     try:
@@ -255,7 +263,7 @@ PY
 # -- a container whose root is an overlay on host directories ------------------------------
 
 
-def test_container_root_on_host_layers_restores_without_root(
+def test_container_root_on_host_layers_restores_with_the_layers_granted(
     scenario: Scn, tmp_path: os.PathLike[str]
 ) -> None:
     s = scenario(
@@ -271,7 +279,15 @@ echo from-container > /fc
     )
     images = f"{tmp_path}/img"
     checkpoint(s.pid, images)
-    with restored(images) as pid:  # no --root: the root overlay is rebuilt from its layers
+    # No --root: the root overlay is rebuilt from its layers, host directories the images
+    # name, which the restore uses only once the operator grants where they may be.
+    out = cli("restore", "-D", images, "--dry-run", "--external", "mnt[/usr]:/usr")
+    assert out.returncode != 0
+    assert out.stderr.strip().endswith(
+        f"lowerdir+ directory '{s.workdir}/l1' is a host path named by the images, used only "
+        f"when granted; give --allow-host {s.workdir} (or a directory above it)"
+    )
+    with restored(images, allow_host=(s.workdir,)) as pid:
         root = at(live_tree(pid), "/")
         assert root.fstype == "overlay"
         assert layer_options(root) == (
@@ -487,7 +503,7 @@ def test_root_overlay_with_its_layers_only_below_it_fails_the_dump_saying_what_t
     there = f"{tmp_path}/rootdir"
     for d in ("layers", "proc", "usr"):
         os.makedirs(f"{there}/{d}")
-    with restored(images, externals={"rootfs": there}) as pid:
+    with restored(images, externals={"rootfs": there, **auto_externals(images)}) as pid:
         assert at(live_tree(pid), "/layers").fstype == "tmpfs"
         with open(f"/proc/{pid}/root/layers/l/f1") as f:
             assert f.read() == "1\n"

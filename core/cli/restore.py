@@ -36,6 +36,11 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
                    "fails.")
 @click.option("--external", "externals", multiple=True, metavar="mnt[KEY]:PATH",
               help="Where the external mount dumped under KEY comes from here.")
+@click.option("--allow-host", "allow_host", multiple=True, metavar="DIR",
+              help="Host directories under which paths named by the images may be used: "
+                   "overlay layers on the host (an overlay writes into its upper and work "
+                   "directories there), mounts recorded by --external-auto. Nothing else "
+                   "outside the restored namespaces is used without --external or --root.")
 @click.option("--detach", is_flag=True,
               help="Leave a holder process in the restored namespace, print its PID, return.")
 @click.option("--pidfile", metavar="FILE", help="With --detach: write the holder's PID here.")
@@ -49,6 +54,7 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
 @click.pass_context
 def restore_cmd(
     ctx: click.Context, image_dir: str, root: str | None, externals: tuple[str, ...],
+    allow_host: tuple[str, ...],
     detach: bool, pidfile: str | None, outside_masters: str, dry_run: bool,
     command: tuple[str, ...],
 ) -> None:
@@ -62,7 +68,7 @@ def restore_cmd(
     mgr = driver_manager(ctx)
     ops = RecordingMountOps() if dry_run else None
     result = restore(
-        image_dir, root=root, externals=parse_externals(externals),
+        image_dir, root=root, externals=parse_externals(externals), allow_host=allow_host,
         command=list(command) or None, detach=detach, pidfile=pidfile,
         plugins=(), config=mgr.config, ops=ops, outside_masters=outside_masters,
     )

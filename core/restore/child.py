@@ -108,6 +108,14 @@ class KernelNamespaces:
             kernel.setns(self.fds[ns_id], kernel.CLONE_NEWNS)
             self.current = ns_id
 
+    def release(self) -> None:
+        """Let go of the namespaces built so far (the restore failed; the process is back
+        in ``base``)."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        self.current = None
+
     def close(self) -> None:
         for fd in (self.base, *self.fds.values()):
             os.close(fd)
@@ -277,6 +285,9 @@ def _child(
             # from the base namespace, where nothing is mounted on them (removing a
             # mountpoint of another namespace detaches what is mounted there).
             kernel.setns(spaces.base, kernel.CLONE_NEWNS)
+            # The restored namespaces go first (nothing else holds them yet): their mounts
+            # come off the mountpoints made, so undo sees those directories themselves.
+            spaces.release()
             ops.undo()
             raise
         ops.forget()

@@ -122,6 +122,7 @@ def restore(
     *,
     root: str | None = None,
     externals: Mapping[str, str] | None = None,
+    allow_host: Sequence[str] = (),
     command: Sequence[str] | None = None,
     detach: bool = False,
     pidfile: str | None = None,
@@ -137,6 +138,9 @@ def restore(
     :param root: the directory used as the root where the root mount cannot be rebuilt from
         the images (CRIU's ``--root``).
     :param externals: ``--external mnt[KEY]:PATH`` as ``{KEY: PATH}``.
+    :param allow_host: ``--allow-host DIR``: host directories under which paths named by the
+        images (overlay layers on the host, ``--external-auto`` keys) may be used; nothing
+        else outside the restored namespaces is (see :mod:`criu_fw.restore.grants`).
     :param command: run it in the restored root namespace (root = the restored root, cwd
         ``/``) and wait for it; ``exit_code`` is its exit status.
     :param detach: leave holder processes in the restored namespaces and return at once.
@@ -166,6 +170,7 @@ def restore(
         root_ns = spaces[0].ns_id
     ctx = RestoreContext(
         image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
+        allow_host=_granted_dirs(allow_host),
         proc_root=proc_root,
     )
     plans: list[tuple[NamespacePlan, list[Step]]] = []
@@ -187,6 +192,17 @@ def restore(
     finally:
         if collecting:
             gc.enable()
+
+
+def _granted_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for d in dirs:
+        if not d.startswith("/"):
+            raise UsageError(f"--allow-host {d!r}: give an absolute directory")
+        if not os.path.isdir(d):
+            raise UsageError(f"--allow-host {d!r}: no such directory")
+        out.append(os.path.normpath(d))
+    return tuple(out)
 
 
 def _run(

@@ -34,6 +34,7 @@ from ..model import Mount
 from ..mountops import Fd, MountOps, ParamArg
 from ..plan import ContentJob, ExternalRef, PathRef
 from ..plugins import DriverManager
+from .grants import host_source
 from .order import CREATE, SB, Step
 from .plans import MountJob, NamespacePlan, SuperblockJob
 from .propagation import needs_propagation
@@ -188,9 +189,8 @@ class Executor:
         if isinstance(value, PathRef):
             return Fd(value.mnt_id, value.path, self.handle[value.mnt_id])
         if isinstance(value, ExternalRef):
-            from .plans import _external_path
-
-            return Fd(-1, _external_path(value, self.plan.root, self.ctx.externals), -1)
+            src = host_source(value, self.plan.root, self.ctx)
+            return Fd(-1, src.path, -1, base=src.base)
         assert value is None or isinstance(value, str)
         return value
 
@@ -258,7 +258,8 @@ class Executor:
         if job.sb in self.pending:
             self._wait(job.sb)
         if job.sb is None:
-            h = self.ops.clone(None, job.path)
+            assert job.base is not None
+            h = self.ops.clone_host(job.base, job.path, follow=job.follow)
             current: int | None = None  # whatever the host mount has
         elif (self.plan.ns_id, m.mnt_id) in self.pool.direct:
             h = self.pool.handle.pop(job.sb)

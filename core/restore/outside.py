@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .. import kernel
+from .. import confine, kernel
 from ..errors import RestoreError, UsageError
 from ..model import Mount, MountTree
-from .plans import NamespacePlan
+from .plans import MountJob, NamespacePlan
 
 MODES = ("host", "private")
 
@@ -72,12 +72,12 @@ def host_masters(
                 f"--outside-masters private"
             )
         try:
-            mnt_id = kernel.statx_mnt_id(job.path)
+            mnt_id = _host_mnt_id(job)
         except OSError as exc:
-            raise RestoreError(f"{why}; its host path {job.path!r}: {exc}") from exc
+            raise RestoreError(f"{why}; its host path {job.host_path!r}: {exc}") from exc
         src = host.find(mnt_id)
         if src is None:
-            raise RestoreError(f"{why}; the host mount of {job.path!r} is not in mountinfo")
+            raise RestoreError(f"{why}; the host mount of {job.host_path!r} is not in mountinfo")
         if src.propagation.shared is None and src.propagation.master is None:
             raise RestoreError(
                 f"{why}; the host mount at {src.mountpoint!r} it is restored from is private, "
@@ -91,6 +91,20 @@ def host_masters(
                 f"{why}; the host mount at {src.mountpoint!r} is covered by another mount"
             )
     return out
+
+
+def _host_mnt_id(job: MountJob) -> int:
+    """The mount id of a job's host directory, resolved as the restore will (confined)."""
+    assert job.base is not None
+    base = os.open(job.base, os.O_PATH | os.O_CLOEXEC)
+    try:
+        fd = confine.open_beneath(base, job.path, confine.GRANTED if job.follow else confine.STRICT)
+    finally:
+        os.close(base)
+    try:
+        return kernel.statx_mnt_id("", dirfd=fd, flags=kernel.AT_EMPTY_PATH)
+    finally:
+        os.close(fd)
 
 
 def _mount_id_at(path: str) -> int | None:

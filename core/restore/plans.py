@@ -26,8 +26,10 @@ from ..context import RestoreContext
 from ..driver import DriverState
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
 from ..model import Dev, Mount, MountTree
+from ..mountops import host_join
 from ..plan import BindExternal, BindFrom, ExternalRef, MountPlan, NewSuperblock, PathRef
 from ..plugins import DriverManager
+from .grants import HostSource, host_source
 
 log = logging.getLogger("criu_fw.restore")
 
@@ -92,6 +94,22 @@ class MountJob:
     sb: int | None
     path: str
     bind_of: int | None = None
+    #: With ``sb`` None: the host directory the operator gave (``--root``, ``--external``,
+    #: ``--allow-host``) that ``path`` is resolved inside (:mod:`criu_fw.restore.grants`).
+    base: str | None = None
+    #: Whether ``path`` may run through ``base``'s own links (only under ``--allow-host``).
+    follow: bool = False
+
+    @property
+    def host_path(self) -> str:
+        """The host path, for messages (``path`` below ``base``)."""
+        return host_join(self.base, self.path) if self.base is not None else self.path
+
+    def below(self, rel: str, mount: Mount) -> MountJob:
+        """The same source, ``rel`` further down, for ``mount``."""
+        if self.sb is not None:
+            return MountJob(mount, self.sb, _join(self.path, rel))
+        return MountJob(mount, None, _join(self.path, rel), base=self.base, follow=self.follow)
 
 
 @attrs.frozen
@@ -173,19 +191,8 @@ def _join(base: str, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}" if base != "/" else f"/{rel}"
 
 
-def _external_path(ref: ExternalRef, mount: Mount, externals: Mapping[str, str]) -> str:
-    if ref.key is not None:
-        path = externals.get(ref.key)
-        if path is not None:
-            return path
-        if ref.path is None:
-            raise RestoreError(
-                f"{mount.describe()}: external mount with key {ref.key!r} has no mapping; "
-                f"give --external mnt[{ref.key}]:PATH"
-            )
-    if ref.path is None:
-        raise RestoreError(f"{mount.describe()}: external mount without a key or a path")
-    return ref.path
+def _host_job(src: HostSource, mount: Mount) -> MountJob:
+    return MountJob(mount, None, src.path, base=src.base, follow=src.follow)
 
 
 def plan_namespace(
@@ -240,14 +247,14 @@ def plan_namespace(
     for m in mounts:
         ext_key = ns.external.get(m.mnt_id)
         if ext_key is not None:
-            ref = ExternalRef(key=ext_key, path=ext_key if ext_key.startswith("/") else None)
-            path = _external_path(ref, m, ctx.externals)
+            src = host_source(ExternalRef(key=ext_key), m, ctx)
+            path = src.shown
             if tree.children(m) and os.path.exists(path) and not os.path.isdir(path):
                 raise RestoreError(
                     f"{m.describe()}: external {ext_key!r} is mapped to {path!r}, a file, but "
                     f"the dumped mount was a directory (mounts were made under it)"
                 )
-            jobs[m.mnt_id] = MountJob(m, None, path)
+            jobs[m.mnt_id] = _host_job(src, m)
             continue
         first = first_of_dev.get(m.dev)
         earlier = shared.first.get(m.dev) if first is None else None
@@ -257,7 +264,7 @@ def plan_namespace(
             if e_job.sb is not None:
                 jobs[m.mnt_id] = MountJob(m, e_job.sb, m.root)
             elif (rel := _under(m.root, e_mount.root)) is not None:
-                jobs[m.mnt_id] = MountJob(m, None, _join(e_job.path, rel))
+                jobs[m.mnt_id] = e_job.below(rel, m)
             else:
                 raise RestoreError(
                     f"{m.describe()}: its root {m.root!r} is outside {e_mount.describe()} of "
@@ -270,7 +277,7 @@ def plan_namespace(
             if fj is not None and fj.sb is not None:
                 jobs[m.mnt_id] = MountJob(m, fj.sb, m.root)
             elif fj is not None and (rel := _under(m.root, first.root)) is not None:
-                jobs[m.mnt_id] = MountJob(m, None, _join(fj.path, rel))
+                jobs[m.mnt_id] = fj.below(rel, m)
             elif first.mnt_id in binds:
                 binds[m.mnt_id] = PathRef(first.mnt_id, _under(m.root, first.root) or "/")
             else:
@@ -291,15 +298,19 @@ def plan_namespace(
                         f"{m.describe()}: the root mount cannot be rebuilt from the images; "
                         f"give --root PATH"
                     )
-                plan = BindExternal(ExternalRef(path=ctx.root))
+                jobs[m.mnt_id] = MountJob(m, None, "/", base=ctx.root)
+                continue
             elif ctx.root is not None:
                 log.info("%s is rebuilt from the images, not taken from --root", m.describe())
         if plan is None:
             plan = default_superblock(m)
         if isinstance(plan, NewSuperblock):
+            for key, value in plan.params:
+                if isinstance(value, ExternalRef):
+                    host_source(value, m, ctx, what=f"{key} directory")  # refused here, early
             jobs[m.mnt_id] = MountJob(m, new_sb(m, plan), m.root)
         elif isinstance(plan, BindExternal):
-            jobs[m.mnt_id] = MountJob(m, None, _external_path(plan.source, m, ctx.externals))
+            jobs[m.mnt_id] = _host_job(host_source(plan.source, m, ctx), m)
         else:
             binds[m.mnt_id] = plan.source
 
@@ -330,9 +341,12 @@ def _resolve_binds(tree: MountTree, jobs: dict[int, MountJob], binds: dict[int, 
                 raise RestoreError(f"bind sources form a cycle: {names}")
             job = jobs.get(ref.mnt_id)
             if job is not None:
-                path = _join(job.path, rel) if job.sb is None else _join(src.root, rel)
                 origin = binds[mnt_id].mnt_id
-                jobs[mnt_id] = MountJob(tree.get(mnt_id), job.sb, path, bind_of=origin)
+                if job.sb is None:
+                    made = job.below(rel, tree.get(mnt_id))
+                else:
+                    made = MountJob(tree.get(mnt_id), job.sb, _join(src.root, rel))
+                jobs[mnt_id] = attrs.evolve(made, bind_of=origin)
                 break
             chain.append(ref.mnt_id)
             nxt = binds[ref.mnt_id]

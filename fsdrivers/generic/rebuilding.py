@@ -49,13 +49,15 @@ class Extraction:
     :class:`~criu_fw.plan.ContentJob`). tar's messages go to an unnamed file, not a pipe,
     so a chatty tar never blocks waiting for a reader."""
 
-    def __init__(self, archive: str, path: str) -> None:
+    def __init__(self, archive: str, fd: int, path: str) -> None:
+        # The archive is handed over by descriptor (opened and checked by the core: a
+        # regular file of the image directory), never by a name tar would open itself.
         self.archive = archive
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait/cancel
         try:
             self._proc = subprocess.Popen(
-                [*TAR_EXTRACT, "--file", archive, "--directory", path],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
+                [*TAR_EXTRACT, "--file", "-", "--directory", path],
+                stdin=fd, stdout=subprocess.DEVNULL, stderr=self._errors,
             )
         except OSError as exc:
             self._errors.close()
@@ -101,8 +103,9 @@ class GenericRebuild:
         if not _CONTENT_IMAGE.match(image):
             return None
         archive = os.path.join(ctx.image_dir, image)
-        if not os.path.isfile(archive):
-            # The core prefixes the mount (mountpoint, fstype, source) and the driver.
-            raise RestoreError(f"{archive}: missing content image")
-        # Started, not waited for: the core makes other superblocks while tar works.
-        return Extraction(archive, path)
+        fd = ctx.open_image(image)  # the core names the mount and the driver on failure
+        try:
+            # Started, not waited for: the core makes other superblocks while tar works.
+            return Extraction(archive, fd, path)
+        finally:
+            os.close(fd)

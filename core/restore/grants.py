@@ -1,0 +1,89 @@
+"""What a restore may take from the host: only what the operator granted on the command line.
+
+Images are untrusted; the operator's command line is trusted. A path outside the namespaces
+being built is used only through one of these grants:
+
+* ``--external mnt[KEY]:PATH``: the external mount dumped under KEY comes from PATH;
+* ``--root PATH``: the root mount (and binds of directories below it) comes from PATH;
+* ``--allow-host DIR``: host directories that images name by path (overlay layers of a
+  container root on the host's storage, mounts ``--external-auto`` recorded by their host
+  path) may be used when they lie below DIR. The restore may bind them, and an overlay
+  writes into its upper and work directories there.
+
+Every image-named part of such a path is resolved inside the granted directory
+(:mod:`criu_fw.confine`), so neither ``..`` nor a link leads out of it. What no grant covers
+fails the restore before anything is mounted, with one line naming the mount and the exact
+option that would grant it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+import attrs
+
+from ..context import RestoreContext
+from ..errors import RestoreError
+from ..model import Mount
+from ..mountops import host_join
+from ..plan import ExternalRef
+
+
+@attrs.frozen
+class HostSource:
+    """A host directory: ``path`` inside the granted ``base``."""
+
+    base: str
+    path: str = "/"
+    #: ``--allow-host``: the directory's own links are followed while they stay inside it.
+    follow: bool = False
+
+    @property
+    def shown(self) -> str:
+        return host_join(self.base, self.path)
+
+
+def granted_dir(path: str, allowed: tuple[str, ...]) -> HostSource | None:
+    """``path`` (an absolute path an image names) as a path inside one of the ``allowed``
+    directories, or None. Compared by spelling: the image's path must be normalised (no
+    ``.``, ``..`` or empty component) and start with the directory's components."""
+    if not path.startswith("/") or posixpath.normpath(path) != path.rstrip("/") or "//" in path:
+        return None
+    for top in allowed:
+        top_n = posixpath.normpath(top)
+        if path == top_n or top_n == "/":
+            return HostSource(top_n, path if top_n == "/" else "/", True)
+        if path.startswith(top_n + "/"):
+            return HostSource(top_n, path[len(top_n) :], True)
+    return None
+
+
+def host_source(
+    ref: ExternalRef, mount: Mount, ctx: RestoreContext, what: str = "external mount"
+) -> HostSource:
+    """Where an external reference comes from on this host, or why it may not be used."""
+    if ref.key is not None:
+        mapped = ctx.externals.get(ref.key)
+        if mapped is not None:
+            return HostSource(mapped)
+    named = ref.path if ref.path is not None else ref.key
+    if named is not None and named.startswith("/"):
+        found = granted_dir(named, ctx.allow_host)
+        if found is not None:
+            return found
+    if ref.key is not None:
+        option = f"--external mnt[{ref.key}]:PATH"
+        if ref.key.startswith("/"):
+            # Recorded by --external-auto: the host path it was dumped from, not trusted.
+            option += f" (--external mnt[{ref.key}]:{ref.key} to use the path it was dumped from)"
+        raise RestoreError(
+            f"{mount.describe()}: {what} with key {ref.key!r} has no mapping; give {option}"
+        )
+    if named is None:
+        raise RestoreError(f"{mount.describe()}: {what} without a key or a path")
+    suggest = os.path.dirname(named.rstrip("/")) or "/"
+    raise RestoreError(
+        f"{mount.describe()}: {what} {named!r} is a host path named by the images, used only "
+        f"when granted; give --allow-host {suggest} (or a directory above it)"
+    )
