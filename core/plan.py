@@ -50,6 +50,9 @@ class NewSuperblock:
     needs: tuple[int, ...] = ()
     #: Legacy mount(2) data, used only where the new API is not available for this fstype.
     legacy_data: str | None = None
+    #: The identity the new filesystem must have (statfs ``f_fsid``): the core checks it
+    #: once the superblock exists and fails the restore if it is another filesystem.
+    fsid: int | None = None
 
     def dependencies(self) -> tuple[int, ...]:
         refs = tuple(v.mnt_id for _, v in self.params if isinstance(v, PathRef))

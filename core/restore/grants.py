@@ -27,7 +27,7 @@ from ..context import RestoreContext
 from ..errors import RestoreError
 from ..model import Mount
 from ..mountops import host_join
-from ..plan import ExternalRef
+from ..plan import ExternalRef, NewSuperblock
 
 
 @attrs.frozen
@@ -86,4 +86,48 @@ def host_source(
     raise RestoreError(
         f"{mount.describe()}: {what} {named!r} is a host path named by the images, used only "
         f"when granted; give --allow-host {suggest} (or a directory above it)"
+    )
+
+
+def needs_device(fstype: str, source: str, proc_root: str = "/proc") -> bool:
+    """Whether the kernel mounts ``fstype`` from a block device named by ``source``: listed
+    without ``nodev`` in /proc/filesystems, or not listed (a module not loaded yet) with a
+    source that is a path."""
+    listed = _filesystems(proc_root)
+    if fstype in listed:
+        return not listed[fstype]
+    return source.startswith("/")
+
+
+def _filesystems(proc_root: str) -> dict[str, bool]:
+    """fstype -> whether it is ``nodev``, from ``/proc/filesystems``."""
+    found = _FILESYSTEMS.get(proc_root)
+    if found is None:
+        found = {}
+        try:
+            with open(os.path.join(proc_root, "filesystems"), encoding="utf-8") as f:
+                for line in f:
+                    flag, _, name = line.rstrip("\n").rpartition("\t")
+                    found[name] = flag == "nodev"
+        except OSError:
+            pass
+        _FILESYSTEMS[proc_root] = found
+    return found
+
+
+_FILESYSTEMS: dict[str, dict[str, bool]] = {}
+
+
+def granted_device(plan: NewSuperblock, mount: Mount, ctx: RestoreContext) -> None:
+    """A filesystem is mounted from a block device only when the operator named that device
+    (``--external dev[MAJ:MIN]:DEVICE``), whatever a driver or the images say."""
+    if not needs_device(plan.fstype, plan.source, ctx.proc_root):
+        return
+    if plan.source in ctx.devices.values():
+        return
+    dev = f"{mount.dev.major}:{mount.dev.minor}"
+    raise RestoreError(
+        f"{mount.describe()}: {plan.fstype} is mounted from a block device ({plan.source!r} in "
+        f"the images), and a restore mounts one only from a device the operator names; give "
+        f"--external dev[{dev}]:DEVICE"
     )

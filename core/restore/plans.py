@@ -29,7 +29,7 @@ from ..model import Dev, Mount, MountTree
 from ..mountops import host_join
 from ..plan import BindExternal, BindFrom, ExternalRef, MountPlan, NewSuperblock, PathRef
 from ..plugins import DriverManager
-from .grants import HostSource, host_source
+from .grants import HostSource, granted_device, host_source
 
 log = logging.getLogger("criu_fw.restore")
 
@@ -191,6 +191,19 @@ def _join(base: str, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}" if base != "/" else f"/{rel}"
 
 
+def _driver(ns: NamespaceImage, m: Mount, mgr: DriverManager) -> str:
+    """The driver the registry picks for the mount's fstype; images only say which one it
+    was (a crafted image must not route an overlay to a driver that passes its options on)."""
+    owner = mgr.owner(m.fstype)
+    named = ns.drivers.get(m.mnt_id)
+    if named is not None and named != owner:
+        raise RestoreError(
+            f"{m.describe()}: the images name driver {named!r} for it, but {owner!r} handles "
+            f"{m.fstype!r} here"
+        )
+    return owner
+
+
 def _host_job(src: HostSource, mount: Mount) -> MountJob:
     return MountJob(mount, None, src.path, base=src.base, follow=src.follow)
 
@@ -222,7 +235,7 @@ def plan_namespace(
     binds: dict[int, PathRef] = {}  # mounts whose source is another mount (resolved below)
 
     def ask(m: Mount) -> MountPlan | None:
-        driver = ns.drivers.get(m.mnt_id) or mgr.owner(m.fstype)
+        driver = _driver(ns, m, mgr)
         try:
             state = ns.states.get(m.mnt_id)
             plan = mgr.call("rebuild_mount", driver, mount=m, state=state, ctx=ctx)
@@ -240,7 +253,7 @@ def plan_namespace(
         readonly = ("ro", None) in plan.params
         if readonly:
             plan = attrs.evolve(plan, params=tuple(p for p in plan.params if p != ("ro", None)))
-        driver = ns.drivers.get(m.mnt_id) or mgr.owner(m.fstype)
+        driver = _driver(ns, m, mgr)
         superblocks[key] = SuperblockJob(key, m, driver, plan, content_by_dev.get(m.dev), readonly)
         return key
 
@@ -305,6 +318,7 @@ def plan_namespace(
         if plan is None:
             plan = default_superblock(m)
         if isinstance(plan, NewSuperblock):
+            granted_device(plan, m, ctx)
             for key, value in plan.params:
                 if isinstance(value, ExternalRef):
                     host_source(value, m, ctx, what=f"{key} directory")  # refused here, early

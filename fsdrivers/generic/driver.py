@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from criu_fw.driver import FsDriver
+from criu_fw.driver import DriverState, FsDriver
 
+from .blockdev import BlockDevState
 from .dumping import GenericDump
 from .rebuilding import GenericRebuild
 
@@ -19,4 +20,5 @@ class GenericDriver(GenericDump, GenericRebuild, FsDriver):
         "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "tmpfs", "devtmpfs",
     )
     fallback = True
+    state_types: ClassVar[tuple[type[DriverState], ...]] = (BlockDevState,)
     description = "kernel filesystems, tmpfs with content, binds and block-device filesystems"

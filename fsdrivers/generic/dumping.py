@@ -34,6 +34,8 @@ from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.mountinfo import read_mountinfo
 from criu_fw.stash import StashKey
 
+from . import blockdev
+
 log = logging.getLogger("criu_fw.generic")
 
 #: Filesystems whose content is the kernel's: restore makes a new instance.
@@ -114,6 +116,13 @@ def _self_restorable(mount: Mount, root: str) -> bool:
     return mount.fstype in CONTENT_FSTYPES or mount.dev.major != 0
 
 
+def _on_block_device(mount: Mount) -> bool:
+    return (
+        mount.dev.major != 0 and mount.fstype not in NEW_INSTANCE
+        and mount.fstype not in CONTENT_FSTYPES
+    )
+
+
 def _host_tree(ctx: DumpContext) -> MountTree | None:
     if _HOST_KEY not in ctx.stash:
         tree = None
@@ -183,6 +192,8 @@ class GenericDump:
             return None
         root = entry_root(ctx, mount)
         if _self_restorable(mount, root):
+            if _on_block_device(mount) and mount.root == "/":
+                return blockdev.record(mount, ctx, tree.ns_id)
             return None
         if root != mount.root:
             return None  # a bind of a directory of an entry mount: restored from that one

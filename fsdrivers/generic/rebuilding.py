@@ -24,6 +24,9 @@ from criu_fw.hookspecs import hookimpl
 from criu_fw.model import Mount
 from criu_fw.plan import MountPlan, NewSuperblock
 
+from . import blockdev
+from .blockdev import BlockDevState
+
 #: Superblock options that mountinfo shows but that a filesystem does not take back.
 _NOT_PARAMETERS = frozenset({"seclabel"})
 _CONTENT_IMAGE = re.compile(r"^tmpfs-dev-\d+\.tar\.gz\.img$")
@@ -94,6 +97,8 @@ class GenericRebuild:
     def rebuild_mount(
         self, mount: Mount, state: DriverState | None, ctx: RestoreContext
     ) -> MountPlan | None:
+        if isinstance(state, BlockDevState):
+            return blockdev.rebuild(mount, state, default_plan(mount), ctx)
         return default_plan(mount)
 
     @hookimpl
