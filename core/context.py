@@ -96,6 +96,12 @@ class RestoreContext:
     #: ``--allow-host DIR``: host directories under which paths the images name may be used
     #: (see :mod:`criu_fw.restore.grants`).
     allow_host: tuple[str, ...] = ()
+    #: ``--external dev[MAJ:MIN]:DEVICE``: dumped device ``"MAJ:MIN"`` -> a block device
+    #: here; the only devices a restore mounts filesystems from.
+    devices: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``--netns`` / ``--ipcns``: kind (``net``, ``ipc``) -> ``new`` or the namespace file
+    #: the restore builds in; kinds not given are the caller's (see :mod:`criu_fw.superblocks`).
+    other_namespaces: Mapping[str, str] = attrs.field(factory=dict)
     #: The layer through which every mount call goes (a recording one in tests).
     ops: MountOps | None = None
     #: The dumped mount tree being restored (one namespace at a time).

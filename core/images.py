@@ -3,9 +3,14 @@
 An image starts with ``IMG_COMMON`` and the magic of its kind; CRIU writes ``inventory.img``
 with the INVENTORY magic alone, and both forms are read. Reading is streaming
 (:func:`iter_image`) and validating: every problem raises :class:`~criu_fw.errors.ImageError`
-naming the file, the entry number (0-based, as ``crit`` counts them) and what is wrong. A size
-word is checked against :data:`MAX_ENTRY_SIZE` before anything is allocated for it, and reads
-stop at end of file, so a hostile image can neither exhaust memory nor make a reader hang.
+naming the file, the entry number (0-based, as ``crit`` counts them) and what is wrong.
+
+Images are untrusted. A file is opened without following a symbolic link and without
+blocking, and refused unless it is a regular file (a FIFO or a device could block the reader
+or never end). Each kind caps the size of its entries (:data:`MAX_ENTRY_SIZE` unless lower),
+of the whole image and, for the mount images, the number of entries; a size word is checked
+before anything is allocated for it. The mount images' entries are also bounded field by
+field (:mod:`criu_fw.imagecheck`), so a crafted image costs what a real one of its size does.
 
 Text fields and non-UTF-8 bytes: CRIU's ``string`` fields are proto2 strings, which Python's
 protobuf refuses to fill with bytes that are not UTF-8. criu-fw therefore writes such text into
@@ -17,16 +22,19 @@ them over as ``bytes``; :func:`text_of` turns either into the model's surrogatee
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
 
 import attrs
 from google.protobuf.message import DecodeError, EncodeError, Message
 
 from .errors import ImageError
+from .imagecheck import MAX_MOUNTS, fw_entry_problem, state_problem
 from .proto import (
     core_pb2,
     fdinfo_pb2,
@@ -41,9 +49,31 @@ from .proto import (
 if TYPE_CHECKING:
     from .plugins import DriverManager
 
-#: The largest entry a reader accepts. CRIU's largest entries (an mm_entry with thousands of
-#: VMAs) stay far below this; a size word above it means a corrupt or hostile image.
+#: The largest entry a reader accepts by default. CRIU's largest entries (an mm_entry with
+#: thousands of VMAs) stay far below this; a size word above it means a corrupt or hostile
+#: image. Kinds whose entries are known to be small set lower caps (:data:`KINDS`).
 MAX_ENTRY_SIZE = 64 << 20
+
+#: The largest image file a reader accepts by default. Far above what criu-fw writes for any
+#: kind; it bounds what a reader of a crafted image allocates in all.
+MAX_IMAGE_BYTES = 1 << 30
+
+#: One mount's CRIU entry: three paths (4 KiB each at most) and the superblock options joined,
+#: which for the largest legitimate mount, an overlay of 500 layers with 4 KiB paths given as
+#: ``lowerdir+=`` options, come to about 2 MiB.
+MAX_MNT_ENTRY = 4 << 20
+
+#: One mount's criu-fw entry: that overlay's option list (about 2 MiB) again, plus its driver
+#: state, 502 layers (upper, work, 500 lowers) each carrying the path shown and the path
+#: resolved, 4 KiB each: about 4.2 MiB. 6.2 MiB in all.
+MAX_FW_ENTRY = 8 << 20
+
+#: A mount image in all. A real 100,000-mount table takes about 80 bytes a mount in each of
+#: the two images (8 MB); long container paths make it a few hundred (30 MB).
+MAX_MOUNT_IMAGE = 64 << 20
+
+#: The inventory: one entry of a few dozen bytes.
+MAX_INVENTORY = 64 << 10
 
 IMG_COMMON = 0x54564319
 IMG_SERVICE = 0x55105940
@@ -85,6 +115,12 @@ class ImageKind:
     pattern: str
     #: Whether the file starts with IMG_COMMON before the kind's magic (all but inventory).
     common: bool = True
+    #: Caps: bytes per entry, bytes of the whole file, number of entries.
+    max_entry: int = MAX_ENTRY_SIZE
+    max_bytes: int = MAX_IMAGE_BYTES
+    max_entries: int | None = None
+    #: Bounds per decoded entry (the entry, its size on disk): why it is out of them, or None.
+    bound: Callable[[Message, int], str | None] | None = None
 
     @property
     def magic(self) -> int:
@@ -102,17 +138,22 @@ class ImageKind:
 KINDS: Mapping[str, ImageKind] = {
     k.name: k
     for k in (
-        ImageKind("INVENTORY", inventory_pb2.inventory_entry, "inventory.img", common=False),
+        ImageKind("INVENTORY", inventory_pb2.inventory_entry, "inventory.img", common=False,
+                  max_entry=MAX_INVENTORY, max_bytes=MAX_INVENTORY),
         ImageKind("PSTREE", pstree_pb2.pstree_entry, "pstree.img"),
         ImageKind("IDS", core_pb2.task_kobj_ids_entry, "ids-{}.img"),
         ImageKind("FS", fs_pb2.fs_entry, "fs-{}.img"),
         ImageKind("FDINFO", fdinfo_pb2.fdinfo_entry, "fdinfo-{}.img"),
         ImageKind("FILES", fdinfo_pb2.file_entry, "files.img"),
         ImageKind("MM", mm_pb2.mm_entry, "mm-{}.img"),
-        ImageKind("MNTS", mnt_pb2.mnt_entry, "mountpoints-{}.img"),
-        ImageKind("FW_MNTS", fwstate_pb2.fw_entry, "fw-mountpoints-{}.img"),
+        ImageKind("MNTS", mnt_pb2.mnt_entry, "mountpoints-{}.img", max_entry=MAX_MNT_ENTRY,
+                  max_bytes=MAX_MOUNT_IMAGE, max_entries=MAX_MOUNTS),
+        # One header entry before the mounts.
+        ImageKind("FW_MNTS", fwstate_pb2.fw_entry, "fw-mountpoints-{}.img",
+                  max_entry=MAX_FW_ENTRY, max_bytes=MAX_MOUNT_IMAGE,
+                  max_entries=MAX_MOUNTS + 1, bound=fw_entry_problem),
     )
-}
+}  # fmt: skip
 
 _NAME_RES: tuple[tuple[re.Pattern[str], ImageKind], ...] = tuple(
     (re.compile("^" + re.escape(k.pattern).replace(r"\{\}", r"(\d+)") + "$"), k)
@@ -196,9 +237,9 @@ def write_serialized(
     k = _kind(kind)
     items = payloads if isinstance(payloads, list) else list(payloads)
     sizes = list(map(len, items))
-    if sizes and max(sizes) > MAX_ENTRY_SIZE:
-        n = next(i for i, size in enumerate(sizes) if size > MAX_ENTRY_SIZE)
-        raise ImageError(path, f"entry of {sizes[n]} bytes exceeds {MAX_ENTRY_SIZE}", n)
+    if sizes and max(sizes) > k.max_entry:
+        n = next(i for i, size in enumerate(sizes) if size > k.max_entry)
+        raise ImageError(path, f"entry of {sizes[n]} bytes exceeds {k.max_entry}", n)
     # Head, then size word and payload per entry: interleaved by slices (no per-entry loop).
     n = len(items)
     out = [_head(k)] * (2 * n + 1)
@@ -239,8 +280,8 @@ def _frame(path: str, kind: ImageKind, n: int, entry: Message) -> bytes:
         if not missing:
             raise
         raise ImageError(path, f"required field(s) not set: {', '.join(missing)}", n) from None
-    if len(payload) > MAX_ENTRY_SIZE:
-        raise ImageError(path, f"entry of {len(payload)} bytes exceeds {MAX_ENTRY_SIZE}", n)
+    if len(payload) > kind.max_entry:
+        raise ImageError(path, f"entry of {len(payload)} bytes exceeds {kind.max_entry}", n)
     return _U32.pack(len(payload)) + payload
 
 
@@ -267,15 +308,52 @@ def _read_exact(f: BinaryIO, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _open(path: str) -> BinaryIO:
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symbolic link"),
+)  # fmt: skip
+
+
+def _not_regular(mode: int) -> str:
+    what = next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+    return f"is {what}, not an image file"
+
+
+def open_image_fd(path: str) -> int:
+    """A read descriptor of the image file ``path``, which must be a regular file.
+
+    Images are untrusted: a symbolic link is not followed, and a FIFO, device or socket is
+    refused rather than read (it could block the reader or never end); opening does not
+    block (O_NONBLOCK), the type is checked on the open descriptor (fstat). Raises
+    :class:`~criu_fw.errors.ImageError` naming the file and what it is.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        return open(path, "rb")
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ImageError(path, "no such image file") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
     except OSError as exc:
+        # ELOOP: the name is a symbolic link; ENXIO: a socket (nothing to open). Say which.
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            mode = stat.S_IFREG
+        if exc.errno in (errno.ELOOP, errno.ENXIO) and not stat.S_ISREG(mode):
+            raise ImageError(path, _not_regular(mode)) from None
         raise ImageError(path, f"cannot open: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageError(path, _not_regular(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open(path: str) -> BinaryIO:
+    return os.fdopen(open_image_fd(path), "rb")
 
 
 def _read_magic(path: str, f: BinaryIO) -> str:
@@ -336,6 +414,19 @@ def iter_image(
                 f"{name} images hold {known.message.DESCRIPTOR.full_name}, "
                 f"not {message_type.DESCRIPTOR.full_name}",
             )
+        limits = known if known is not None and known.message is message_type else None
+        max_entry = MAX_ENTRY_SIZE if limits is None else limits.max_entry
+        max_bytes = MAX_IMAGE_BYTES if limits is None else limits.max_bytes
+        max_entries = None if limits is None else limits.max_entries
+        bound = None if limits is None else limits.bound
+        # Refused before reading when the file says so already; counted while reading too
+        # (a file may grow while it is read).
+        total = os.fstat(f.fileno()).st_size
+        if total > max_bytes:
+            raise ImageError(
+                path, f"{total} bytes exceed the limit of {max_bytes} bytes for {name} images"
+            )
+        total = f.tell()
         n = 0
         while True:
             word = _read_exact(f, 4)
@@ -343,15 +434,27 @@ def iter_image(
                 return
             if len(word) < 4:
                 raise ImageError(path, f"truncated size word ({len(word)} of 4 bytes)", n)
-            (size,) = _U32.unpack(word)
-            if size > MAX_ENTRY_SIZE:
+            if max_entries is not None and n >= max_entries:
                 raise ImageError(
-                    path, f"entry size {size} exceeds the limit of {MAX_ENTRY_SIZE} bytes", n
+                    path, f"more than {max_entries} entries, the limit for {name} images", n
+                )
+            (size,) = _U32.unpack(word)
+            if size > max_entry:
+                raise ImageError(
+                    path, f"entry size {size} exceeds the limit of {max_entry} bytes", n
+                )
+            total += 4 + size
+            if total > max_bytes:
+                raise ImageError(
+                    path, f"more than the limit of {max_bytes} bytes for {name} images", n
                 )
             payload = _read_exact(f, size)
             if len(payload) < size:
                 raise ImageError(path, f"truncated payload ({len(payload)} of {size} bytes)", n)
-            yield _decode(path, n, message_type, payload)
+            msg = _decode(path, n, message_type, payload)
+            if bound is not None and (why := bound(msg, size)) is not None:
+                raise ImageError(path, why, n)
+            yield msg
             n += 1
 
 
@@ -436,6 +539,10 @@ def _bytes_text(value: bytes) -> str:
     return value.decode("utf-8", "backslashreplace")
 
 
+class _OutOfBounds(Exception):
+    """A nested message that is too large to show (the reason, without image or entry)."""
+
+
 def message_to_dict(
     msg: Message, pretty: bool = True, hexed: bool = False, mgr: DriverManager | None = None
 ) -> dict[str, Any]:
@@ -513,6 +620,9 @@ def _any_to_dict(msg: Message, pretty: bool, mgr: DriverManager | None) -> dict[
     except DecodeError:
         out["value"] = _bytes_text(anymsg.value)
         return out
+    why = state_problem(inner)
+    if why is not None:
+        raise _OutOfBounds(why)  # image_to_dict names the image and the entry
     out.update(message_to_dict(inner, pretty, mgr=mgr))
     return out
 
@@ -526,7 +636,12 @@ def image_to_dict(
     (without it, only messages already imported are shown field by field).
     """
     name = read_magic(path)
-    entries = [message_to_dict(e, pretty, mgr=mgr) for e in iter_image(path)]
+    entries = []
+    for n, e in enumerate(iter_image(path)):
+        try:
+            entries.append(message_to_dict(e, pretty, mgr=mgr))
+        except _OutOfBounds as exc:
+            raise ImageError(path, str(exc), n) from None
     return {"magic": name, "entries": entries}
 
 

@@ -25,7 +25,7 @@ import attrs
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
-from . import __version__
+from . import __version__, imagecheck
 from .driver import DriverState
 from .errors import ImageError
 from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
@@ -191,6 +191,11 @@ def write_mount_namespace(
     already created and open (by name, see :func:`mount_image_names`; the caller closes them).
     """
     mounts = tree.mounts
+    if len(mounts) > imagecheck.MAX_MOUNTS:  # refused here, not only by the restore
+        raise ImageError(
+            os.path.join(image_dir, mountpoints_image(ns_id)),
+            f"{len(mounts)} mounts, more than the {imagecheck.MAX_MOUNTS} a reader accepts",
+        )
     known = {m.mnt_id for m in mounts}
     if not drivers.keys() >= known:
         for m in mounts:
@@ -386,17 +391,26 @@ def read_mount_namespace(
     """Read back what :func:`write_mount_namespace` wrote for ``ns_id``.
 
     Driver state is unpacked through the driver that declares its message type in ``mgr``
-    (without ``mgr``, the installed drivers are loaded when a state is found). A state type no
-    loaded driver knows, a newer format version, or images that disagree raise ImageError.
+    (without ``mgr``, the installed drivers are loaded). A state type no loaded driver knows, a
+    newer format version, or images that disagree raise ImageError.
+
+    Images are untrusted, so what they say is checked here too (:mod:`criu_fw.imagecheck`):
+    paths absolute and normalised, texts without NUL bytes, one tree with its root at ``/``,
+    and each mount's driver the one ``mgr``'s registry picks for its fstype.
     """
     mnts_path = os.path.join(image_dir, mountpoints_image(ns_id))
     fw_path = os.path.join(image_dir, fw_image(ns_id))
 
     criu: dict[int, mnt_pb2.mnt_entry] = {}
+    criu_entry: dict[int, int] = {}  # mnt_id -> entry number in the MNTS image
     for n, e in enumerate(iter_image(mnts_path, mnt_pb2.mnt_entry, kind="MNTS")):
         if e.mnt_id in criu:
             raise ImageError(mnts_path, f"mount id {e.mnt_id} appears twice", n)
         criu[e.mnt_id] = e
+        criu_entry[e.mnt_id] = n
+    if mgr is None:
+        mgr = load_drivers()
+    driver_problem = imagecheck.DriverCheck(mgr)
 
     mounts: list[Mount] = []
     drivers: dict[int, str] = {}
@@ -414,18 +428,29 @@ def read_mount_namespace(
         fw = entry.mount
         base = criu.pop(fw.mnt_id, None)
         if base is None:
-            raise ImageError(
-                fw_path, f"mount id {fw.mnt_id} has no entry in {os.path.basename(mnts_path)}", n
+            what = "appears twice" if fw.mnt_id in drivers else (
+                f"has no entry in {os.path.basename(mnts_path)}"
             )
-        mounts.append(_mount(base, fw))
+            raise ImageError(fw_path, f"mount id {fw.mnt_id} {what}", n)
+        mount = _mount(base, fw)
+        ext = fw.external_key if fw.HasField("external_key") else None
+        cont = fw.content_image if fw.HasField("content_image") else None
+        for field in ("mountpoint", "root"):
+            why = imagecheck.path_problem(field, getattr(mount, field))
+            if why is not None:
+                # Named where the exact text is: criu-fw's image for text that is not UTF-8.
+                where = (fw_path, n) if fw.HasField(field) else (mnts_path, criu_entry[fw.mnt_id])
+                raise ImageError(where[0], f"mount {fw.mnt_id}: {why}", where[1])
+        why = imagecheck.text_problem(mount, ext, cont) or driver_problem(mount.fstype, fw.driver)
+        if why is not None:
+            raise ImageError(fw_path, f"mount {fw.mnt_id}: {why}", n)
+        mounts.append(mount)
         drivers[fw.mnt_id] = fw.driver
-        if fw.HasField("external_key"):
-            external[fw.mnt_id] = fw.external_key
-        if fw.HasField("content_image"):
-            content[fw.mnt_id] = fw.content_image
+        if ext is not None:
+            external[fw.mnt_id] = ext
+        if cont is not None:
+            content[fw.mnt_id] = cont
         if fw.HasField("state"):
-            if mgr is None:
-                mgr = load_drivers()
             states[fw.mnt_id] = _unpack_state(fw_path, n, fw, mgr)
         else:
             states[fw.mnt_id] = None
@@ -442,6 +467,13 @@ def read_mount_namespace(
             mnts_path,
             f"mount id(s) {sorted(criu)} have no entry in {os.path.basename(fw_path)}",
         )
+    bad = imagecheck.tree_problem(mounts)
+    if bad is not None:
+        # The tree is CRIU's parent_mnt_id and mountpoint: named in its image.
+        mnt_id, why = bad
+        if mnt_id is None:
+            raise ImageError(mnts_path, why)
+        raise ImageError(mnts_path, f"mount {mnt_id}: {why}", criu_entry[mnt_id])
     return DumpedNamespace(
         ns_id=ns_id,
         tree=MountTree(tuple(mounts), header.kernel_ns_id),
@@ -518,9 +550,14 @@ def _unpack_state(path: str, n: int, fw: fwstate_pb2.fw_mount, mgr: DriverManage
             raise ImageError(path, f"{where}: state is not a {full_name}", n)
     except DecodeError:
         raise ImageError(path, f"{where}: garbled driver state of type {full_name!r}", n) from None
+    why = imagecheck.state_problem(message)
+    if why is not None:
+        raise ImageError(path, f"{where}: {why}", n)
     try:
         return state_type.from_message(message)
     except Exception as exc:
         raise ImageError(
-            path, f"{where}: {state_type.__name__}.from_message failed: {exc}", n
+            path,
+            f"{where}: {state_type.__name__}.from_message failed: {type(exc).__name__}: {exc}",
+            n,
         ) from exc

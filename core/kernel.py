@@ -50,6 +50,13 @@ SYS_statmount: Final = 457
 SYS_listmount: Final = 458
 
 CLONE_NEWNS: Final = 0x00020000
+CLONE_NEWCGROUP: Final = 0x02000000
+CLONE_NEWIPC: Final = 0x08000000
+CLONE_NEWPID: Final = 0x20000000
+CLONE_NEWNET: Final = 0x40000000
+
+#: ioctl on a namespace file (nsfs): returns the namespace's CLONE_NEW* type.
+NS_GET_NSTYPE: Final = 0xB703
 
 MS_RDONLY: Final = 0x1
 MS_NOSUID: Final = 0x2
@@ -94,6 +101,8 @@ FSCONFIG_SET_PATH_EMPTY: Final = 4
 FSCONFIG_SET_FD: Final = 5
 FSCONFIG_CMD_CREATE: Final = 6
 FSCONFIG_CMD_RECONFIGURE: Final = 7
+#: Like CMD_CREATE, but EBUSY where the kernel would hand back an existing superblock (6.6+).
+FSCONFIG_CMD_CREATE_EXCL: Final = 8
 
 MOUNT_ATTR_RDONLY: Final = 0x1
 MOUNT_ATTR_NOSUID: Final = 0x2

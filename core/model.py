@@ -146,7 +146,10 @@ class Mount(NamedTuple):
 def _parent_paths(path: str) -> Iterator[str]:
     """Proper ancestors of an absolute path, nearest first: /a/b/c -> /a/b, /a, /."""
     while path != "/":
-        path = path.rsplit("/", 1)[0] or "/"
+        head = path.rsplit("/", 1)[0]
+        if head == path:
+            return  # a relative path (a crafted image): no ancestor, never a loop
+        path = head or "/"
         yield path
 
 

@@ -18,7 +18,9 @@ The recording format (what tests assert on) is one :class:`Call` per request, in
 ``op``                 fields set
 =====================  =========================================================================
 ``new_superblock``     ``fstype``, ``source``, ``params`` (values: ``str``, ``None`` for a flag,
-                       :class:`Fd` for a directory passed by descriptor), ``handle`` (returned)
+                       :class:`Fd` for a directory passed by descriptor), ``handle`` (returned),
+                       ``owned`` (False: the kernel hands back a superblock that exists
+                       already, whose parameters are not applied; see below)
 ``clone``              ``handle`` (returned), ``other`` (source handle, or None), ``path``
                        (subpath inside ``other``, or an absolute host path when ``other`` is None)
 ``attach``             ``handle`` (the mount), ``other`` (parent handle, None for a host path),
@@ -30,6 +32,16 @@ The recording format (what tests assert on) is one :class:`Call` per request, in
 ``restore_content``    ``handle``, ``path`` (the image file name)
 ``close``              ``handle``
 =====================  =========================================================================
+
+Superblocks a restore does not own. Some filesystems keep one superblock per key (sysfs per
+network namespace, mqueue per IPC namespace, a block device's filesystem per device; see
+:mod:`criu_fw.superblocks`) and hand the existing one back. :class:`KernelMountOps` asks with
+FSCONFIG_CMD_CREATE_EXCL: a new superblock is *owned* (recorded by device); where the kernel
+would reuse one (EBUSY) it takes that one with no parameter but the source, not owned, unless
+its key is a namespace the restore made itself. Kernels without CREATE_EXCL, and mount(2), are
+judged by device: a superblock whose device was mounted before the first one this layer made
+is not owned. ``reconfigure`` refuses any superblock that is not owned, whoever asks.
+:class:`RecordingMountOps` owns everything except the fstypes it is told are ``shared``.
 """
 
 from __future__ import annotations
@@ -38,12 +50,17 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
 from . import confine, kernel
-from .errors import SyscallError
+from .errors import CriuFwError, SyscallError
+from .superblocks import KEYED, NAMED_BY_OPTIONS, SINGLETONS, fresh_types
+
+
+class NotOwnedError(CriuFwError, PermissionError):
+    """A superblock this restore did not create was to be changed (it is left as it is)."""
 
 
 @attrs.frozen
@@ -77,10 +94,16 @@ class Call:
     clear: int = 0
     #: ``new_superblock``: the mount(2) data for filesystems the new API cannot create.
     legacy_data: str | None = None
+    #: ``new_superblock``: False when the superblock is an existing one (not the restore's).
+    owned: bool = True
 
     def describe(self) -> str:
         """One readable line (``criu-fw restore --dry-run``); handles are shown as ``#N``."""
         h, o = f"#{self.handle}", f"#{self.other}"
+        if self.op == "new_superblock" and not self.owned:
+            params = ",".join(_show_param(k, v) for k, v in self.params)
+            line = f"{h} = existing {self.fstype} superblock, source {self.source!r}, left as it is"
+            return line + (f" (options {params} not applied)" if params else "")
         if self.op == "new_superblock":
             params = ",".join(_show_param(k, v) for k, v in self.params)
             line = f"{h} = new {self.fstype} superblock, source {self.source!r}"
@@ -203,11 +226,27 @@ class MountOps:
         raise NotImplementedError
 
     def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
-        """Change superblock parameters of a mount's filesystem (fspick + reconfigure)."""
+        """Change superblock parameters of a mount's filesystem (fspick + reconfigure).
+
+        Raises :class:`NotOwnedError` for a superblock that :meth:`owns` does not own."""
+        raise NotImplementedError
+
+    def owns(self, handle: int) -> bool:
+        """Whether the superblock of a mount handle was created by this restore (only such
+        superblocks are reconfigured; the others belong to this machine)."""
+        raise NotImplementedError
+
+    def existing_options(self, handle: int) -> tuple[str, ...] | None:
+        """The superblock options of a superblock this restore did not create, as this
+        machine's mount table showed them before the restore; None when not known."""
         raise NotImplementedError
 
     def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
         """Run ``fill(path)`` with a path through which the mount's whole root is writable."""
+        raise NotImplementedError
+
+    def fsid(self, handle: int) -> int | None:
+        """The filesystem identity (statfs ``f_fsid``) of a mount, None if unknown."""
         raise NotImplementedError
 
     def close(self, handle: int) -> None:
@@ -215,11 +254,18 @@ class MountOps:
 
 
 class RecordingMountOps(MountOps):
-    """Records every request in :attr:`calls`; touches neither the kernel nor any file."""
+    """Records every request in :attr:`calls`; touches neither the kernel nor any file.
 
-    def __init__(self) -> None:
+    ``shared``: fstypes whose superblocks it takes as handed back by the kernel (not owned),
+    as a real restore would get them (a dry run passes
+    :func:`~criu_fw.superblocks.predicted_shared`); every other superblock is owned."""
+
+    def __init__(self, shared: Iterable[str] = ()) -> None:
         self.calls: list[Call] = []
         self._next = 100
+        self.shared = frozenset(shared)
+        self._owner: dict[int, bool] = {}  # handle -> whether its superblock is owned
+        self._indexed = 0
 
     def _new(self) -> int:
         self._next += 1
@@ -242,10 +288,28 @@ class RecordingMountOps(MountOps):
         self.calls.append(
             Call(
                 "new_superblock", handle=h, fstype=fstype, source=source, params=tuple(params),
-                legacy_data=legacy_data,
+                legacy_data=legacy_data, owned=fstype not in self.shared,
             )
         )
         return h
+
+    def owns(self, handle: int) -> bool:
+        # Handles are never reused here: a clone's superblock is its source's (indexed from
+        # the calls recorded since the last question, so a dry run of 10,000 mounts stays
+        # linear).
+        for c in self.calls[self._indexed :]:
+            if c.op == "new_superblock" and c.handle is not None:
+                self._owner[c.handle] = c.owned
+            elif c.op == "clone" and c.handle is not None:
+                # A copy of a host mount (no source) is never the restore's.
+                self._owner[c.handle] = False if c.other is None else self._owner.get(
+                    c.other, False
+                )
+        self._indexed = len(self.calls)
+        return self._owner.get(handle, False)
+
+    def existing_options(self, handle: int) -> tuple[str, ...] | None:
+        return None
 
     def clone(self, src: int | None, path: str) -> int:
         h = self._new()
@@ -270,10 +334,18 @@ class RecordingMountOps(MountOps):
         self.calls.append(Call("set_group", handle=dst, other=src))
 
     def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
+        if not self.owns(handle):
+            raise NotOwnedError(
+                f"refusing to reconfigure the superblock of #{handle}: this restore did not "
+                f"create it, so it is left as it is"
+            )
         self.calls.append(Call("reconfigure", handle=handle, params=tuple(params)))
 
     def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
         self.calls.append(Call("restore_content", handle=handle, path=image))
+
+    def fsid(self, handle: int) -> int | None:
+        return None
 
     def close(self, handle: int) -> None:
         self.calls.append(Call("close", handle=handle))
@@ -320,15 +392,54 @@ def _chrooted(path: str | None) -> Iterator[None]:
 LEGACY_DATA_MAX = 4095
 
 
+def _mounted_devices() -> dict[int, tuple[str, tuple[str, ...]]]:
+    """Device -> (fstype, superblock options) of every mount this process sees."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        text = f.read()
+    out: dict[int, tuple[str, tuple[str, ...]]] = {}
+    for line in text.splitlines():
+        # Escaped fields (\040) never hold " - ", the separator before the fstype.
+        head, sep, tail = line.partition(b" - ")
+        fields = head.split(b" ")
+        after = tail.decode("utf-8", "replace").split(" ")
+        if not sep or len(fields) < 3 or len(after) < 3:
+            continue
+        major, _, minor = fields[2].partition(b":")
+        out[os.makedev(int(major), int(minor))] = (after[0], tuple(after[2].split(",")))
+    return out
+
+
+def _as_create(exc: SyscallError) -> SyscallError:
+    """A failure of CMD_CREATE_EXCL worded as one of create (what the user asked for)."""
+    detail = exc.detail or ""
+    if detail == str(kernel.FSCONFIG_CMD_CREATE_EXCL) or detail.startswith(
+        f"{kernel.FSCONFIG_CMD_CREATE_EXCL}: "
+    ):
+        detail = "create" + detail[1:]
+    return SyscallError(exc.call, exc.errno or errno.EIO, exc.filename, detail or None)
+
+
 class KernelMountOps(MountOps):
     """Real system calls. Only for use inside a private mount namespace of a child process.
 
     ``scratch`` is an empty directory used by the legacy mount(2) fallback (a filesystem type
     the new mount API cannot create is mounted there, cloned detached, and unmounted again).
+    ``fresh``: the kinds of namespace (``net``, ``ipc``) the restore made itself, whose keyed
+    superblocks (sysfs, mqueue) are its own even when the kernel hands back an existing one.
     """
 
-    def __init__(self, scratch: str | None = None) -> None:
+    def __init__(self, scratch: str | None = None, *, fresh: Iterable[str] = ()) -> None:
         self.scratch = scratch
+        #: Devices (st_dev of their root) of the superblocks this layer created: the only
+        #: ones it reconfigures.
+        self.owned: set[int] = set()
+        self._fstype: dict[int, str] = {}  # every superblock handed out, by device (messages)
+        self._fresh = fresh_types(fresh)
+        #: Devices mounted before the first superblock this layer made: device -> (fstype,
+        #: superblock options).
+        self._before: dict[int, tuple[str, tuple[str, ...]]] | None = None
+        #: Whether the kernel knows FSCONFIG_CMD_CREATE_EXCL (None: not asked yet).
+        self._exclusive: bool | None = None
         #: Mountpoints this restore created in existing trees (a --root directory), so a
         #: failed restore removes exactly those.
         self.maker = confine.Maker()
@@ -358,6 +469,7 @@ class KernelMountOps(MountOps):
                 f"value of {long_key!r} is {len(os.fsencode(long_value))} bytes, the kernel "
                 f"takes at most {kernel.FSCONFIG_STRING_MAX}; pass it by descriptor instead",
             )
+        self._mounted_before()
         try:
             fsfd = kernel.fsopen(fstype)
         except SyscallError as exc:
@@ -368,6 +480,32 @@ class KernelMountOps(MountOps):
             if not fallback or self.scratch is None:
                 raise
             return self._legacy(fstype, source, params, legacy_data)
+        if fstype in SINGLETONS:
+            os.close(fsfd)
+            return self._existing(fstype, source, params, chroot)
+        exclusive = self._exclusive is not False
+        try:
+            cmd = kernel.FSCONFIG_CMD_CREATE_EXCL if exclusive else kernel.FSCONFIG_CMD_CREATE
+            h = self._create(fsfd, source, params, chroot, cmd)
+        except SyscallError as exc:
+            if not exclusive:
+                raise
+            if exc.errno == errno.EBUSY:
+                return self._existing(fstype, source, params, chroot)
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP) and not self._has_exclusive():
+                # An older kernel: created as before, judged by device (below).
+                fsfd = kernel.fsopen(fstype)
+                h = self._create(fsfd, source, params, chroot, kernel.FSCONFIG_CMD_CREATE)
+                return self._record(h, fstype, new=True)
+            raise _as_create(exc) from exc
+        self._exclusive = True
+        return self._record(h, fstype, new=True)
+
+    def _create(
+        self, fsfd: int, source: str, params: Sequence[tuple[str, ParamArg]],
+        chroot: str | None, cmd: int,
+    ) -> int:
+        """Configure the context ``fsfd`` (closed afterwards), run ``cmd``, mount it."""
         opened: list[int] = []
         try:
             for _key, value in params:
@@ -384,12 +522,90 @@ class KernelMountOps(MountOps):
                         kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_FD, key, None, next(fds))
                     else:
                         kernel.fsconfig(fsfd, kernel.FSCONFIG_SET_STRING, key, value)
-                kernel.fsconfig(fsfd, kernel.FSCONFIG_CMD_CREATE)
+                kernel.fsconfig(fsfd, cmd)
             return kernel.fsmount(fsfd)
         finally:
             for fd in opened:
                 os.close(fd)
             os.close(fsfd)
+
+    def _existing(
+        self, fstype: str, source: str, params: Sequence[tuple[str, ParamArg]],
+        chroot: str | None,
+    ) -> int:
+        """The superblock the kernel hands back for ``fstype`` here (the failed exclusive
+        context cannot be used again: new ones), not owned. A keyed type (sysfs, mqueue...)
+        gets no parameter but its source: some apply them to what they hand back (see
+        :data:`~criu_fw.superblocks.NAMED_BY_OPTIONS`). Where parameters say which one is
+        meant (a cgroup v1 hierarchy's controllers, a block device's or an NFS export's
+        options) they are passed, not applied to one that exists; read-only first, since a
+        writable request flips an existing read-only btrfs to read-write, and a read-only
+        ext4 is handed out only read-only. Owned only when its key is a namespace this
+        restore made: an mqueue is made with its IPC namespace, so EBUSY, yet it is nobody
+        else's."""
+        ours = fstype in self._fresh
+        attempts: list[Sequence[tuple[str, ParamArg]]] = [()]
+        if ours:
+            attempts = [params]
+        elif fstype in NAMED_BY_OPTIONS or fstype not in KEYED:
+            attempts = [[*params, ("ro", None)], params]
+        first: SyscallError | None = None
+        for wanted in attempts:
+            try:
+                h = self._create(
+                    kernel.fsopen(fstype), source, wanted, chroot, kernel.FSCONFIG_CMD_CREATE
+                )
+            except SyscallError as exc:
+                # The error worth showing is the one with the dumped parameters.
+                first = exc if first is None or wanted is params else first
+                continue
+            return self._record(h, fstype, new=ours)
+        assert first is not None
+        raise first
+
+    def _record(self, h: int, fstype: str, *, new: bool) -> int:
+        """Note a superblock's device; owned when new and not one mounted before this layer
+        made any (that comparison alone decides for mount(2) and kernels without
+        CREATE_EXCL, and catches a type that bypasses the kernel's check)."""
+        try:
+            dev = os.fstat(h).st_dev
+        except OSError:
+            os.close(h)
+            raise
+        self._fstype.setdefault(dev, fstype)
+        if new and dev not in self._mounted_before() and fstype not in SINGLETONS:
+            self.owned.add(dev)
+        return h
+
+    def _mounted_before(self) -> dict[int, tuple[str, tuple[str, ...]]]:
+        if self._before is None:
+            self._before = _mounted_devices()
+        return self._before
+
+    def existing_options(self, handle: int) -> tuple[str, ...] | None:
+        dev = os.fstat(handle).st_dev
+        if dev in self.owned:
+            return None
+        seen = self._mounted_before().get(dev)
+        return None if seen is None else seen[1]
+
+    def _has_exclusive(self) -> bool:
+        """Whether the kernel knows FSCONFIG_CMD_CREATE_EXCL (6.6+), asked once of a tmpfs
+        context: EINVAL from it may be the filesystem's own refusal, an unknown command is
+        refused before the context is looked at."""
+        if self._exclusive is None:
+            fd = kernel.fsopen("tmpfs")
+            try:
+                kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE_EXCL)
+                self._exclusive = True
+            except SyscallError as exc:
+                self._exclusive = exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP)
+            finally:
+                os.close(fd)
+        return self._exclusive
+
+    def owns(self, handle: int) -> bool:
+        return os.fstat(handle).st_dev in self.owned
 
     def _legacy(
         self, fstype: str, source: str, params: Sequence[tuple[str, ParamArg]],
@@ -409,13 +625,16 @@ class KernelMountOps(MountOps):
                 f"mount data is {size} bytes, the kernel takes at most {LEGACY_DATA_MAX} "
                 f"and would cut the rest silently",
             )
+        self._mounted_before()
         kernel.mount(source, self.scratch, fstype, 0, data or None)
         try:
-            return kernel.open_tree(
+            h = kernel.open_tree(
                 self.scratch, kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
             )
         finally:
             kernel.umount2(self.scratch, kernel.MNT_DETACH)
+        # mount(2) cannot ask for a new superblock only: the device tells whose it is.
+        return self._record(h, fstype, new=True)
 
     def clone(self, src: int | None, path: str) -> int:
         flags = kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC
@@ -515,6 +734,16 @@ class KernelMountOps(MountOps):
         )
 
     def reconfigure(self, handle: int, params: Sequence[tuple[str, ParamArg]]) -> None:
+        # Here, the lowest layer, so that no caller (a driver included) can change a
+        # superblock this restore did not create: this machine's /sys, mqueue, cgroups.
+        dev = os.fstat(handle).st_dev
+        if dev not in self.owned:
+            fstype = self._fstype.get(dev) or _mounted_devices().get(dev, ("filesystem",))[0]
+            raise NotOwnedError(
+                f"refusing to reconfigure the {fstype} superblock on device "
+                f"{os.major(dev)}:{os.minor(dev)}: this restore did not create it (the kernel "
+                f"handed back one that was there already), so it is left as it is"
+            )
         # By descriptor: the restored namespace need not have /proc.
         fsfd = kernel.fspick("", handle, kernel.FSPICK_EMPTY_PATH)
         try:
@@ -530,6 +759,9 @@ class KernelMountOps(MountOps):
     def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
         # /proc/PID (not /proc/self): the path must also work for a helper process (tar).
         fill(f"/proc/{os.getpid()}/fd/{handle}")
+
+    def fsid(self, handle: int) -> int | None:
+        return int(os.fstatvfs(handle).f_fsid)
 
     def close(self, handle: int) -> None:
         os.close(handle)

@@ -12,6 +12,9 @@ command -v crit >/dev/null 2>&1 || need_apt+=(criu)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
+# ext4 on loop devices for the block-device tests.
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 # A static shell for the container-like test namespaces and the demo (no libraries to copy).
 { command -v busybox >/dev/null 2>&1 || test -x /bin/busybox; } || need_apt+=(busybox-static)
 # Debian's own python3 creates virtual environments only with python3-venv installed.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -36,6 +37,25 @@ def live_context(*scenarios: NamespaceScenario, **kw: object) -> DumpContext:
         root_pid=scenarios[0].pid,
         **kw,  # type: ignore[arg-type]
     )
+
+
+def host_devices(*paths: str) -> dict[str, str]:
+    """``--external dev[MAJ:MIN]:DEVICE`` grants for the host block devices holding ``paths``
+    (none where a path is on a filesystem without a device, as in a container)."""
+    by_dev = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            source = fields[fields.index("-") + 2]
+            by_dev.setdefault(fields[2], source)
+    out = {}
+    for path in paths:
+        st = os.stat(path)
+        dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        source = by_dev.get(dev, "")
+        if source.startswith("/dev/") and stat.S_ISBLK(os.stat(source).st_mode):
+            out[dev] = source
+    return out
 
 
 def tree_of(ctx: DumpContext, s: NamespaceScenario) -> MountTree:

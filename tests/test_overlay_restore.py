@@ -21,7 +21,7 @@ from criu_fw.model import MountTree
 from criu_fw.mountinfo import read_mountinfo
 from criu_fw.restore import RestoreResult, SimpleNamespace, restore
 from criu_fw.testing import NamespaceScenario
-from overlay_helpers import at, parse
+from overlay_helpers import at, host_devices, parse
 
 pytestmark = pytest.mark.privileged
 
@@ -36,7 +36,11 @@ def context_of(pid: int) -> tuple[DumpContext, MountTree]:
 
 
 def rebuild(
-    pid: int, mountpoint: str, root: str | None = "/", allow_host: tuple[str, ...] = ()
+    pid: int,
+    mountpoint: str,
+    root: str | None = "/",
+    allow_host: tuple[str, ...] = (),
+    devices: dict[str, str] | None = None,
 ) -> RestoreResult:
     ctx, tree = context_of(pid)
     ovl = at(tree, mountpoint)
@@ -45,7 +49,8 @@ def rebuild(
         tree.ns_id, tree, drivers={ovl.mnt_id: "overlay"}, states={ovl.mnt_id: state}
     )
     return restore(
-        "/nonexistent", root=root, namespaces=[ns], detach=True, allow_host=allow_host
+        "/nonexistent", root=root, namespaces=[ns], detach=True, allow_host=allow_host,
+        devices=devices,
     )
 
 
@@ -160,7 +165,10 @@ cd root && pivot_root . old && cd / && umount -l /old
         f"lowerdir+ directory '{s.workdir}/l1' is a host path named by the images, used only "
         f"when granted; give --allow-host {s.workdir} (or a directory above it)"
     )
-    res = rebuild(s.pid, "/", root=None, allow_host=(s.workdir,))
+    # /usr is bound from the host's own filesystem: the operator names its device too.
+    res = rebuild(
+        s.pid, "/", root=None, allow_host=(s.workdir,), devices=host_devices("/usr")
+    )
     try:
         root = at(context_of(res.pid)[1], "/")
         assert root.fstype == "overlay"

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 from crafted_images import write_dir
-from criu_fw.confine import Maker
-from criu_fw.errors import RestoreError
+from criu_fw.confine import Maker, open_beneath
+from criu_fw.errors import RestoreError, SyscallError
 from criu_fw.fsdrivers.overlay.layers import ResolvedLayer, Verdict
 from criu_fw.fsdrivers.overlay.options import LayerSpec, Role
 from criu_fw.fsdrivers.overlay.state import OverlayState
@@ -135,7 +135,17 @@ def test_mountpoint_with_dotdot(tmp_path: Path, canary: Path) -> None:
     out = restore_cli(craft(tmp_path / "img", [root(), evil]))
     refused(out, "mount 2")
     msg = library([root(), evil])
-    assert msg.startswith(f"mount 2 at '{evil.mountpoint}'") and "'..' is not allowed" in msg
+    assert msg.startswith(f"mount 2 at '{evil.mountpoint}'") and "'..' component" in msg
+    # Below the planner's check, the resolution itself refuses '..' too.
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(SyscallError, match=r"'\.\.' is not allowed"):
+            open_beneath(fd, evil.mountpoint.lstrip("/"))
+        with pytest.raises(SyscallError, match=r"'\.\.' is not allowed"):
+            Maker().open_or_make(fd, evil.mountpoint.lstrip("/"), is_dir=True)
+    finally:
+        os.close(fd)
+    assert not (canary / "evil").exists()
 
 
 def test_mountpoint_through_a_symlink_in_restored_content(tmp_path: Path, canary: Path) -> None:
@@ -261,6 +271,7 @@ def test_escape_from_root_by_link_or_dotdot(tmp_path: Path, canary: Path) -> Non
             restore("/x", root=str(tree_root), namespaces=[SimpleNamespace(1, tree)],
                     detach=True)
         assert str(err.value).startswith("mount 2 at '/e'"), str(err.value)
+        assert "symbolic link" in str(err.value) or "'..' component" in str(err.value)
     assert sorted(os.listdir(tree_root)) == ["d", "e"]
 
 

@@ -11,19 +11,33 @@ import click
 from ..errors import UsageError
 from ..mountops import RecordingMountOps
 from ..restore import restore
+from ..superblocks import predicted_shared
 from .base import driver_manager
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")
+_DEVICE = re.compile(r"^dev\[(?P<major>\d+)[:/](?P<minor>\d+)\]:(?P<path>.+)$")
 
 
 def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
+    """The ``mnt[KEY]:PATH`` values of ``--external``."""
+    return split_externals(values)[0]
+
+
+def split_externals(values: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """``--external`` values: ``mnt[KEY]:PATH`` as {KEY: PATH} and ``dev[MAJ:MIN]:DEVICE``
+    as {"MAJ:MIN": DEVICE}."""
+    mounts: dict[str, str] = {}
+    devices: dict[str, str] = {}
     for v in values:
         m = _EXTERNAL.match(v)
-        if m is None:
-            raise UsageError(f"--external {v!r}: expected mnt[KEY]:PATH")
-        out[m.group("key")] = m.group("path")
-    return out
+        if m is not None:
+            mounts[m.group("key")] = m.group("path")
+            continue
+        d = _DEVICE.match(v)
+        if d is None:
+            raise UsageError(f"--external {v!r}: expected mnt[KEY]:PATH or dev[MAJ:MIN]:DEVICE")
+        devices[f"{int(d.group('major'))}:{int(d.group('minor'))}"] = d.group("path")
+    return mounts, devices
 
 
 @click.command("restore")
@@ -35,7 +49,9 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
                    "they stay after a restore that succeeds and are removed after one that "
                    "fails.")
 @click.option("--external", "externals", multiple=True, metavar="mnt[KEY]:PATH",
-              help="Where the external mount dumped under KEY comes from here.")
+              help="Where the external mount dumped under KEY comes from here; "
+                   "dev[MAJ:MIN]:DEVICE: the block device here that a filesystem dumped on "
+                   "device MAJ:MIN is mounted from (the only way one is).")
 @click.option("--allow-host", "allow_host", multiple=True, metavar="DIR",
               help="Host directories under which paths named by the images may be used: "
                    "overlay layers on the host (an overlay writes into its upper and work "
@@ -49,28 +65,38 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
               help="A mount that was a slave of a group outside the images: make it a slave "
                    "of the host mount it is restored from (host; an error where there is "
                    "none), or private.")
+@click.option("--netns", metavar="new|PATH",
+              help="Build in a new network namespace (new) or in the one of a namespace file "
+                   "(/run/netns/NAME, /proc/PID/ns/net), not this machine's: a sysfs is then "
+                   "rebuilt as it was (read-only included) instead of being this machine's, "
+                   "left as it is. The holders and the command stay in it.")
+@click.option("--ipcns", metavar="new|PATH",
+              help="The same for the IPC namespace (an mqueue).")
 @click.option("--dry-run", is_flag=True, help="Print the mount requests, mount nothing.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def restore_cmd(
     ctx: click.Context, image_dir: str, root: str | None, externals: tuple[str, ...],
     allow_host: tuple[str, ...],
-    detach: bool, pidfile: str | None, outside_masters: str, dry_run: bool,
-    command: tuple[str, ...],
+    detach: bool, pidfile: str | None, outside_masters: str, netns: str | None,
+    ipcns: str | None, dry_run: bool, command: tuple[str, ...],
 ) -> None:
     """Rebuild the dumped mount namespaces in new private namespaces.
 
     With `-- CMD [ARG...]`, run CMD in the restored namespace (root = the restored root, cwd
     /) and exit with its status. With --detach, print the PID of a process inside the restored
-    namespace (for nsenter -t PID -m) and return. Otherwise print the PID and hold the
-    namespace until interrupted.
+    namespace (for nsenter -t PID -m; -m -n -i with --netns/--ipcns) and return. Otherwise
+    print the PID and hold the namespace until interrupted.
     """
     mgr = driver_manager(ctx)
-    ops = RecordingMountOps() if dry_run else None
+    asked = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
+    ops = RecordingMountOps(shared=predicted_shared(asked)) if dry_run else None
+    mounts, devices = split_externals(externals)
     result = restore(
-        image_dir, root=root, externals=parse_externals(externals), allow_host=allow_host,
+        image_dir, root=root, externals=mounts, devices=devices, allow_host=allow_host,
         command=list(command) or None, detach=detach, pidfile=pidfile,
         plugins=(), config=mgr.config, ops=ops, outside_masters=outside_masters,
+        netns=netns, ipcns=ipcns,
     )
     if ops is not None:
         for call in ops.calls:

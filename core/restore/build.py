@@ -15,7 +15,8 @@ handle at once:
 
 Only when every tree exists are the finishing touches applied, in every namespace: flags of
 mounts with children, propagation (nothing mounted afterwards can propagate anywhere), and
-superblocks asked for read-only (mountpoints of every namespace had to be made in them first).
+superblocks asked for read-only (mountpoints of every namespace had to be made in them first),
+those the restore created only (:meth:`criu_fw.mountops.MountOps.owns`).
 """
 
 from __future__ import annotations

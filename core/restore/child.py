@@ -18,11 +18,25 @@ it in the root namespace (the pipe is close-on-exec: EOF; a failed exec is ``ERR
 On any failure the child exits and the holders are killed: the namespaces disappear with them,
 and the caller's namespace is never touched. The host-side directories are empty afterwards
 (the mounts live in namespaces whose roots are no longer under them) and are removed.
+
+Network and IPC namespaces (``restore(netns=..., ipcns=...)``): the child builds in the
+caller's unless asked otherwise; then, before it builds anything, it unshares new ones
+(``new``) or enters the given namespace files, which the caller opened and checked before the
+fork (:func:`open_namespaces`). The holders enter them too, so ``nsenter -t HOLDER -m -n -i``
+gives the restored view, and new namespaces live as long as a holder (or the command) does.
+A sysfs (keyed by network namespace) or an mqueue (by IPC namespace) made there is the
+restore's own; in the caller's namespaces it is this machine's (see :mod:`criu_fw.superblocks`).
+
+The child's log records (criu_fw's loggers) go to the caller as ``LOG <level> <logger> <one
+line>`` and are logged there, so the caller's logging configuration sees them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -34,16 +48,18 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from .. import kernel
-from ..errors import RestoreError
+from ..errors import RestoreError, UsageError
 from ..mountops import KernelMountOps
+from ..superblocks import NAMESPACE_NAMES, OPTION
 
 #: Exit status of a child that failed before it could exec the command.
 CHILD_FAILED = 125
 #: What a holder calls itself (``ps -o comm``, /proc/PID/comm).
 HOLDER_NAME = "criu-fw-holder"
 
-#: The holder's program (run with ``python -I -S -c``). stdin: the path of the namespace to
-#: enter; stdout: ``OK`` or ``ERR <why>``. Afterwards it holds no descriptor at all.
+#: The holder's program (run with ``python -I -S -c``). stdin: one line, the path of the
+#: mount namespace to enter, then (tab-separated) those of the other namespaces to enter;
+#: stdout: ``OK`` or ``ERR <why>``. Afterwards it holds no descriptor at all.
 HOLDER = r"""
 import ctypes, os, signal, sys
 os.closerange(3, 1 << 20)
@@ -51,16 +67,20 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(15, b"criu-fw-holder", 0, 0, 0)
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-path = sys.stdin.readline().strip()
-try:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-except OSError as exc:
-    os.write(1, f"ERR cannot open {path}: {exc.strerror}\n".encode())
-    sys.exit(1)
-if libc.setns(fd, 0x20000) != 0:
-    os.write(1, f"ERR setns: {os.strerror(ctypes.get_errno())}\n".encode())
-    sys.exit(1)
-os.close(fd)
+paths = sys.stdin.readline().rstrip("\n").split("\t")
+fds = []
+for path in paths:
+    try:
+        fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        os.write(1, f"ERR cannot open {path}: {exc.strerror}\n".encode())
+        sys.exit(1)
+# The mount namespace last: entering it changes the root, the others do not.
+for fd, nstype in [(fd, 0) for fd in fds[1:]] + [(fds[0], 0x20000)]:
+    if libc.setns(fd, nstype) != 0:
+        os.write(1, f"ERR setns: {os.strerror(ctypes.get_errno())}\n".encode())
+        sys.exit(1)
+    os.close(fd)
 os.chdir("/")
 os.write(1, b"OK\n")
 os.closerange(0, 1 << 20)
@@ -68,6 +88,114 @@ while True:
     signal.pause()
 """
 assert HOLDER_NAME in HOLDER
+
+
+@attrs.frozen
+class NamespaceJoin:
+    """A network or IPC namespace for the restoring child: a new one (``fd`` -1) or the
+    namespace file ``where``, opened (``fd``) and checked by the caller."""
+
+    kind: str  # "net" or "ipc"
+    flag: int  # its CLONE_NEW* value
+    where: str  # "new" or the path given
+    fd: int = -1
+
+    @property
+    def fresh(self) -> bool:
+        return self.fd < 0
+
+
+_NS_FLAGS = {"net": kernel.CLONE_NEWNET, "ipc": kernel.CLONE_NEWIPC}
+_FLAG_NAMES = {
+    kernel.CLONE_NEWNET: "a network", kernel.CLONE_NEWIPC: "an IPC",
+    kernel.CLONE_NEWNS: "a mount", kernel.CLONE_NEWPID: "a PID",
+    kernel.CLONE_NEWCGROUP: "a cgroup", 0x04000000: "a UTS", 0x10000000: "a user",
+    0x00000080: "a time",
+}
+
+
+def open_namespaces(*, netns: str | None = None, ipcns: str | None = None) -> list[NamespaceJoin]:
+    """Check ``--netns`` / ``--ipcns`` (``new``, or a namespace file such as
+    ``/run/netns/NAME`` or ``/proc/PID/ns/net``) before anything is forked: a file must be a
+    namespace of that kind. The caller closes the descriptors (:func:`close_namespaces`)."""
+    out: list[NamespaceJoin] = []
+    try:
+        for kind, value in (("net", netns), ("ipc", ipcns)):
+            if value is not None:
+                out.append(_open_namespace(kind, value))
+    except BaseException:
+        close_namespaces(out)
+        raise
+    return out
+
+
+def _open_namespace(kind: str, value: str) -> NamespaceJoin:
+    flag = _NS_FLAGS[kind]
+    if value == "new":
+        return NamespaceJoin(kind, flag, value)
+    usage = f"{OPTION[kind]} {value}"
+    example = f"give new, or a namespace file such as /run/netns/NAME or /proc/PID/ns/{kind}"
+    if not value:
+        raise UsageError(f"{OPTION[kind]}: empty; {example}")
+    try:
+        fd = os.open(value, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise UsageError(f"{usage}: cannot open it: {exc.strerror}; {example}") from None
+    try:
+        got = fcntl.ioctl(fd, kernel.NS_GET_NSTYPE)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ENOTTY, errno.EINVAL):
+            raise UsageError(f"{usage}: not a namespace file; {example}") from None
+        raise UsageError(f"{usage}: cannot read its namespace type: {exc.strerror}") from None
+    if got != flag:
+        os.close(fd)
+        what = _FLAG_NAMES.get(got, f"a type {got:#x}")
+        raise UsageError(f"{usage}: {what} namespace, not {_FLAG_NAMES[flag]} namespace")
+    return NamespaceJoin(kind, flag, value, fd)
+
+
+def close_namespaces(joins: Sequence[NamespaceJoin]) -> None:
+    for j in joins:
+        if j.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(j.fd)
+
+
+def _enter_namespaces(joins: Sequence[NamespaceJoin]) -> None:  # pragma: no cover - child
+    for j in joins:
+        name = NAMESPACE_NAMES[j.kind]
+        try:
+            if j.fresh:
+                kernel.unshare(j.flag)
+            else:
+                kernel.setns(j.fd, j.flag)
+                os.close(j.fd)
+        except OSError as exc:
+            what = f"make a new {name} namespace" if j.fresh else f"enter {j.where}"
+            raise RestoreError(f"{OPTION[j.kind]} {j.where}: cannot {what}: {exc}") from exc
+
+
+class _Report(logging.Handler):
+    """The child's log records, sent to the caller (see the module docstring)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd = fd
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+            os.write(self.fd, f"LOG {record.levelno} {record.name} {text}\n".encode())
+        except Exception:  # logging must not break the restore
+            self.handleError(record)
+
+
+def _relog(line: str) -> None:
+    """A ``LOG`` line of the child, logged here as the child's logger would have."""
+    _, level, rest = line.rstrip("\n").split(" ", 2)
+    name, _, text = rest.partition(" ")
+    logging.getLogger(name).log(int(level), "%s", text)
 
 
 @attrs.frozen
@@ -175,10 +303,14 @@ def spawn(
     *,
     command: Sequence[str] | None,
     detach: bool,
+    join: Sequence[NamespaceJoin] = (),
 ) -> Spawned:
     """Fork the child that calls ``build(ops, namespaces)`` (it must end in the root
     namespace, ``ns_ids[0]``), put holders into the namespaces, and return once they are
-    complete. Raises :class:`RestoreError` with the child's message when it fails."""
+    complete. Raises :class:`RestoreError` with the child's message when it fails.
+
+    ``join``: the network/IPC namespaces to build in (see :func:`open_namespaces`); the
+    holders enter them too."""
     workdir = tempfile.mkdtemp(prefix="criu-fw-restore-")
     roots = {ns: os.path.join(workdir, f"root-{k}") for k, ns in enumerate(ns_ids)}
     scratch = os.path.join(workdir, "scratch")
@@ -197,7 +329,7 @@ def spawn(
         if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
             os.close(r)
             os.close(cw)
-            _child(build, ns_ids, roots, scratch, w, cr, command)
+            _child(build, ns_ids, roots, scratch, w, cr, command, join)
         os.close(w)
         os.close(cr)
         report, control = r, cw
@@ -211,6 +343,9 @@ def spawn(
             line = _read_line(report).decode("utf-8", "replace")
             if line.startswith("ERR "):
                 raise RestoreError(line[4:].strip())
+            if line.startswith("LOG "):
+                _relog(line)
+                continue
             if not line:
                 raise RestoreError(
                     f"the restoring process died without a report (status {_reap(pid)})"
@@ -220,8 +355,9 @@ def spawn(
                 fds[int(ns_text)] = int(fd_text)
             elif line == "READY\n":
                 break
+        others = "".join(f"\t/proc/{pid}/ns/{j.kind}" for j in join)
         for ns, h in holders.items():
-            os.write(h.to, f"/proc/{pid}/fd/{fds[ns]}\n".encode())
+            os.write(h.to, f"/proc/{pid}/fd/{fds[ns]}{others}\n".encode())
         for ns, h in holders.items():
             answer = _read_line(h.back).decode("utf-8", "replace").strip()
             if answer != "OK":
@@ -272,11 +408,17 @@ def _child(
     w: int,
     control: int,
     command: Sequence[str] | None,
+    join: Sequence[NamespaceJoin] = (),
 ) -> None:  # pragma: no cover - child process
-    ops = KernelMountOps(scratch)
+    ops = KernelMountOps(scratch, fresh=[j.kind for j in join if j.fresh])
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        logger = logging.getLogger("criu_fw")
+        logger.handlers = [_Report(w)]
+        logger.propagate = False  # not through the handlers the fork copied
         kernel.enter_private_namespace()
+        # Before anything is built: superblocks keyed by these namespaces are made in them.
+        _enter_namespaces(join)
         spaces = KernelNamespaces(roots)
         try:
             build(ops, spaces)

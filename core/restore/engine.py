@@ -14,6 +14,7 @@ import gc
 import os
 import re
 import signal
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -25,7 +26,13 @@ from ..mountops import KernelMountOps, MountOps
 from ..plugins import DriverConfig, DriverManager, load_drivers
 from ..proto import inventory_pb2
 from .build import SameNamespace, build_all
-from .child import KernelNamespaces, spawn
+from .child import (
+    KernelNamespaces,
+    NamespaceJoin,
+    close_namespaces,
+    open_namespaces,
+    spawn,
+)
 from .order import Step, order_steps
 from .outside import close_all, host_masters, open_masters
 from .plans import NamespaceImage, NamespacePlan, plan_namespaces
@@ -73,11 +80,22 @@ def _kill(pid: int) -> None:
 
 def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
     """The root mount-namespace id (from inventory.img) and every namespace with images,
-    root first."""
+    root first.
+
+    The directory is untrusted: a mount image name must be one criu-fw writes (the id in
+    ASCII digits, no leading zero, at most 64 bits), and at most
+    :data:`~criu_fw.imagecheck.MAX_NAMESPACES` namespaces are restored at once.
+    """
+    from ..imagecheck import MAX_NAMESPACES
+
     inventory = os.path.join(image_dir, "inventory.img")
-    if not os.path.isdir(image_dir):
-        raise ImageError(image_dir, "no such image directory")
-    if not os.path.exists(inventory):
+    try:
+        mode = os.stat(image_dir).st_mode
+    except OSError:
+        raise ImageError(image_dir, "no such image directory") from None
+    if not stat.S_ISDIR(mode):
+        raise ImageError(image_dir, "not a directory: no such image directory")
+    if not os.path.lexists(inventory):
         raise ImageError(inventory, "missing: not a criu-fw image directory")
     entries = read_image(inventory, inventory_pb2.inventory_entry, kind="INVENTORY")
     if len(entries) != 1:
@@ -89,9 +107,25 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
             f"image version {inv.img_version} is newer than this criu-fw reads "
             f"({INVENTORY_VERSION})",
         )
-    ids = sorted(
-        int(m.group(1)) for name in os.listdir(image_dir) if (m := _MNTS_NAME.match(name))
-    )
+    ids: list[int] = []
+    with os.scandir(image_dir) as listing:
+        for item in listing:
+            if not (m := _MNTS_NAME.match(item.name)):
+                continue
+            digits = m.group(1)
+            # \d matches any script's digits; int() of thousands of them is refused anyway.
+            if not (digits.isascii() and len(digits) <= 20 and str(int(digits)) == digits
+                    and int(digits) < 1 << 64):
+                raise ImageError(item.path, "not a mount image name criu-fw writes "
+                                 "(mountpoints-<decimal id>.img)")
+            ids.append(int(digits))
+            if len(ids) > MAX_NAMESPACES:
+                raise ImageError(
+                    image_dir,
+                    f"more than {MAX_NAMESPACES} mount namespaces (mountpoints-*.img); one "
+                    f"restore rebuilds at most {MAX_NAMESPACES}, each held by a process",
+                )
+    ids.sort()
     if not inv.HasField("root_ids") or not inv.root_ids.HasField("mnt_ns_id"):
         raise ImageError(inventory, "no root mount namespace id (root_ids.mnt_ns_id)")
     root = inv.root_ids.mnt_ns_id
@@ -123,6 +157,7 @@ def restore(
     root: str | None = None,
     externals: Mapping[str, str] | None = None,
     allow_host: Sequence[str] = (),
+    devices: Mapping[str, str] | None = None,
     command: Sequence[str] | None = None,
     detach: bool = False,
     pidfile: str | None = None,
@@ -132,6 +167,8 @@ def restore(
     namespaces: Sequence[NamespaceImage] | None = None,
     proc_root: str = "/proc",
     outside_masters: str = "host",
+    netns: str | None = None,
+    ipcns: str | None = None,
 ) -> RestoreResult:
     """Restore every mount namespace dumped in ``image_dir``.
 
@@ -155,6 +192,11 @@ def restore(
     :param outside_masters: a mount that was a slave of a group outside the images becomes a
         slave of the host mount it is restored from (``host``; an error where there is none)
         or private (``private``); see :mod:`criu_fw.restore.outside`.
+    :param netns: build in a new network namespace (``"new"``) or in the one of a namespace
+        file (``/run/netns/NAME``, ``/proc/PID/ns/net``) instead of the caller's: a sysfs is
+        then rebuilt as its own superblock instead of being this machine's (see
+        :mod:`criu_fw.superblocks`). The holders (and ``command``) stay in it.
+    :param ipcns: the same for the IPC namespace (an mqueue's superblock).
     """
     if command is not None and detach:
         raise UsageError("a command and --detach exclude each other")
@@ -162,6 +204,10 @@ def restore(
         raise UsageError("the command is empty")
     if pidfile is not None and not detach:
         raise UsageError("--pidfile needs --detach")
+    granted_dirs, granted_devices = _granted_dirs(allow_host), _granted_devices(devices or {})
+    # Checked before the images are read; opened (and checked) again for the child below.
+    close_namespaces(open_namespaces(netns=netns, ipcns=ipcns))
+    other_namespaces = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
     mgr = _manager(plugins, config)
     if namespaces is None:
         root_ns, spaces = read_namespaces(image_dir, mgr)
@@ -170,8 +216,8 @@ def restore(
         root_ns = spaces[0].ns_id
     ctx = RestoreContext(
         image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
-        allow_host=_granted_dirs(allow_host),
-        proc_root=proc_root,
+        allow_host=granted_dirs, devices=granted_devices,
+        proc_root=proc_root, other_namespaces=other_namespaces,
     )
     plans: list[tuple[NamespacePlan, list[Step]]] = []
     # Planning allocates a few small objects per mount and frees none of them: the cyclic
@@ -185,9 +231,14 @@ def restore(
         masters = host_masters([p for p, _ in plans], outside_masters)
         result = RestoreResult(root_ns)
         fds = open_masters(masters)
+        joins: list[NamespaceJoin] = []
         try:
-            return _run(plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds)
+            joins = open_namespaces(netns=netns, ipcns=ipcns)
+            return _run(
+                plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds, joins
+            )
         finally:
+            close_namespaces(joins)
             close_all(fds)
     finally:
         if collecting:
@@ -205,6 +256,17 @@ def _granted_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _granted_devices(devices: Mapping[str, str]) -> dict[str, str]:
+    for dev, path in devices.items():
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise UsageError(f"--external dev[{dev}]:{path}: {exc.strerror}") from None
+        if not stat.S_ISBLK(mode):
+            raise UsageError(f"--external dev[{dev}]:{path}: not a block device")
+    return dict(devices)
+
+
 def _run(
     plans: list[tuple[NamespacePlan, list[Step]]],
     result: RestoreResult,
@@ -216,6 +278,7 @@ def _run(
     pidfile: str | None,
     root_ns: int,
     outside: Mapping[tuple[int, int], int],
+    joins: Sequence[NamespaceJoin] = (),
 ) -> RestoreResult:
     if ops is not None:
         build_all(plans, ops, mgr, ctx, SameNamespace(), chroot=False, outside=outside)
@@ -225,7 +288,9 @@ def _run(
     def build(kops: KernelMountOps, spaces: KernelNamespaces) -> None:
         build_all(plans, kops, mgr, ctx, spaces, chroot=True, outside=outside)
 
-    spawned = spawn(build, [p.ns_id for p, _ in plans], command=command, detach=detach)
+    spawned = spawn(
+        build, [p.ns_id for p, _ in plans], command=command, detach=detach, join=joins
+    )
     result.holders.update(spawned.holders)
     if command is not None:
         pid = spawned.pid

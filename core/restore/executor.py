@@ -23,6 +23,7 @@ That cut is the step right after the superblock's own, so one job runs at a time
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 from collections.abc import Sequence
@@ -34,10 +35,13 @@ from ..model import Mount
 from ..mountops import Fd, MountOps, ParamArg
 from ..plan import ContentJob, ExternalRef, PathRef
 from ..plugins import DriverManager
+from ..superblocks import sharing
 from .grants import host_source
 from .order import CREATE, SB, Step
 from .plans import MountJob, NamespacePlan, SuperblockJob
 from .propagation import needs_propagation
+
+log = logging.getLogger("criu_fw.restore")
 
 _FLAG_ATTRS = {
     "ro": kernel.MOUNT_ATTR_RDONLY,
@@ -202,6 +206,16 @@ class Executor:
             sb.plan.fstype, sb.plan.source, params,
             legacy_data=sb.plan.legacy_data, chroot=self.chroot,
         )
+        if sb.plan.fsid is not None:
+            got = self.ops.fsid(h)
+            if got is not None and got != sb.plan.fsid:
+                self.ops.close(h)
+                raise RestoreError(
+                    f"{sb.mount.describe()}: the device given holds another filesystem "
+                    f"(fsid {got:#x}, the dumped one was {sb.plan.fsid:#x})"
+                )
+        if not self.ops.owns(h):
+            self._not_owned(sb, h)
         self.pool.handle[sb.key] = h
         self._made.add(sb.key)
         for ref in sb.plan.dependencies():
@@ -278,6 +292,14 @@ class Executor:
 
     def _set_attrs(self, m: Mount) -> None:
         want = mount_attrs(m)
+        if (
+            "ro" in m.super_options and not want & kernel.MOUNT_ATTR_RDONLY
+            and self.plan.jobs[m.mnt_id].sb is not None
+            and not self.ops.owns(self.handle[m.mnt_id])
+        ):
+            # Writable in name only (its superblock was read-only), and the superblock is
+            # this machine's, never made read-only by a restore: the mount itself is.
+            want |= kernel.MOUNT_ATTR_RDONLY
         if self.attrs.get(m.mnt_id) == want:
             return
         self.ops.set_attr(self.handle[m.mnt_id], want, _ALL_FLAGS | kernel.MOUNT_ATTR__ATIME)
@@ -295,7 +317,44 @@ class Executor:
         self._release(m.mnt_id)
 
     def _make_readonly(self, m: Mount) -> None:
-        self.ops.reconfigure(self.handle[m.mnt_id], [("ro", None)])
+        h = self.handle[m.mnt_id]
+        if self.ops.owns(h):
+            self.ops.reconfigure(h, [("ro", None)])
+        # Otherwise this machine's (warned when it was made): its mounts are read-only each.
+
+    def _not_owned(self, sb: SuperblockJob, h: int) -> None:
+        """The kernel handed back a superblock that exists already (this machine's sysfs,
+        mqueue, ...): nothing of it may change. Said once per superblock, as a warning where
+        it is not what the images hold."""
+        whose, hint = sharing(sb.plan.fstype, self.ctx.other_namespaces)
+        if sb.content is not None:
+            self.ops.close(h)
+            raise RestoreError(
+                f"{sb.mount.describe()}: its content image {sb.content} would be written into "
+                f"the existing superblock of {whose}; " + (hint or "restore it elsewhere")
+            )
+        asked = ["ro" if sb.readonly else "rw"] + [
+            k if v is None else f"{k}={v}" for k, v in sb.plan.params
+            if v is None or isinstance(v, str)
+        ]
+        have = self.ops.existing_options(h)
+        if have is not None and set(asked) == set(have):
+            log.info("%s: comes back as the existing superblock of %s, the same options",
+                     sb.mount.describe(), whose)
+            return
+        here = "not known here" if have is None else f"{','.join(have)} here"
+        if have is None and not sb.readonly:
+            # Nothing known to differ (its superblock is not mounted where this restore
+            # looked, or a dry run): said, not warned.
+            log.info("%s: comes back as the existing superblock of %s (options %s in the "
+                     "images, %s)", sb.mount.describe(), whose, ",".join(asked), here)
+            return
+        mounts = "; its mounts are read-only one by one" if sb.readonly else ""
+        log.warning(
+            "%s: its superblock is shared with %s and was left as it is (options %s in the "
+            "images, %s%s)%s", sb.mount.describe(), whose, ",".join(asked), here, mounts,
+            f"; {hint}" if hint else "",
+        )
 
     # -- after every namespace's tree exists --------------------------------------------
 
@@ -308,7 +367,8 @@ class Executor:
         return self.handle[m.mnt_id]
 
     def readonly_superblocks(self) -> None:
-        """Superblocks asked for read-only, created writable (content, mountpoints)."""
+        """Superblocks asked for read-only, created writable (content, mountpoints); only
+        those this restore created (see :meth:`MountOps.owns`)."""
         for sb in self.plan.superblocks.values():
             if sb.readonly:
                 self._guard(sb.mount, self._make_readonly, sb.mount)

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import attrs
 
+from .. import imagecheck
 from ..context import RestoreContext
 from ..driver import DriverState
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
@@ -160,6 +161,21 @@ def default_superblock(mount: Mount) -> NewSuperblock:
     return NewSuperblock(mount.fstype, mount.source, tuple(params))
 
 
+def _check_tree(tree: MountTree) -> None:
+    """The image reader's path and tree checks, again for trees a program hands in directly
+    (``restore(namespaces=...)``): every path used below is absolute and normalised."""
+    for m in tree:
+        for field in ("mountpoint", "root"):
+            why = imagecheck.path_problem(field, getattr(m, field))
+            if why is not None:
+                raise RestoreError(f"{m.describe()}: {why} (mount namespace {tree.ns_id})")
+    bad = imagecheck.tree_problem(list(tree))
+    if bad is not None:
+        mnt_id, why = bad
+        where = f", mount {mnt_id}" if mnt_id is not None else ""
+        raise RestoreError(f"mount namespace {tree.ns_id}{where}: {why}")
+
+
 def base_root(tree: MountTree) -> Mount:
     """The bottom mount at ``/`` (mounts stacked on ``/`` are overmounts of it)."""
     roots = tree.roots
@@ -218,6 +234,7 @@ def plan_namespace(
 
     ``shared``: what earlier namespaces of the same restore made of each device (updated)."""
     tree = ns.tree
+    _check_tree(tree)
     root = base_root(tree)
     mounts = tree.topo_order()
     ctx.tree = tree

@@ -16,6 +16,12 @@ driver's layers), the owning driver's own
 ``parse_mount`` reads the live mount the way a dump would, and the two layer lists are compared
 as (role, mount, path inside it); the options that spell those layers are then left out of the
 textual comparison.
+
+Keyed filesystems (sysfs, mqueue, cgroup, ...; :mod:`criu_fw.superblocks`) may come back as
+this machine's superblock, which a restore never changes: a read-only one is then restored as
+read-only mounts of a writable superblock. For those, whether each mount is read-only (by its
+own flag or its superblock's) is compared, not where the flag is set; every other option is
+compared as usual, and a difference of superblock options says whose the superblock may be.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from ..driver import DriverState
 from ..errors import CriuFwError
 from ..model import Mount, MountTree
 from ..plugins import DriverManager
+from ..superblocks import KEYED, sharing
 from .plans import base_root
 
 #: Superblock options that depend on state outside the mount's parameters: overlay shows
@@ -236,6 +243,17 @@ def _descendants(tree: MountTree, m: Mount) -> Iterable[Mount]:
 def _compare_mount(d: Mount, lv: Mount, skip: set[str]) -> list[str]:
     out = []
     where = d.mountpoint
+    d_opts, l_opts = list(d.mount_options), list(lv.mount_options)
+    keyed = d.fstype in KEYED and d.fstype == lv.fstype
+    if keyed:
+        # Read-only set on the mount instead of on this machine's superblock (see above).
+        d_ro, l_ro = _readonly(d), _readonly(lv)
+        if d_ro != l_ro:
+            out.append(f"{where}: {'read-only' if d_ro else 'writable'} in the images, "
+                       f"{'read-only' if l_ro else 'writable'} live")
+        skip = skip | {"ro", "rw"}
+        d_opts = [o for o in d_opts if o not in ("ro", "rw")]
+        l_opts = [o for o in l_opts if o not in ("ro", "rw")]
     for what, a, b in (
         ("fstype", d.fstype, lv.fstype),
         ("source", d.source, lv.source),
@@ -243,20 +261,29 @@ def _compare_mount(d: Mount, lv: Mount, skip: set[str]) -> list[str]:
     ):
         if a != b:
             out.append(f"{where}: {what} {a!r} in the images, {b!r} live")
-    if sorted(d.mount_options) != sorted(lv.mount_options):
+    if sorted(d_opts) != sorted(l_opts):
         out.append(
             f"{where}: mount options {','.join(d.mount_options)} in the images, "
             f"{','.join(lv.mount_options)} live"
         )
     if sorted(_super_options(d, skip)) != sorted(_super_options(lv, skip)):
+        whose, hint = sharing(d.fstype, {})
+        why = f" (the {d.fstype} superblock may be shared with {whose}" + (
+            f"; {hint})" if hint else ")"
+        )
         out.append(
             f"{where}: superblock options {','.join(d.super_options)} in the images, "
-            f"{','.join(lv.super_options)} live"
+            f"{','.join(lv.super_options)} live" + (why if keyed else "")
         )
     if d.propagation.unbindable != lv.propagation.unbindable:
         state = "unbindable" if d.propagation.unbindable else "bindable"
         out.append(f"{where}: {state} in the images, not live")
     return out
+
+
+def _readonly(m: Mount) -> bool:
+    """Whether writes through the mount fail: its own flag or its superblock's."""
+    return "ro" in m.mount_options or "ro" in m.super_options
 
 
 def _compare_sharing(

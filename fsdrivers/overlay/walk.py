@@ -15,6 +15,7 @@ import os
 import struct
 
 import attrs
+from criu_fw.confine import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
 from criu_fw.errors import SyscallError
 from criu_fw.model import Dev
 
@@ -23,14 +24,11 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 SYS_statx = 332
-SYS_openat2 = 437
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_EMPTY_PATH = 0x1000
 STATX_BASIC = 0x7FF
 STATX_MNT_ID = 0x1000
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
 
 
 @attrs.frozen
@@ -83,22 +81,6 @@ def statx(path: str, dirfd: int = AT_FDCWD, follow: bool = True) -> Stat:
         mnt_id,
         ctime_s * 1_000_000_000 + ctime_ns,
     )
-
-
-def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
-    how = struct.pack("<QQQ", flags | os.O_CLOEXEC, 0, resolve)
-    buf = ctypes.create_string_buffer(how, len(how))
-    ret = _syscall(
-        SYS_openat2,
-        ctypes.c_int(dirfd),
-        os.fsencode(path),
-        buf,
-        ctypes.c_size_t(len(how)),
-    )
-    if ret < 0:
-        err = ctypes.get_errno() or errno.EIO
-        raise SyscallError("openat2", err, path)
-    return int(ret)
 
 
 class RootView:
