@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import os
+import resource
 import struct
 from typing import Final
 
@@ -307,3 +308,32 @@ def enter_private_namespace() -> None:
     propagate anywhere else. Only ever called in a child process."""
     unshare(CLONE_NEWNS)
     make_rprivate()
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raise this process's descriptor limit as far as the kernel allows (``fs.nr_open``;
+    root may raise the hard limit too) and return the old (soft, hard) limit.
+
+    A restore holds a descriptor per superblock and per mount still waiting for its children;
+    a deep or wide tree of tens of thousands of mounts needs more than a shell's default.
+    CRIU does the same for itself and gives the restored tasks their own limit back."""
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            ceiling = int(f.read())
+    except (OSError, ValueError):
+        ceiling = old[1]
+    for limit in ((ceiling, ceiling), (old[1], old[1])):
+        if limit[0] <= old[0]:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            break
+        except (OSError, ValueError):
+            continue  # not root (or a lower ceiling): the hard limit is as far as it goes
+    return old
+
+
+def restore_nofile(old: tuple[int, int]) -> None:
+    """Give back the limit :func:`raise_nofile` replaced (soft first: it must fit the hard)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, old)

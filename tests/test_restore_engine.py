@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from typing import ClassVar
 
 import pytest
@@ -17,7 +18,7 @@ from criu_fw import hookimpl
 from criu_fw.context import RestoreContext
 from criu_fw.driver import DriverState, FsDriver
 from criu_fw.errors import MountNotFoundError, RestoreError, SyscallError
-from criu_fw.model import Mount, MountTree
+from criu_fw.model import Dev, Mount, MountTree, Propagation
 from criu_fw.mountinfo import parse, read_mountinfo
 from criu_fw.mountops import Call, Fd, KernelMountOps, RecordingMountOps
 from criu_fw.plan import MountPlan, NewSuperblock, PathRef
@@ -249,3 +250,34 @@ def test_external_of_the_wrong_kind_names_the_mount(tmp_path: os.PathLike[str]) 
     with pytest.raises(RestoreError, match=r"^mount 999994 at .*: external 'k' is mapped to .*"
                        r"afile', a file, but the dumped mount was a directory"):
         restore("/x", root="/", namespaces=[ns], externals={"k": afile}, ops=RecordingMountOps())
+
+
+@pytest.mark.privileged
+def test_a_tree_wider_than_the_callers_descriptor_limit_restores(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """The builder holds a descriptor per mount whose propagation is set last: 300 shared
+    mounts need more than a soft limit of 128, so it raises its own limit (as CRIU does), and
+    the command it runs gets the caller's limit back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 1024:
+        pytest.skip(f"a hard descriptor limit of {hard} leaves no room to raise")
+    base = str(tmp_path)
+    root = Mount(1, 0, Dev(8, 1), "/", "/", "ext4", "/dev/sda1", ("rw", "relatime"), ("rw",))
+    shared = [
+        Mount(2 + i, 1, Dev(0, 5000 + i), "/", f"{base}/m{i}", "tmpfs", "wide",
+              ("rw", "relatime"), ("rw",), Propagation(shared=100 + i))
+        for i in range(300)
+    ]
+    proc = Mount(400, 1, Dev(0, 4999), "/", "/proc", "proc", "proc", ("rw",), ("rw",))
+    tree = MountTree.from_mounts([root, proc, *shared])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    try:
+        res = restore(
+            "/x", root="/", namespaces=[SimpleNamespace(1, tree)],
+            command=["sh", "-c", f"test $(ulimit -n) = 128 && grep -c ' {base}/m.* shared:' "
+                     f"/proc/self/mountinfo | grep -qx 300 && exit 7"],
+        )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert res.exit_code == 7

@@ -420,6 +420,7 @@ def _child(
         # Before anything is built: superblocks keyed by these namespaces are made in them.
         _enter_namespaces(join)
         spaces = KernelNamespaces(roots)
+        limit = kernel.raise_nofile()
         try:
             build(ops, spaces)
         except BaseException:
@@ -433,6 +434,8 @@ def _child(
             ops.undo()
             raise
         ops.forget()
+        # The command (and what it starts) gets the caller's limit, not the builder's.
+        kernel.restore_nofile(limit)
         for ns in ns_ids:
             os.write(w, f"NS {ns} {spaces.fds[ns]}\n".encode())
         os.write(w, b"READY\n")
