@@ -22,49 +22,31 @@ pattern beats a shorter one: specificity, never load order, decides.
 from __future__ import annotations
 
 import fnmatch
-import operator
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Mapping
 from importlib import metadata
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import pluggy
 
 from . import hookspecs
 from .driver import DriverState, declared_fstypes
-from .errors import CriuFwError, DriverConflictError, DriverError, DriverLoadError, UsageError
+from .errors import DriverConflictError, DriverError, DriverLoadError, UsageError
+from .hooks import SIGNATURES, Hooks
 
 ENTRY_POINT_GROUP = "criu_fw.fsdrivers"
 BUILTIN_DISTRIBUTION = "criu-fw"
 #: The ``distribution`` of plugins handed to :meth:`DriverManager.load` as objects.
 PASSED_BY_CALLER = "<passed by caller>"
 FALLBACK_DRIVER = "generic"
-HOOKS = (
-    "parse_mount",
-    "fixup_fd_path",
-    "fixup_vma",
-    "rebuild_mount",
-    "dump_content",
-    "restore_content",
-)
-
-
-#: The driver the hook call in progress was routed to (for wrappers such as tracing).
-_routed: ContextVar[str | None] = ContextVar("criu_fw_routed_driver", default=None)
-
-
-def current_driver() -> str | None:
-    """Inside a hook call made through :meth:`DriverManager.call`: the name of the driver it
-    was routed to (cross-cutting wrappers use it to say who handled what); else ``None``."""
-    return _routed.get()
+HOOKS = tuple(SIGNATURES)
 
 
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager, counting the changes that decide whether a direct call is exact.
 
-    :meth:`DriverManager.call` calls a hook's only implementation directly (without pluggy's
+    :class:`~criu_fw.hooks.Hooks` calls a hook's only implementation directly (without pluggy's
     per-call machinery) when nothing else would run. Registering, unregistering or blocking a
     plugin, adding hookspecs, and hook-call monitoring (``add_hookcall_monitoring``,
     ``enable_tracing``) bump :attr:`generation`, which drops the decisions made so far;
@@ -105,31 +87,6 @@ class _PluginManager(pluggy.PluginManager):
         self.monitored = True
         self.generation += 1
         return super().add_hookcall_monitoring(before, after)
-
-
-#: A direct call: the implementation's function, what picks its arguments out of the call's
-#: keyword arguments, and the spec's argument names (all present: pluggy would not warn).
-_Direct = tuple[Callable[..., Any], Callable[[Mapping[str, Any]], tuple[Any, ...]], frozenset[str]]
-
-
-def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
-    if len(names) >= 2:
-        return cast(Callable[[Mapping[str, Any]], tuple[Any, ...]], operator.itemgetter(*names))
-    if names:
-        name = names[0]
-        return lambda kwargs: (kwargs[name],)
-    return lambda kwargs: ()
-
-
-def _attributed(hook: str, driver: str, exc: BaseException) -> DriverError | None:
-    """The error to raise for ``exc`` out of ``driver``'s ``hook``; None: raise it as it is."""
-    if isinstance(exc, DriverError):
-        return None if exc.driver == driver else DriverError(driver, f"{hook}: {exc}")
-    if isinstance(exc, CriuFwError):
-        return DriverError(driver, str(exc))
-    if isinstance(exc, Exception):
-        return DriverError(driver, f"{hook} failed: {type(exc).__name__}: {exc}")
-    return None
 
 
 def _parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -240,9 +197,7 @@ class DriverManager:
         #: (pattern, driver), most specific first; driver None: contested (see conflicts).
         self._patterns: list[tuple[str, str | None]] = []
         self._fallback: str | None = None
-        self._callers: dict[tuple[str, str], Callable[..., Any]] = {}
-        self._direct: dict[tuple[str, str], _Direct | None] = {}
-        self._direct_generation = -1
+        self._hooks: Hooks | None = None
         #: fstypes (or patterns, "*" for the fallback) that several drivers claim: the names.
         self.conflicts: dict[str, tuple[str, ...]] = {}
         #: Registered plugins that own no fstype (tracing, dry run): name -> object.
@@ -426,134 +381,12 @@ class DriverManager:
 
     # -- calling ---------------------------------------------------------------------------
 
-    def _caller(self, hook: str, driver: str) -> Callable[..., Any]:
-        key = (hook, driver)
-        caller = self._callers.get(key)
-        if caller is None:
-            others = [i.obj for n, i in self.drivers.items() if n != driver]
-            caller = self.pm.subset_hook_caller(hook, remove_plugins=others)
-            self._callers[key] = caller
-        return caller
-
-    def _direct_call(self, hook: str, driver: str) -> _Direct | None:
-        """How to call ``hook`` on ``driver`` without pluggy's per-call work, or None.
-
-        Only when that is exactly what pluggy would do: a ``firstresult`` hook without
-        argument defaults, one plain implementation in the subset (no wrapper, no other
-        plugin, no ``**kwargs``), and nobody monitoring hook calls. Decided once per
-        (hook, driver) until the plugin manager changes.
-        """
-        pm = self.pm
-        if pm.generation != self._direct_generation:
-            self._direct.clear()
-            self._direct_generation = pm.generation
-        key = (hook, driver)
-        try:
-            return self._direct[key]
-        except KeyError:
-            pass
-        direct: _Direct | None = None
-        caller = self._caller(hook, driver)
-        if isinstance(caller, pluggy.HookCaller) and not pm.monitored:
-            spec = caller.spec
-            impls = caller.get_hookimpls()
-            if (
-                spec is not None
-                and spec.opts.get("firstresult")
-                and not getattr(spec, "kwargdefaults", None)
-                and len(impls) == 1
-                and not (impls[0].wrapper or impls[0].hookwrapper or impls[0].kwargnames)
-            ):
-                impl = impls[0]
-                names = tuple(impl.argnames)
-                direct = (impl.function, _picker(names), frozenset(spec.argnames))
-        self._direct[key] = direct
-        return direct
-
-    def call(self, hook: str, driver: str, **kwargs: Any) -> Any:
-        """Call ``hook`` on exactly ``driver`` (plus wrappers); errors are attributed to it."""
-        if driver not in self.drivers:
-            raise DriverError(driver, f"{hook}: no such driver is loaded")
-        try:
-            direct = self._direct_call(hook, driver)
-            token = _routed.set(driver)
-            try:
-                if direct is not None and kwargs.keys() >= direct[2]:
-                    return direct[0](*direct[1](kwargs))
-                return self._caller(hook, driver)(**kwargs)
-            finally:
-                _routed.reset(token)
-        except BaseException as exc:
-            err = _attributed(hook, driver, exc)
-            if err is None:
-                raise
-            raise err from exc
-
-    def bind(self, hook: str, driver: str) -> Callable[..., Any]:
-        """``call`` with ``hook`` and ``driver`` fixed, for a loop that makes the same call many
-        times (the dump's ``parse_mount`` per mount): the same results, errors and wrappers,
-        with the routing decided once (again after the plugin manager changes)."""
-        pm = self.pm
-        drivers = self.drivers
-        decided: list[Any] = [-1, None]  # the plugin manager's generation, the direct call
-
-        def bound(**kwargs: Any) -> Any:
-            if decided[0] != pm.generation:
-                decided[1] = self._direct_call(hook, driver) if driver in drivers else None
-                decided[0] = pm.generation
-            direct: _Direct | None = decided[1]
-            if direct is None or not kwargs.keys() >= direct[2] or driver not in drivers:
-                return self.call(hook, driver, **kwargs)
-            return _call_routed(hook, driver, direct[0], direct[1](kwargs))
-
-        return bound
-
-    def bind_args(self, hook: str, driver: str, names: tuple[str, ...]) -> Callable[..., Any]:
-        """:meth:`bind` taking the arguments by position, ``names`` their keywords in order:
-        ``bind_args(h, d, ("mount", "tree"))(m, t)`` is ``call(h, d, mount=m, tree=t)``, the
-        same results, errors and wrappers. When the implementation takes exactly ``names`` in
-        that order, it is called without building and picking a keyword dict (half a us per
-        call; the dump makes one per mount)."""
-        pm = self.pm
-        drivers = self.drivers
-        decided: list[Any] = [-1, None]  # the plugin manager's generation, the function
-        by_name = self.bind(hook, driver)
-
-        def bound(*args: Any) -> Any:
-            if decided[0] != pm.generation:
-                direct = self._direct_call(hook, driver) if driver in drivers else None
-                fits = (
-                    direct is not None
-                    and frozenset(names) >= direct[2]
-                    and direct[1](dict(zip(names, names, strict=True))) == names
-                )
-                decided[1] = direct[0] if direct is not None and fits else None
-                decided[0] = pm.generation
-            fn = decided[1]
-            if fn is None or driver not in drivers:
-                return by_name(**dict(zip(names, args, strict=True)))
-            return _call_routed(hook, driver, fn, args)
-
-        return bound
-
-    def call_for_fstype(self, hook: str, fstype: str, **kwargs: Any) -> Any:
-        return self.call(hook, self.owner(fstype), **kwargs)
-
-
-def _call_routed(hook: str, driver: str, fn: Callable[..., Any], args: Sequence[Any]) -> Any:
-    """``fn(*args)``, the implementation of ``hook`` in ``driver``, called as :meth:`call`
-    calls it: routed to ``driver`` (``current_driver``) and with its errors attributed."""
-    try:
-        token = _routed.set(driver)
-        try:
-            return fn(*args)
-        finally:
-            _routed.reset(token)
-    except BaseException as exc:
-        err = _attributed(hook, driver, exc)
-        if err is None:
-            raise
-        raise err from exc
+    @property
+    def hooks(self) -> Hooks:
+        """The typed hook calls (:class:`~criu_fw.hooks.Hooks`), built once per manager."""
+        if self._hooks is None:
+            self._hooks = Hooks(self)
+        return self._hooks
 
 
 def load_drivers(

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
+from .hooks import current_driver
 from .hookspecs import hookimpl
-from .plugins import current_driver
 
 if TYPE_CHECKING:
     from .driver import DriverState

@@ -97,7 +97,7 @@ def call_hook(ctx: click.Context) -> None:
     mgr = driver_manager(ctx)
     mount = next(iter(parse(b"7 1 0:9 / /x rw - myfs src rw")))
     with contextlib.suppress(DriverError):
-        mgr.call_for_fstype("rebuild_mount", "myfs", mount=mount, state=None, ctx=None)
+        mgr.hooks.rebuild_mount(mgr.owner("myfs"), mount=mount, state=None, ctx=None)
 
 
 def test_trace_prints_each_hook_call() -> None:

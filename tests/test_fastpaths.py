@@ -6,15 +6,13 @@ from __future__ import annotations
 import gc
 import os
 import struct
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
 from criu_fw import hookimpl
-from criu_fw.driver import DriverState, FsDriver
+from criu_fw.driver import DriverState
 from criu_fw.dump import dump
 from criu_fw.dump.consistency import Recheck
 from criu_fw.dump.namespaces import Namespace
@@ -23,10 +21,9 @@ from criu_fw.errors import DriverError, MountinfoError
 from criu_fw.imageset import _fw_mount, criu_mnt_entry, write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree, Propagation
 from criu_fw.mountinfo import parse, parse_line, read_while_written
-from criu_fw.plugins import DriverConfig, DriverManager, current_driver
 from criu_fw.proto import fwstate_pb2
 from criu_fw.testing import NamespaceScenario
-from test_imageset import LabelState
+from helpers import LabelState
 
 # Lines of every shape the parser knows, each repeated so that the table's caches are hit.
 LINES = [
@@ -148,95 +145,6 @@ def test_mount_images_fail_as_messages_do(tmp_path: Path) -> None:
                                                                                "generic"))
 
 
-class Ram(FsDriver):
-    name = "ram"
-    fstypes = ("ramfs",)
-
-    def __init__(self, fail: BaseException | None = None) -> None:
-        self.fail = fail
-        self.seen: list[str | None] = []
-
-    @hookimpl
-    def parse_mount(self, mount: Mount, ctx: object) -> LabelState | None:
-        self.seen.append(current_driver())
-        if self.fail is not None:
-            raise self.fail
-        return LabelState(mount.source) if ctx is not None else None
-
-
-class Wrap:
-    name = "wrap"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    @hookimpl(wrapper=True)
-    def parse_mount(self) -> Iterator[None]:
-        self.calls += 1
-        return (yield)
-
-
-MOUNT = parse_line(b"5 1 0:9 / /r rw - ramfs myram rw")
-
-
-def ram_manager(*plugins: object) -> DriverManager:
-    blocked = frozenset({"generic", "overlay", "aufs"})
-    return DriverManager(DriverConfig(blocked=blocked, external=False)).load(plugins)
-
-
-@pytest.mark.parametrize("how", ["call", "bind"])
-def test_direct_calls_keep_results_routing_and_errors(how: str) -> None:
-    ram = Ram()
-    mgr = ram_manager(ram)
-    call: Callable[..., Any] = (
-        (lambda **kw: mgr.call("parse_mount", "ram", **kw)) if how == "call"
-        else mgr.bind("parse_mount", "ram")
-    )  # fmt: skip
-    assert call(mount=MOUNT, tree=None, ctx=1) == LabelState("myram")
-    assert call(mount=MOUNT, tree=None, ctx=None) is None
-    assert ram.seen == ["ram", "ram"] and current_driver() is None
-    # A spec argument left out: pluggy's own path, with pluggy's warning.
-    with pytest.warns(UserWarning, match="'tree' which are declared in the hookspec"):
-        assert call(mount=MOUNT, ctx=1) == LabelState("myram")
-    # A wrapper registered later is called from then on.
-    wrap = Wrap()
-    mgr.pm.register(wrap)
-    assert call(mount=MOUNT, tree=None, ctx=1) == LabelState("myram") and wrap.calls == 1
-    mgr.pm.unregister(wrap)
-    # Hook-call monitoring added after direct calls sees the next ones.
-    seen: list[str] = []
-    mgr.pm.add_hookcall_monitoring(lambda hook, impls, kw: seen.append(hook),
-                                   lambda *a: None)  # fmt: skip
-    call(mount=MOUNT, tree=None, ctx=1)
-    assert seen == ["parse_mount"]
-
-
-@pytest.mark.parametrize("how", ["call", "bind"])
-@pytest.mark.parametrize(
-    "exc, message",
-    [
-        (ValueError("bad"), "driver 'ram': parse_mount failed: ValueError: bad"),
-        (DriverError("other", "inner"), "driver 'ram': parse_mount: driver 'other': inner"),
-        (DriverError("ram", "mine"), "driver 'ram': mine"),
-    ],
-)
-def test_direct_calls_attribute_errors(how: str, exc: Exception, message: str) -> None:
-    mgr = ram_manager(Ram(exc))
-    call = mgr.bind("parse_mount", "ram") if how == "bind" else None
-    with pytest.raises(DriverError) as err:
-        if call is not None:
-            call(mount=MOUNT, tree=None, ctx=1)
-        else:
-            mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1)
-    assert str(err.value) == message and err.value.driver == "ram"
-    assert err.value is exc or err.value.__cause__ is exc
-    with pytest.raises(KeyboardInterrupt):
-        ram_manager(Ram(KeyboardInterrupt())).bind("parse_mount", "ram")(
-            mount=MOUNT, tree=None, ctx=1)
-    with pytest.raises(DriverError, match="no such driver is loaded"):
-        mgr.bind("parse_mount", "nope")(mount=MOUNT, tree=None, ctx=1)
-
-
 @pytest.mark.privileged
 def test_the_threaded_recheck_sees_changes_and_vanished_processes(
     scenario: Callable[..., NamespaceScenario],
@@ -315,13 +223,6 @@ class Broken:
     def parse_mount(self) -> Iterator[None]:
         raise RuntimeError("broken on purpose")
         yield
-
-
-def test_a_complete_call_warns_nothing() -> None:
-    mgr = ram_manager(Ram())
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert mgr.call("parse_mount", "ram", mount=MOUNT, tree=None, ctx=1) == LabelState("myram")
 
 
 def test_mount_images_of_templates_copied_between_peer_groups(tmp_path: Path) -> None:

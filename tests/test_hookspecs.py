@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from criu_fw import hookspecs
+from criu_fw.hooks import SIGNATURES, Hooks
 from criu_fw.plugins import HOOKS, DriverManager
 
 TESTS = Path(__file__).parent
@@ -55,8 +56,18 @@ def test_each_hook_is_called_on_a_real_driver_by_a_named_test(hook: str) -> None
         (func,) = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == name]
         calls = [
             n for n in ast.walk(func)
-            if isinstance(n, ast.Call) and any(
-                isinstance(a, ast.Constant) and a.value == hook for a in n.args
-            )
-        ]
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr == hook
+        ]  # fmt: skip
         assert calls, f"{ref} does not call {hook!r}"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_the_typed_facade_takes_each_hooks_arguments_in_the_specs_order(hook: str) -> None:
+    """The facade's fast path passes arguments by position, pluggy's by name: both must be
+    the spec's, in its order, and the method's return type the spec's."""
+    spec = inspect.signature(getattr(hookspecs, hook))
+    assert SIGNATURES[hook] == tuple(spec.parameters)
+    method = inspect.signature(getattr(Hooks, hook))
+    assert tuple(method.parameters) == ("self", "driver", *spec.parameters)
+    assert method.return_annotation == spec.return_annotation

@@ -38,7 +38,7 @@ def test_show_bad_image_is_one_line(tmp_path: Path) -> None:
 def test_show_fw_image_with_driver_state(tmp_path: Path) -> None:
     from criu_fw.imageset import write_mount_namespace
     from criu_fw.model import Dev, Mount, MountTree
-    from test_imageset import LabelState
+    from helpers import LabelState
 
     tree = MountTree((Mount(1, 0, Dev(0, 30), "/", "/", "tmpfs", "none", ("rw",), ("rw",)),))
     write_mount_namespace(str(tmp_path), 3, tree, drivers={1: "generic"},

@@ -23,24 +23,8 @@ from criu_fw.mountinfo import read_mountinfo
 from criu_fw.plugins import DriverManager, load_drivers
 from criu_fw.proto import fwstate_pb2, mnt_pb2
 from criu_fw.testing import NamespaceScenario
-from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
-
-
-@attrs.frozen
-class LabelState(DriverState):
-    """A third-party-style state travelling in a message criu-fw's protos do not know."""
-
-    MESSAGE: ClassVar[type[Message]] = wrappers_pb2.StringValue
-
-    label: str
-
-    def to_message(self) -> wrappers_pb2.StringValue:
-        return wrappers_pb2.StringValue(value=self.label)
-
-    @classmethod
-    def from_message(cls, message: Any) -> Self:
-        return cls(message.value)
+from helpers import LabelState
 
 
 class LabelDriver(FsDriver):

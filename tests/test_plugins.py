@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from criu_fw import FsDriver, hookimpl
 from criu_fw.errors import CriuFwError, DriverConflictError, DriverError, DriverLoadError
+from criu_fw.hooks import current_driver
 from criu_fw.model import Mount, MountTree
 from criu_fw.mountinfo import parse, read_mountinfo
 from criu_fw.plan import NewSuperblock
-from criu_fw.plugins import DriverConfig, DriverManager, current_driver, load_drivers
+from criu_fw.plugins import DriverConfig, DriverManager, load_drivers
 from criu_fw.testing import NamespaceScenario
 from criu_fw.tracing import Tracer
 
@@ -84,7 +85,7 @@ def test_each_mount_reaches_exactly_its_owner(live_tree: MountTree) -> None:
     mon = Monitor(mgr)
     plans = {}
     for m in mine(live_tree):
-        plan = mgr.call_for_fstype("rebuild_mount", m.fstype, mount=m, state=None, ctx=None)
+        plan = mgr.hooks.rebuild_mount(mgr.owner(m.fstype), mount=m, state=None, ctx=None)
         plans[m.fstype] = plan.source
     assert plans == {"ramfs": "made-by-ram", "overlay": "made-by-ovl",
                                 "tmpfs": "made-by-fb"}
@@ -99,7 +100,7 @@ def test_tracing_wrapper_sees_calls_routed_to_every_driver(live_tree: MountTree)
     mgr = manager(Driver("ram", ("ramfs",)), Driver("fb", fallback=True), tracer)
     assert "tracing" in mgr.wrappers and "tracing" not in mgr.drivers
     for m in mine(live_tree):
-        mgr.call_for_fstype("parse_mount", m.fstype, mount=m, tree=live_tree, ctx=None)
+        mgr.hooks.parse_mount(mgr.owner(m.fstype), mount=m, tree=live_tree, ctx=None)
     seen = {(hook, driver, subject.split(" at ")[0]) for hook, driver, subject in tracer.calls()}
     ids = {m.fstype: m.mnt_id for m in mine(live_tree)}
     assert seen == {
@@ -265,7 +266,7 @@ def test_a_driver_exception_reaches_the_caller_attributed(exc: Exception, messag
     tracer = Tracer()
     mgr = manager(Failing(exc), tracer)
     with pytest.raises(DriverError) as info:
-        mgr.call_for_fstype("rebuild_mount", "ramfs", mount=MOUNT, state=None, ctx=None)
+        mgr.hooks.rebuild_mount(mgr.owner("ramfs"), mount=MOUNT, state=None, ctx=None)
     assert info.value.driver == "failing"
     assert str(info.value).startswith(message)
     assert info.value.__cause__ is exc
@@ -277,9 +278,9 @@ def test_a_driver_exception_reaches_the_caller_attributed(exc: Exception, messag
 
 def test_a_driver_without_the_hook_gives_the_default() -> None:
     mgr = manager(Driver("ram", ("ramfs",)))
-    assert mgr.call("fixup_vma", "ram", vma=None, mount=None, ctx=None) is None
+    assert mgr.hooks.fixup_vma("ram", vma=None, mount=None, ctx=None) is None
     with pytest.raises(DriverError, match="'nosuch': fixup_vma: no such driver is loaded"):
-        mgr.call("fixup_vma", "nosuch", vma=None, mount=None, ctx=None)
+        mgr.hooks.fixup_vma("nosuch", vma=None, mount=None, ctx=None)
 
 
 def test_nothing_is_loaded_at_import_time() -> None:

@@ -182,17 +182,17 @@ def test_every_hook_of_the_thirdparty_driver_on_real_mounts(
         (mount,) = [m for m in tree if m.source == "myram"]
         assert mgr.owner(mount.fstype) == "ramfs"
         dctx = DumpContext(image_dir=str(tmp_path), root_pid=src.pid)
-        state = mgr.call("parse_mount", "ramfs", mount=mount, tree=tree, ctx=dctx)
+        state = mgr.hooks.parse_mount("ramfs", mount=mount, tree=tree, ctx=dctx)
         assert (state.mode, state.entries) == ("750", 2)
 
         fd_path = os.readlink(f"/proc/{src.pid}/fd/3")
         opened = OpenFile(pid=src.pid, fd=3, path=fd_path, flags=0, pos=0,
                           mnt_id=mount.mnt_id, size=1, mode=0o100644)
-        assert mgr.call("fixup_fd_path", "ramfs", file=opened, mount=mount, ctx=dctx) is None
-        assert mgr.call("fixup_vma", "ramfs", vma=None, mount=mount, ctx=dctx) is None
+        assert mgr.hooks.fixup_fd_path("ramfs", file=opened, mount=mount, ctx=dctx) is None
+        assert mgr.hooks.fixup_vma("ramfs", vma=None, mount=mount, ctx=dctx) is None
 
         where = f"/proc/{src.pid}/root{mount.mountpoint}"
-        image = mgr.call("dump_content", "ramfs", mount=mount, path=where, ctx=dctx)
+        image = mgr.hooks.dump_content("ramfs", mount=mount, path=where, ctx=dctx)
         assert image.startswith("ramfs-") and (tmp_path / image).exists()
 
         # The state travels in criu-fw's image packed in Any, typed by the driver's message.
@@ -204,12 +204,12 @@ def test_every_hook_of_the_thirdparty_driver_on_real_mounts(
         assert type(state).MESSAGE.DESCRIPTOR.full_name == "criu_fw_ramfs.RamfsState"
 
         rctx = RestoreContext(image_dir=str(tmp_path), tree=tree)
-        plan = mgr.call("rebuild_mount", "ramfs", mount=mount, state=state, ctx=rctx)
+        plan = mgr.hooks.rebuild_mount("ramfs", mount=mount, state=state, ctx=rctx)
         assert plan == NewSuperblock("ramfs", "myram", (("mode", "750"),))
 
         (target,) = [m for m in read_mountinfo(dst.pid) if m.source == "newram"]
         into = f"/proc/{dst.pid}/root{target.mountpoint}"
-        assert mgr.call("restore_content", "ramfs", mount=mount, image=image, path=into,
+        assert mgr.hooks.restore_content("ramfs", mount=mount, image=image, path=into,
                         ctx=rctx) is True
         assert dst.sh("cat r/d/f") == "hello\0world" and dst.sh("cat r/top") == "x"
     finally:

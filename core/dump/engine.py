@@ -23,8 +23,8 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, BinaryIO
+from collections.abc import Iterable, Iterator, Mapping
+from typing import BinaryIO
 
 import attrs
 
@@ -277,8 +277,9 @@ def _clear(tmp: str) -> None:
 
 def _mounts(a: _Attempt, router: Router) -> None:
     ctx = a.ctx
-    # fstype -> (owner, its parse_mount or None where it cannot do anything): once per fstype.
-    owners: dict[str, tuple[str, Callable[..., Any] | None]] = {}
+    # fstype -> (owner, whether its parse_mount can do anything): once per fstype.
+    owners: dict[str, tuple[str, bool]] = {}
+    hooks = router.hooks
     for ns in a.namespaces:
         tree = ns.tree
         drivers: dict[int, str] = {}
@@ -287,15 +288,12 @@ def _mounts(a: _Attempt, router: Router) -> None:
             owner = owners.get(m.fstype)
             if owner is None:
                 d = router.owner(m.fstype)
-                bound = router.mgr.bind_args("parse_mount", d, ("mount", "tree", "ctx"))
-                owner = owners[m.fstype] = (
-                    d, bound if router.implements("parse_mount", d) else None
-                )
-            d, call = owner
+                owner = owners[m.fstype] = (d, hooks.implements("parse_mount", d))
+            d, implemented = owner
             drivers[m.mnt_id] = d
-            if call is not None:
+            if implemented:
                 try:
-                    state = call(m, tree, ctx)
+                    state = hooks.parse_mount(d, m, tree, ctx)
                 except DriverError as err:
                     raise in_context(err, "parse_mount", m.describe(),
                                      f"mount {m.mnt_id}") from err.__cause__
@@ -306,7 +304,7 @@ def _mounts(a: _Attempt, router: Router) -> None:
 
 
 def _wants_content(router: Router, driver: str, fstype: str) -> bool:
-    if not router.implements("dump_content", driver):
+    if not router.hooks.implements("dump_content", driver):
         return False
     wanted = getattr(router.mgr.info(driver).obj, "content_fstypes", None)
     return wanted is None or fstype in wanted
@@ -339,8 +337,8 @@ def _content(a: _Attempt, router: Router) -> None:
         with FilesystemViews(ns.pid, ns.tree, chosen) as paths:
             for m, path in zip(chosen, paths, strict=True):
                 try:
-                    name = router.call("dump_content", a.drivers[ns.ns_id][m.mnt_id],
-                                       mount=m, path=path, ctx=a.ctx)
+                    name = router.hooks.dump_content(a.drivers[ns.ns_id][m.mnt_id], m, path,
+                                                     a.ctx)
                 except DriverError as err:
                     raise in_context(err, "dump_content", m.describe(),
                                      f"mount {m.mnt_id}") from err.__cause__

@@ -1,7 +1,7 @@
 """Which drivers see which mount, file and mapping, called once each through indexes.
 
-The owner of an fstype is looked up once per fstype; whether a driver implements a hook (or
-a wrapper plugin wants to see every call) is decided once per (hook, driver). A file is routed
+The owner of an fstype is looked up once per fstype; the calls go through the manager's
+typed hooks (:mod:`criu_fw.hooks`), which skip drivers that do not implement them. A file is routed
 by its kernel mount id through the namespace's id index (``MountTree.find``), else by its path
 (``MountTree.lookup``, proportional to the path's depth): never a scan of all mounts.
 """
@@ -9,7 +9,7 @@ by its kernel mount id through the namespace's id index (``MountTree.find``), el
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 
@@ -27,10 +27,9 @@ F = TypeVar("F", OpenFile, FileMapping)
 class Router:
     def __init__(self, mgr: DriverManager, ctx: DumpContext) -> None:
         self.mgr = mgr
+        self.hooks = mgr.hooks
         self.ctx = ctx
         self._owner: dict[str, str] = {}
-        self._impl: dict[tuple[str, str], bool] = {}
-        self._wrapped: dict[str, bool] = {}
 
     def owner(self, fstype: str) -> str:
         name = self._owner.get(fstype)
@@ -38,27 +37,16 @@ class Router:
             name = self._owner[fstype] = self.mgr.owner(fstype)
         return name
 
-    def implements(self, hook: str, driver: str) -> bool:
-        """Whether calling ``hook`` on ``driver`` can do anything (skips empty calls)."""
-        key = (hook, driver)
-        got = self._impl.get(key)
-        if got is None:
-            wrapped = self._wrapped.get(hook)
-            if wrapped is None:
-                impls = getattr(self.mgr.pm.hook, hook).get_hookimpls()
-                wrapped = any(i.hookwrapper or i.wrapper for i in impls)
-                self._wrapped[hook] = wrapped
-            info = self.mgr.drivers.get(driver)
-            got = wrapped or (info is not None and hook in info.hooks)
-            self._impl[key] = got
-        return got
-
-    def call(self, hook: str, driver: str, **kwargs: Any) -> Any:
-        if not self.implements(hook, driver):
-            return None
-        return self.mgr.call(hook, driver, **kwargs)
-
     # -- files and mappings ----------------------------------------------------------------
+
+    def _fix(self, driver: str, item: F, mount: Mount | None) -> F | None:
+        got: OpenFile | FileMapping | None = (
+            self.hooks.fixup_fd_path(driver, item, mount, self.ctx)
+            if isinstance(item, OpenFile)
+            else self.hooks.fixup_vma(driver, item, mount, self.ctx)
+        )
+        # The hooks return what they were given, checked by kind (criu_fw.hooks).
+        return got if got is None or isinstance(got, type(item)) else None
 
     def mount_of(self, tree: MountTree, mnt_id: int | None, path: str) -> Mount | None:
         if mnt_id is not None:
@@ -90,10 +78,9 @@ class Router:
                     names.append(extra)
         fixed: F | None = None
         by: str | None = None
-        arg = "file" if hook == "fixup_fd_path" else "vma"
         for name in names:
             try:
-                res = self.call(hook, name, **{arg: item, "mount": mount, "ctx": self.ctx})
+                res = self._fix(name, item, mount)
             except DriverError as err:
                 raise in_context(err, hook, describe(item), item.path) from err.__cause__
             if res is None:

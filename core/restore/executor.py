@@ -225,10 +225,7 @@ class Executor:
             started: list[ContentJob] = []
 
             def fill(path: str) -> None:
-                done = self.mgr.call(
-                    "restore_content", sb.driver, mount=sb.mount, image=image, path=path,
-                    ctx=self.ctx,
-                )
+                done = self.mgr.hooks.restore_content(sb.driver, sb.mount, image, path, self.ctx)
                 if isinstance(done, ContentJob):
                     started.append(done)
                 elif not done:

@@ -255,7 +255,7 @@ def plan_namespace(
         driver = _driver(ns, m, mgr)
         try:
             state = ns.states.get(m.mnt_id)
-            plan = mgr.call("rebuild_mount", driver, mount=m, state=state, ctx=ctx)
+            plan = mgr.hooks.rebuild_mount(driver, m, state, ctx)
         except CriuFwError as exc:
             if isinstance(exc, DriverError):
                 raise RestoreError(f"{m.describe()}: {exc}") from exc

@@ -387,9 +387,7 @@ def live_states(
         if m.fstype not in wanted:
             continue
         try:
-            out[m.mnt_id] = mgr.call(
-                "parse_mount", mgr.owner(m.fstype), mount=m, tree=live, ctx=ctx
-            )
+            out[m.mnt_id] = mgr.hooks.parse_mount(mgr.owner(m.fstype), m, live, ctx)
         except CriuFwError as exc:
             problems.append(f"{m.mountpoint}: the live mount cannot be read: {exc}")
     return out, problems

@@ -17,7 +17,7 @@ from criu_fw.files import FileMapping, OpenFile
 from criu_fw.hookspecs import hookimpl
 from criu_fw.model import Mount, MountTree
 from criu_fw.plan import MountPlan
-from criu_fw.plugins import current_driver
+from criu_fw.hooks import current_driver
 from criu_fw.stash import StashKey
 
 from . import fixups, rebuild
