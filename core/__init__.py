@@ -6,7 +6,7 @@ write ``from criu_fw import hookimpl``. Nothing here loads plugins at import tim
 
 from __future__ import annotations
 
-from .driver import DriverState, FsDriver
+from .drivertypes import DriverState, FsDriver
 from .errors import CriuFwError
 from .hookspecs import hookimpl
 from .model import Dev, Mount, MountTree, Propagation

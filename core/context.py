@@ -10,12 +10,14 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import attrs
 
-from .errors import ImageError
+from .errors import DumpError, ImageError
+from .hooks import current_driver
 from .model import Mount, MountTree
 from .stash import Stash
 
@@ -61,15 +63,35 @@ class DumpContext:
         path with ``--external mnt[KEY]:PATH``; an absolute-path key is that host path)."""
         self.external_mounts[(ns_id, mnt_id)] = key
 
-    def claim_files(self, ns_id: int, mnt_id: int, driver: str) -> None:
-        """Ask that files the kernel reports on mount ``mnt_id`` also reach ``driver``.
+    def claim_files(self, mount: Mount) -> None:
+        """Ask that files the kernel reports on ``mount`` (a mount of a dumped namespace) also
+        reach the driver calling this, whatever name it was registered under.
 
         For union filesystems whose files old kernels report on a layer's mount: the overlay
         driver claims its layer mounts so that ``fixup_fd_path`` reaches it for those files.
+        Only inside a hook call (``parse_mount``): the core knows which driver is calling.
         """
-        owners = self._claims.setdefault((ns_id, mnt_id), [])
+        driver = current_driver()
+        if driver is None:
+            raise RuntimeError("claim_files is called from a driver's hook, not outside one")
+        owners = self._claims.setdefault((self.tree_of(mount).ns_id, mount.mnt_id), [])
         if driver not in owners:
             owners.append(driver)
+
+    def filesystem_views(
+        self, tree: MountTree, mounts: Sequence[Mount]
+    ) -> AbstractContextManager[list[str]]:
+        """For each of ``mounts`` (of ``tree``, a dumped namespace) a directory through which
+        its whole filesystem below the mount's root is readable, content hidden under
+        overmounts included; valid inside the ``with``. Nothing changes in the namespace.
+        Raises :class:`~criu_fw.errors.DumpError` where no copy can be made (a recorded
+        /proc, a namespace without a process)."""
+        from .dump.namespaces import FilesystemViews  # the dump package imports this module
+
+        pid = self.ns_pids.get(tree.ns_id)
+        if pid is None or self.recorded:
+            raise DumpError(f"mount namespace {tree.ns_id}: no live process to read it through")
+        return FilesystemViews(pid, tree, mounts)
 
     def claimants(self, ns_id: int, mnt_id: int) -> tuple[str, ...]:
         return tuple(self._claims.get((ns_id, mnt_id), ()))

@@ -1,94 +1,94 @@
-"""What a filesystem driver is: an object with hook implementations and a declaration.
+"""The public driver API: everything a filesystem driver may import, in one place.
 
-A driver is any object (usually an instance of :class:`FsDriver`) that carries
-
-* ``fstypes``: the filesystem types it owns (``"overlay"``; ``"fuse.*"`` for every subtype),
-* optionally ``fallback = True``: it handles fstypes nobody claims (only ``generic`` does),
-* optionally ``state_types``: the :class:`DriverState` classes its ``parse_mount`` returns,
-* ``@hookimpl`` methods for the hooks in :mod:`criu_fw.hookspecs`.
-
-It is published under the entry-point group ``criu_fw.fsdrivers``; the entry point's name is
-the driver's stable name (the one ``--block-driver`` and ``--prefer`` use)::
-
-    [project.entry-points."criu_fw.fsdrivers"]
-    zfs = "criu_fw_zfs:driver"
+A driver imports from this module (and ``criu_fw`` itself) only; the core's other modules
+are free to change between releases, this one changes as :data:`API_VERSION` says. What a
+driver is and declares: :mod:`criu_fw.drivertypes` (re-exported here); the hooks and their
+contracts: :mod:`criu_fw.hookspecs`. tests/test_driver_api.py checks that the built-in
+drivers need nothing else.
 """
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Iterable
-from typing import Any, ClassVar, Protocol, Self, runtime_checkable
+from .confine import (
+    RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    open_beneath,
+    openat2,
+)
+from .context import DumpContext, RestoreContext
+from .drivertypes import (
+    API_VERSION,
+    DriverLike,
+    DriverState,
+    FsDriver,
+    NamedDirectory,
+)
+from .errors import (
+    CriuFwError,
+    DriverError,
+    DumpError,
+    MountNotFoundError,
+    RestoreError,
+    SyscallError,
+)
+from .files import FileIdentity, FileMapping, OpenFile
+from .hooks import current_driver, routed_to
+from .hookspecs import hookimpl
+from .model import Dev, Mount, MountTree, Propagation
+from .mountinfo import read_mountinfo, unescape
+from .plan import (
+    BindExternal,
+    BindFrom,
+    ContentJob,
+    ExternalRef,
+    MountPlan,
+    NewSuperblock,
+    ParamValue,
+    PathRef,
+)
+from .stash import StashKey
 
-import attrs
-from google.protobuf.message import Message
-
-
-@attrs.frozen
-class NamedDirectory:
-    """A directory that a superblock option names (an overlay layer), by where it leads:
-    ``mnt_id`` (the dumped or live mount id) and ``path`` below that mount's mountpoint, or
-    ``mnt_id is None`` and a path on the host."""
-
-    role: str
-    #: The option that spells it (``lowerdir+``, ``upperdir``...).
-    option: str
-    mnt_id: int | None
-    path: str
-
-
-class DriverState(abc.ABC):
-    """A driver's typed per-mount state, saved in criu-fw's own image.
-
-    Subclasses are usually frozen attrs records; they name the protobuf message they travel in
-    (the driver's own ``.proto``; the core stores it packed in ``google.protobuf.Any``, so a
-    third-party driver never needs a change to criu-fw's protos) and convert both ways.
-    """
-
-    MESSAGE: ClassVar[type[Message]]
-
-    @abc.abstractmethod
-    def to_message(self) -> Message:
-        """The state as an instance of ``MESSAGE``."""
-
-    @classmethod
-    @abc.abstractmethod
-    def from_message(cls, message: Any) -> Self:
-        """Rebuild the state from an instance of ``MESSAGE``."""
-
-    def directories(self) -> tuple[NamedDirectory, ...] | None:
-        """The directories this mount's superblock options name, resolved; ``None`` when it
-        names none. ``criu-fw verify`` compares such directories by where they lead and
-        leaves the options that spell them out of the textual comparison (the same layer
-        is ``lowerdir=rel/l`` at dump and ``lowerdir+=/l`` after a restore by descriptor)."""
-        return None
-
-
-@runtime_checkable
-class DriverLike(Protocol):
-    fstypes: Iterable[str]
-
-
-class FsDriver:
-    """Convenience base for drivers; subclasses set ``fstypes`` and add ``@hookimpl`` methods."""
-
-    fstypes: ClassVar[tuple[str, ...]] = ()
-    fallback: ClassVar[bool] = False
-    state_types: ClassVar[tuple[type[DriverState], ...]] = ()
-    description: ClassVar[str] = ""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} fstypes={list(self.fstypes)}>"
-
-
-def declared_fstypes(obj: object) -> tuple[str, ...]:
-    """The fstypes an object declares, validated; an empty tuple for non-drivers."""
-    raw = getattr(obj, "fstypes", ())
-    if isinstance(raw, str):
-        raise TypeError(f"fstypes must be a collection of names, not the string {raw!r}")
-    out = []
-    for t in raw:
-        if not isinstance(t, str) or not t or " " in t:
-            raise TypeError(f"bad fstype {t!r} in fstypes")
-        out.append(t)
-    return tuple(out)
+__all__ = [
+    "API_VERSION",
+    "RESOLVE_BENEATH",
+    "RESOLVE_IN_ROOT",
+    "RESOLVE_NO_MAGICLINKS",
+    "RESOLVE_NO_SYMLINKS",
+    "BindExternal",
+    "BindFrom",
+    "ContentJob",
+    "CriuFwError",
+    "Dev",
+    "DriverError",
+    "DriverLike",
+    "DriverState",
+    "DumpContext",
+    "DumpError",
+    "ExternalRef",
+    "FileIdentity",
+    "FileMapping",
+    "FsDriver",
+    "Mount",
+    "MountNotFoundError",
+    "MountPlan",
+    "MountTree",
+    "NamedDirectory",
+    "NewSuperblock",
+    "OpenFile",
+    "ParamValue",
+    "PathRef",
+    "Propagation",
+    "RestoreContext",
+    "RestoreError",
+    "StashKey",
+    "SyscallError",
+    "current_driver",
+    "hookimpl",
+    "open_beneath",
+    "openat2",
+    "read_mountinfo",
+    "routed_to",
+    "unescape",
+]

@@ -19,13 +19,14 @@ loop: about 1.5 us a call, which the dump pays once per mount). The decision is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .driver import DriverState
+from .drivertypes import DriverState
 from .errors import CriuFwError, DriverError
 from .files import FileMapping, OpenFile
 from .plan import BindExternal, BindFrom, ContentJob, MountPlan, NewSuperblock
@@ -54,6 +55,18 @@ _Fn = Callable[..., Any]
 def current_driver() -> str | None:
     """Inside a hook call: the name of the driver it was routed to; else ``None``."""
     return _routed.get()
+
+
+@contextlib.contextmanager
+def routed_to(driver: str) -> Iterator[None]:
+    """Calls made inside are as if routed to ``driver`` (:func:`current_driver`): for a
+    driver's own unit tests that call its hook methods directly (``ctx.claim_files`` needs
+    to know who claims)."""
+    token = _routed.set(driver)
+    try:
+        yield
+    finally:
+        _routed.reset(token)
 
 
 def _nothing(*_args: object) -> None:

@@ -18,7 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .context import DumpContext, RestoreContext
-    from .driver import DriverState
+    from .drivertypes import DriverState
     from .files import FileMapping, OpenFile
     from .model import Mount, MountTree
     from .plan import ContentJob, MountPlan

@@ -26,7 +26,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
 from . import __version__, imagecheck
-from .driver import DriverState
+from .drivertypes import DriverState
 from .errors import ImageError
 from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
 from .model import Dev, Mount, MountTree, Propagation

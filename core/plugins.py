@@ -31,7 +31,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .driver import DriverState, declared_fstypes
+from .drivertypes import DriverState, api_problem, declared_fstypes
 from .errors import DriverConflictError, DriverError, DriverLoadError, UsageError
 from .hooks import SIGNATURES, Hooks
 
@@ -256,6 +256,10 @@ class DriverManager:
         if name in self.drivers or name in self.wrappers:
             self._problem(name, dist, f"a plugin named {name!r} is already loaded", None, strict,
                           version)
+            return
+        why = api_problem(obj)
+        if why is not None:
+            self._problem(name, dist, why, None, strict, version)
             return
         try:
             fstypes = declared_fstypes(obj)

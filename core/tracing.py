@@ -26,7 +26,7 @@ from .hooks import current_driver
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from .driver import DriverState
+    from .drivertypes import DriverState
     from .files import FileMapping, OpenFile
     from .model import Mount
     from .plan import MountPlan

@@ -14,6 +14,7 @@ from criu_fw.context import DumpContext
 from criu_fw.files import FileIdentity, FileMapping, OpenFile
 from criu_fw.fsdrivers.overlay import driver
 from criu_fw.fsdrivers.overlay.state import OverlayState
+from criu_fw.hooks import routed_to
 from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.mountinfo import read_mountinfo
 from criu_fw.testing import NamespaceScenario
@@ -69,7 +70,8 @@ def at(tree: MountTree, mountpoint: str) -> Mount:
 
 
 def parse(ctx: DumpContext, tree: MountTree, mount: Mount) -> OverlayState:
-    state = driver.parse_mount(mount=mount, tree=tree, ctx=ctx)
+    with routed_to("overlay"):
+        state = driver.parse_mount(mount=mount, tree=tree, ctx=ctx)
     assert isinstance(state, OverlayState)
     return state
 

@@ -29,7 +29,7 @@ from typing import BinaryIO
 import attrs
 
 from ..context import DumpContext
-from ..driver import DriverState
+from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, DumpError
 from ..imageset import mount_image_names, write_mount_namespace
 from ..model import Dev, Mount

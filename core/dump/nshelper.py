@@ -5,13 +5,20 @@ imports nothing but the standard library, because setns(CLONE_NEWNS) fails in a 
 process and the dumper may be one. It
 
 1. enters the mount namespace of the target process (pidfd_open + setns),
-2. unshares a private copy of it and makes every mount private, so that nothing it does
-   below propagates back to the dumped namespace,
-3. for every requested mount (given as the chain of ``(dev, root, mountpoint)`` from the
-   namespace's root mount down to it), lazily unmounts whatever covers it in the copy, then
-   clones that single mount with ``open_tree(OPEN_TREE_CLONE)`` and no ``AT_RECURSIVE``: a
-   detached copy without children, in which nothing covers anything,
-4. prints the fd numbers as one JSON line and waits until its stdin closes.
+2. unshares *one* private copy of it and makes every mount private, so that nothing it does
+   below propagates back to the dumped namespace, and reads the copy's mountinfo once,
+3. finds each requested mount in the copy (given as the chain of ``(dev, root, mountpoint)``
+   from the namespace's root mount down to it) before anything changes there,
+4. hands out, for each of them, a clone made with ``open_tree(OPEN_TREE_CLONE)`` and no
+   ``AT_RECURSIVE`` (a detached copy without children, in which nothing covers anything) as
+   soon as it is visible in the copy; one that is not is uncovered layer by layer, lazily
+   unmounting what is on top of it, but only once every requested mount inside that covering
+   mount's subtree has its clone (a lazy unmount takes the whole subtree away),
+5. prints the fd numbers as one JSON line and waits until its stdin closes.
+
+So one dump makes one copy of the namespace and reads one mount table, however many of its
+filesystems are hidden: the work is a few statx(2) per requested mount plus one umount2(2) per
+covering mount, instead of a new copy (and its mountinfo) per hidden filesystem.
 
 The dumper then reads each filesystem through ``/proc/<helper>/fd/<N>``. The private copy
 and the detached mounts vanish when the helper exits.
@@ -25,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import resource
 import struct
 import sys
 
@@ -42,6 +50,11 @@ OPEN_TREE_CLONE = 1
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 STATX_MNT_ID = 0x1000
+
+#: A mount of the copy: (mount id, parent id, "maj:min", root, mountpoint).
+_Row = tuple[int, int, str, bytes, bytes]
+#: One requested mount: its chain of (dev, root, mountpoint), the namespace's root mount first.
+_Chain = list[tuple[str, bytes, bytes]]
 
 
 class HelperError(Exception):
@@ -67,13 +80,8 @@ def _unescape(field: bytes) -> bytes:
     return bytes(out)
 
 
-#: This process's /proc directory, opened before entering the target namespace: a container
-#: namespace need not have /proc mounted at all, and the fd keeps showing our current mounts.
-_procfd = -1
-
-
-def _mounts() -> list[tuple[int, int, str, bytes, bytes]]:
-    fd = os.open("mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=_procfd)
+def _mounts(procfd: int) -> list[_Row]:
+    fd = os.open("mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=procfd)
     with open(fd, "rb") as f:
         data = f.read()
     out = []
@@ -105,68 +113,130 @@ def _prefixes(path: bytes) -> list[bytes]:
     return out
 
 
-_Row = tuple[int, int, str, bytes, bytes]
-#: The current copy's mounts (parsed once per copy): (children by parent id, top mounts).
-_index: tuple[dict[int, list[_Row]], list[_Row]] | None = None
+def _at_or_above(mp: bytes, place: bytes) -> bool:
+    return mp == b"/" or mp == place or place.startswith(mp + b"/")
 
 
-def _copy_index() -> tuple[dict[int, list[_Row]], list[_Row]]:
-    global _index
-    if _index is None:
-        mounts = _mounts()
-        ids = {m[0] for m in mounts}
-        kids: dict[int, list[_Row]] = {}
-        tops = []
-        for m in mounts:
-            if m[1] in ids and m[1] != m[0]:
-                kids.setdefault(m[1], []).append(m)
-            else:
-                tops.append(m)
-        _index = (kids, tops)
-    return _index
+def resolve(mounts: list[_Row], chains: list[_Chain]) -> list[list[int]]:
+    """Each chain's mount ids in the copy, matched by (dev, root, mountpoint) under the parent.
 
-
-def _resolve(chain: list[tuple[str, bytes, bytes]]) -> list[int]:
-    """The copy's mount ids of the chain, matched by (dev, root, mountpoint) under the parent."""
-    kids, tops = _copy_index()
-    out: list[int] = []
-    candidates = tops
-    for dev, root, mp in chain:
-        hit = next((m for m in candidates if (m[2], m[3], m[4]) == (dev, root, mp)), None)
-        if hit is None:
-            raise HelperError(f"mount {dev} {root!r} at {mp!r} not found in the namespace copy")
-        out.append(hit[0])
-        candidates = kids.get(hit[0], [])
+    Done once, before anything is unmounted: an id found here stays valid for as long as its
+    mount is in the copy. A dict keyed by the parent makes it linear in the chains' length
+    (a namespace root with 10,000 children is searched once, not once per chain)."""
+    ids = {m[0] for m in mounts}
+    under: dict[tuple[int, str, bytes, bytes], int] = {}
+    for m in mounts:
+        parent = m[1] if m[1] in ids and m[1] != m[0] else 0
+        # Two mounts with the same key under one parent (a shadow mount of old kernels):
+        # the first one, as the copy's table lists them.
+        under.setdefault((parent, m[2], m[3], m[4]), m[0])
+    out = []
+    for chain in chains:
+        got: list[int] = []
+        parent = 0
+        for dev, root, mp in chain:
+            hit = under.get((parent, dev, root, mp))
+            if hit is None:
+                raise HelperError(f"mount {dev} {root!r} at {mp!r} not found in the namespace copy")
+            got.append(hit)
+            parent = hit
+        out.append(got)
     return out
 
 
-def _uncover(chain: list[tuple[str, bytes, bytes]], ids: list[int]) -> bool:
-    """Unmount (lazily, in the private copy) whatever hides the chain's last mount.
+class Uncoverer:
+    """Clones of the requested mounts of the one private copy, uncovering as little as it can.
 
-    Walking the target's mountpoint from ``/``, each place must show the deepest mount of the
-    chain mounted at or above it; anything else there is a covering mount and goes.
-    Returns whether anything was unmounted (the copy no longer mirrors the namespace).
+    A requested mount is *visible* when, walking its mountpoint from ``/``, each place shows
+    the deepest mount of its chain mounted at or above that place. Otherwise the first place
+    that does not shows the *covering* mount (mounted right there). Unmounting it lazily takes
+    its whole subtree out of the copy, so every requested mount inside that subtree (its chain
+    holds the covering mount's id) is cloned first; those are uncovered the same way, and
+    only by mounts inside that subtree (the places above it show mounts of their chains too),
+    so the work always ends.
     """
-    changed = False
-    mps = [c[2] for c in chain]
-    for place in _prefixes(mps[-1]):
-        i = max(k for k, mp in enumerate(mps) if mp == b"/" or mp == place
-                or place.startswith(mp + b"/"))
-        for _ in range(10000):
-            if _statx_mnt_id(place) == ids[i]:
-                break
+
+    def __init__(self, chains: list[_Chain], ids: list[list[int]]) -> None:
+        self.mps = [[c[2] for c in chain] for chain in chains]
+        self.ids = ids
+        self.fds: list[int | None] = [None] * len(chains)
+        #: Mount id -> the requested mounts whose chain holds it (those inside its subtree).
+        self.inside: dict[int, list[int]] = {}
+        for t, chain_ids in enumerate(ids):
+            for mid in chain_ids:
+                self.inside.setdefault(mid, []).append(t)
+        #: Clone per copy mount id: a mount requested twice gets the same descriptor.
+        self.clone_of: dict[int, int] = {}
+        #: The covering mounts unmounted so far (their subtrees left the copy with them).
+        self.unmounted: set[int] = set()
+
+    def run(self) -> list[int]:
+        out = []
+        for t, fd in enumerate(self.fds):
+            if fd is None:
+                self._obtain(t)
+                fd = self.fds[t]
+            assert fd is not None
+            out.append(fd)
+        return out
+
+    def _obtain(self, first: int) -> None:
+        """Clone ``first``, and before it whatever it takes to uncover it."""
+        stack, active = [first], {first}
+        while stack:
+            t = stack[-1]
+            if self.fds[t] is not None:
+                stack.pop()
+                active.discard(t)
+                continue
+            cover = self._cover(t)
+            if cover is None:
+                self.fds[t] = self._clone(t)
+                continue
+            place, mid = cover
+            waiting = [u for u in self.inside.get(mid, ()) if self.fds[u] is None]
+            if waiting:
+                for u in waiting:
+                    if u in active:  # only a kernel that broke the walk's rules gets here
+                        raise HelperError(f"cannot uncover {self.mps[t][-1]!r}: {place!r} "
+                                          "covers a mount that is needed below it")
+                    stack.append(u)
+                    active.add(u)
+                continue
             if _libc.umount2(place, MNT_DETACH) != 0:
                 raise _err("umount2", place)
-            changed = True
-        else:
-            raise HelperError(f"cannot uncover {place!r}")
-    return changed
+            self.unmounted.add(mid)
+
+    def _cover(self, t: int) -> tuple[bytes, int] | None:
+        """The first place on ``t``'s mountpoint that shows a mount not of its chain."""
+        mps, ids = self.mps[t], self.ids[t]
+        k = 0
+        for place in _prefixes(mps[-1]):
+            # The chain's mountpoints nest (each below its parent's): advance, never rescan.
+            while k + 1 < len(mps) and _at_or_above(mps[k + 1], place):
+                k += 1
+            seen = _statx_mnt_id(place)
+            if seen != ids[k]:
+                if seen in self.unmounted:  # umount2 said yes and yet it is still there
+                    raise HelperError(f"cannot uncover {place!r}")
+                return place, seen
+        return None
+
+    def _clone(self, t: int) -> int:
+        mid = self.ids[t][-1]
+        fd = self.clone_of.get(mid)
+        if fd is None:
+            mp = self.mps[t][-1]
+            fd = int(_libc.syscall(SYS_open_tree, ctypes.c_int(AT_FDCWD), mp,
+                                   ctypes.c_uint(OPEN_TREE_CLONE)))
+            if fd < 0:
+                raise _err("open_tree", mp)
+            self.clone_of[mid] = fd
+        return fd
 
 
 def _private_copy(pidfd: int) -> None:
     """Enter the target namespace, then a private copy of it that propagates nowhere."""
-    global _index
-    _index = None
     if _libc.syscall(SYS_setns, ctypes.c_int(pidfd), ctypes.c_int(CLONE_NEWNS)) < 0:
         raise _err("setns", "target")
     if _libc.unshare(CLONE_NEWNS) != 0:
@@ -175,30 +245,34 @@ def _private_copy(pidfd: int) -> None:
         raise _err("mount", "/ MS_REC|MS_PRIVATE")
 
 
+def _raise_nofile() -> None:
+    """One descriptor per requested mount is held: a shell's soft limit of 1,024 is too few
+    for a namespace with thousands of hidden filesystems; the hard limit is ours to take."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve(request: dict[str, object]) -> list[int]:
-    global _procfd
     pid = int(request["pid"])  # type: ignore[call-overload]
-    if _procfd < 0:
-        _procfd = os.open(f"/proc/{os.getpid()}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    chains: list[_Chain] = [
+        [(f"{a}:{b}", bytes.fromhex(r), bytes.fromhex(p)) for a, b, r, p in raw]
+        for raw in request["targets"]  # type: ignore[attr-defined]
+    ]
+    _raise_nofile()
+    # Our /proc directory, opened before entering the target namespace: a container namespace
+    # need not have /proc mounted at all, and the fd keeps showing our current mounts.
+    procfd = os.open(f"/proc/{os.getpid()}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     pidfd = _libc.syscall(SYS_pidfd_open, ctypes.c_int(pid), ctypes.c_uint(0))
     if pidfd < 0:
         raise _err("pidfd_open", pid)
-    _private_copy(pidfd)
-    fds = []
-    for raw in request["targets"]:  # type: ignore[attr-defined]
-        chain = [(f"{a}:{b}", bytes.fromhex(r), bytes.fromhex(p)) for a, b, r, p in raw]
-        ids = _resolve(chain)
-        dirty = _uncover(chain, ids)
-        fd = _libc.syscall(SYS_open_tree, ctypes.c_int(AT_FDCWD), chain[-1][2],
-                           ctypes.c_uint(OPEN_TREE_CLONE))
-        if fd < 0:
-            raise _err("open_tree", chain[-1][2])
-        fds.append(int(fd))
-        if dirty:
-            # The next target needs a copy that still has everything: a fresh one.
-            _private_copy(pidfd)
-    os.close(pidfd)
-    return fds
+    try:
+        _private_copy(pidfd)
+    finally:
+        os.close(pidfd)
+    ids = resolve(_mounts(procfd), chains)
+    os.close(procfd)
+    return Uncoverer(chains, ids).run()
 
 
 def main() -> int:

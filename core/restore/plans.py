@@ -24,7 +24,7 @@ import attrs
 
 from .. import imagecheck
 from ..context import RestoreContext
-from ..driver import DriverState
+from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
 from ..model import Dev, Mount, MountTree
 from ..mountops import host_join

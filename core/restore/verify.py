@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import attrs
 
 from ..context import DumpContext
-from ..driver import DriverState
+from ..drivertypes import DriverState
 from ..errors import CriuFwError
 from ..model import Mount, MountTree
 from ..plugins import DriverManager

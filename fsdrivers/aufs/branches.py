@@ -24,8 +24,7 @@ import re
 import time
 
 import attrs
-from criu_fw.errors import DumpError
-from criu_fw.mountinfo import unescape
+from criu_fw.driver import DumpError, unescape
 
 log = logging.getLogger("criu_fw.aufs")
 

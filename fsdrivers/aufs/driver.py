@@ -10,15 +10,20 @@ from __future__ import annotations
 from typing import ClassVar
 
 import attrs
-from criu_fw.context import DumpContext, RestoreContext
-from criu_fw.driver import DriverState, FsDriver
-from criu_fw.errors import MountNotFoundError
-from criu_fw.files import FileMapping, OpenFile
-from criu_fw.hookspecs import hookimpl
-from criu_fw.model import Mount, MountTree
-from criu_fw.plan import MountPlan
-from criu_fw.hooks import current_driver
-from criu_fw.stash import StashKey
+from criu_fw.driver import (
+    DriverState,
+    DumpContext,
+    FileMapping,
+    FsDriver,
+    Mount,
+    MountNotFoundError,
+    MountPlan,
+    MountTree,
+    OpenFile,
+    RestoreContext,
+    StashKey,
+    hookimpl,
+)
 
 from . import fixups, rebuild
 from .branches import Branch, log_branches, read_branches
@@ -100,7 +105,7 @@ class AufsDriver(FsDriver):
             sbs = claimed.setdefault((tree.ns_id, under.mnt_id), [])
             if sb not in sbs:
                 sbs.append(sb)
-                ctx.claim_files(tree.ns_id, under.mnt_id, current_driver() or "aufs")
+                ctx.claim_files(under)
         return sb.state
 
     @hookimpl

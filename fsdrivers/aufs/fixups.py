@@ -20,10 +20,7 @@ import errno
 import os
 
 import attrs
-from criu_fw.context import DumpContext
-from criu_fw.errors import DumpError
-from criu_fw.files import FileIdentity, FileMapping, OpenFile
-from criu_fw.model import Dev
+from criu_fw.driver import Dev, DumpContext, DumpError, FileIdentity, FileMapping, OpenFile
 
 from .paths import BranchIndex, Resolved
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import os
 
-from criu_fw.errors import RestoreError
-from criu_fw.model import Mount
-from criu_fw.plan import NewSuperblock
+from criu_fw.driver import Mount, NewSuperblock, RestoreError
 
 from .branches import PERMISSION, Branch
 from .state import AufsState

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 
-from criu_fw.errors import DumpError
-from criu_fw.model import Mount
+from criu_fw.driver import DumpError, Mount
 
 #: ``unsigned long`` in hex: at most 16 digits.
 SI_MAX_DIGITS = 16

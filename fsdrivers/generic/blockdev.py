@@ -16,11 +16,17 @@ import os
 from typing import Any, ClassVar, Self
 
 import attrs
-from criu_fw import confine
-from criu_fw.context import DumpContext, RestoreContext
-from criu_fw.driver import DriverState
-from criu_fw.model import Mount
-from criu_fw.plan import NewSuperblock
+from criu_fw.driver import (
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    DriverState,
+    DumpContext,
+    Mount,
+    NewSuperblock,
+    RestoreContext,
+    openat2,
+)
 from criu_fw.proto import generic_pb2
 from google.protobuf.message import Message
 
@@ -82,9 +88,9 @@ def _fsid(mount: Mount, ctx: DumpContext, ns_id: int) -> int | None:
     try:
         # Inside the dumped namespace's root, through no link: the container's own files
         # must not point the dumper at another filesystem.
-        fd = confine.openat2(
+        fd = openat2(
             root, mount.mountpoint.lstrip("/") or ".", os.O_PATH,
-            confine.RESOLVE_IN_ROOT | confine.RESOLVE_NO_SYMLINKS | confine.RESOLVE_NO_MAGICLINKS,
+            RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
         )
     except OSError:
         return None

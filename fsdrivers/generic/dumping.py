@@ -26,13 +26,17 @@ from collections.abc import Iterator
 from typing import ClassVar
 
 import attrs
-from criu_fw import hookimpl
-from criu_fw.context import DumpContext
-from criu_fw.driver import DriverState
-from criu_fw.errors import DumpError
-from criu_fw.model import Dev, Mount, MountTree
-from criu_fw.mountinfo import read_mountinfo
-from criu_fw.stash import StashKey
+from criu_fw.driver import (
+    Dev,
+    DriverState,
+    DumpContext,
+    DumpError,
+    Mount,
+    MountTree,
+    StashKey,
+    hookimpl,
+    read_mountinfo,
+)
 
 from . import blockdev
 
@@ -182,7 +186,7 @@ class GenericDump:
     """Hook implementations used at dump time."""
 
     #: The fstypes whose superblocks get a ``dump_content`` call (the engine reads this).
-    content_fstypes: ClassVar[tuple[str, ...]] = CONTENT_FSTYPES
+    content_fstypes: ClassVar[tuple[str, ...] | None] = CONTENT_FSTYPES
 
     @hookimpl
     def parse_mount(self, mount: Mount, tree: MountTree, ctx: DumpContext) -> DriverState | None:

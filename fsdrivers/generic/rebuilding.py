@@ -17,12 +17,15 @@ import re
 import subprocess
 import tempfile
 
-from criu_fw.context import RestoreContext
-from criu_fw.driver import DriverState
-from criu_fw.errors import RestoreError
-from criu_fw.hookspecs import hookimpl
-from criu_fw.model import Mount
-from criu_fw.plan import MountPlan, NewSuperblock
+from criu_fw.driver import (
+    DriverState,
+    Mount,
+    MountPlan,
+    NewSuperblock,
+    RestoreContext,
+    RestoreError,
+    hookimpl,
+)
 
 from . import blockdev
 from .blockdev import BlockDevState

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from criu_fw import hookimpl
-from criu_fw.context import DumpContext, RestoreContext
-from criu_fw.driver import DriverState, FsDriver
-from criu_fw.errors import RestoreError
-from criu_fw.files import FileMapping, OpenFile
-from criu_fw.model import Mount, MountTree
-from criu_fw.plan import MountPlan
+from criu_fw.driver import (
+    DriverState,
+    DumpContext,
+    FileMapping,
+    FsDriver,
+    Mount,
+    MountPlan,
+    MountTree,
+    OpenFile,
+    RestoreContext,
+    RestoreError,
+    hookimpl,
+)
 
 from .fixups import fixup_file, fixup_mapping
 from .parse import parse_overlay

@@ -21,10 +21,16 @@ import posixpath
 from typing import TypeVar
 
 import attrs
-from criu_fw.context import DumpContext
-from criu_fw.errors import DumpError, SyscallError
-from criu_fw.files import FileIdentity, FileMapping, OpenFile
-from criu_fw.model import Mount, MountTree
+from criu_fw.driver import (
+    DumpContext,
+    DumpError,
+    FileIdentity,
+    FileMapping,
+    Mount,
+    MountTree,
+    OpenFile,
+    SyscallError,
+)
 
 from .identity import has_xattr, same_file
 from .index import index_of

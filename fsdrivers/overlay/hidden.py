@@ -27,8 +27,7 @@ import posixpath
 from collections.abc import Iterator
 
 import attrs
-from criu_fw.errors import DumpError, SyscallError
-from criu_fw.model import Dev, Mount, MountTree
+from criu_fw.driver import Dev, DumpContext, DumpError, Mount, MountTree, SyscallError
 
 from .paths import ancestors_or_self, tails
 from .walk import RootView
@@ -103,8 +102,9 @@ class HiddenViews:
     Unavailable (every lookup gives None) for a recorded /proc or without a process to enter.
     """
 
-    def __init__(self, pid: int | None, tree: MountTree) -> None:
+    def __init__(self, pid: int | None, tree: MountTree, ctx: DumpContext) -> None:
         self.pid = pid
+        self.ctx = ctx
         self.tree = tree
         self._views: dict[int, RootView | None] = {}
         self._stack = contextlib.ExitStack()
@@ -124,10 +124,8 @@ class HiddenViews:
             self._views[m.mnt_id] = None
         if self.pid is None:
             return
-        from criu_fw.dump.namespaces import FilesystemViews
-
         try:
-            paths = self._stack.enter_context(FilesystemViews(self.pid, self.tree, want))
+            paths = self._stack.enter_context(self.ctx.filesystem_views(self.tree, want))
         except DumpError:
             return  # no copy: those layers stay unverifiable, like on a recorded /proc
         for m, path in zip(want, paths, strict=True):

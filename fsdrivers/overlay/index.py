@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import attrs
-from criu_fw.context import DumpContext
-from criu_fw.model import Dev
-from criu_fw.stash import StashKey
+from criu_fw.driver import Dev, DumpContext, StashKey
 
 from .hidden import TreeIndex
 from .options import Role

@@ -38,8 +38,7 @@ import posixpath
 from collections.abc import Generator, Iterator, Sequence
 
 import attrs
-from criu_fw.errors import DumpError, SyscallError
-from criu_fw.model import Dev, Mount, MountTree
+from criu_fw.driver import Dev, DumpError, Mount, MountTree, SyscallError
 
 from .hidden import HiddenViews, TreeIndex, moved_candidates
 from .identity import origin_checker, origin_xattr, same_file

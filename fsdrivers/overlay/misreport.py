@@ -29,9 +29,7 @@ import posixpath
 import re
 from collections.abc import Iterator
 
-from criu_fw.context import DumpContext
-from criu_fw.errors import SyscallError
-from criu_fw.model import Dev, Mount, MountTree
+from criu_fw.driver import Dev, DumpContext, Mount, MountTree, SyscallError
 
 from .index import OverlayIndex, index_of
 from .paths import under

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from criu_fw.context import DumpContext
-from criu_fw.errors import DumpError
-from criu_fw.model import Mount, MountTree
+from criu_fw.driver import DumpContext, DumpError, Mount, MountTree
 
 from .hidden import HiddenViews, TreeIndex
 from .index import OverlayIndex, index_of
@@ -19,7 +17,6 @@ from .state import OverlayState
 from .walk import RootView
 
 #: The driver's stable name (its entry point), used to claim layer mounts.
-DRIVER_NAME = "overlay"
 
 
 def external_key(mount: Mount, tree: MountTree, ctx: DumpContext) -> str | None:
@@ -59,7 +56,7 @@ def parse_overlay(mount: Mount, tree: MountTree, ctx: DumpContext) -> OverlaySta
     index.add(tree.ns_id, mount.mnt_id, state)
     for layer in state.layers:
         if layer.mnt_id is not None:
-            ctx.claim_files(tree.ns_id, layer.mnt_id, DRIVER_NAME)
+            ctx.claim_files(tree.get(layer.mnt_id))
     return state
 
 
@@ -81,7 +78,7 @@ def _resolve(
     if tree_index is None:
         tree_index = index.trees[tree.ns_id] = TreeIndex.of(tree)
     view, host = open_views(root, host_root)
-    hidden = HiddenViews(pid, tree)
+    hidden = HiddenViews(pid, tree, ctx)
     try:
         resolver = LayerResolver(
             mount,

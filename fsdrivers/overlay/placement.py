@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import attrs
-from criu_fw.model import Mount, MountTree
+from criu_fw.driver import Mount, MountTree
 
 from .layers import OverlayLayerError, ResolvedLayer, namespace_path
 from .paths import under

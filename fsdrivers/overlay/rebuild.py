@@ -11,10 +11,17 @@ mountinfo (``lowerdir+=/lower``), and dumping those again resolves to the same l
 
 from __future__ import annotations
 
-from criu_fw.context import RestoreContext
-from criu_fw.errors import RestoreError
-from criu_fw.model import Mount
-from criu_fw.plan import BindExternal, ExternalRef, MountPlan, NewSuperblock, ParamValue, PathRef
+from criu_fw.driver import (
+    BindExternal,
+    ExternalRef,
+    Mount,
+    MountPlan,
+    NewSuperblock,
+    ParamValue,
+    PathRef,
+    RestoreContext,
+    RestoreError,
+)
 
 from .layers import ResolvedLayer
 from .options import MAX_LOWER_LAYERS, Role

@@ -7,8 +7,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Self
 
 import attrs
-from criu_fw.driver import DriverState, NamedDirectory
-from criu_fw.model import Dev
+from criu_fw.driver import Dev, DriverState, NamedDirectory
 from criu_fw.proto import overlay_pb2
 from google.protobuf.message import Message
 

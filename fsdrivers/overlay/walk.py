@@ -15,9 +15,7 @@ import os
 import struct
 
 import attrs
-from criu_fw.confine import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, openat2
-from criu_fw.errors import SyscallError
-from criu_fw.model import Dev
+from criu_fw.driver import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, Dev, SyscallError, openat2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall
