@@ -30,7 +30,7 @@ from .drivertypes import DriverState
 from .errors import ImageError
 from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
 from .model import Dev, Mount, MountTree, Propagation
-from .plugins import DriverManager, load_drivers
+from .plugins import DriverManager, resolve_manager
 from .proto import fwstate_pb2, mnt_pb2
 
 #: The version of criu-fw's own image format this code writes and the newest it reads.
@@ -386,13 +386,14 @@ _FAST_TEXT = sys.getfilesystemencoding() == "utf-8" and sys.getfilesystemencodee
 
 
 def read_mount_namespace(
-    image_dir: str, ns_id: int, mgr: DriverManager | None = None
+    image_dir: str, ns_id: int, manager: DriverManager | None = None
 ) -> DumpedNamespace:
     """Read back what :func:`write_mount_namespace` wrote for ``ns_id``.
 
-    Driver state is unpacked through the driver that declares its message type in ``mgr``
-    (without ``mgr``, the installed drivers are loaded). A state type no loaded driver knows, a
-    newer format version, or images that disagree raise ImageError.
+    Driver state is unpacked through the driver that declares its message type in
+    ``manager`` (without one, the installed drivers: :func:`~criu_fw.plugins.resolve_manager`).
+    A state type no loaded driver knows, a newer format version, or images that disagree
+    raise ImageError.
 
     Images are untrusted, so what they say is checked here too (:mod:`criu_fw.imagecheck`):
     paths absolute and normalised, texts without NUL bytes, one tree with its root at ``/``,
@@ -408,8 +409,7 @@ def read_mount_namespace(
             raise ImageError(mnts_path, f"mount id {e.mnt_id} appears twice", n)
         criu[e.mnt_id] = e
         criu_entry[e.mnt_id] = n
-    if mgr is None:
-        mgr = load_drivers()
+    mgr = resolve_manager(manager)
     driver_problem = imagecheck.DriverCheck(mgr)
 
     mounts: list[Mount] = []

@@ -393,6 +393,23 @@ class DriverManager:
         return self._hooks
 
 
+def resolve_manager(
+    manager: DriverManager | None = None,
+    plugins: Iterable[object] = (),
+    config: DriverConfig | None = None,
+) -> DriverManager:
+    """The drivers a library entry point uses, the same way for every one of them (dump,
+    restore, verify, the image readers): the caller's ``manager`` as it is (loaded once by the
+    caller, with its tracer or dry-run wrappers), else a manager loaded here from ``plugins``
+    and ``config`` (``None``: the CRIU_FW_* environment). Nothing else loads drivers."""
+    plugins = tuple(plugins)
+    if manager is not None:
+        if plugins or config is not None:
+            raise UsageError("give manager= or plugins=/config=, not both")
+        return manager
+    return DriverManager(config).load(plugins)
+
+
 def load_drivers(
     config: DriverConfig | None = None, plugins: Iterable[object] = ()
 ) -> DriverManager:

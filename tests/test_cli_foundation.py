@@ -144,3 +144,33 @@ def test_real_console_script() -> None:
     assert res.returncode == 2 and "Invalid value for '--reader'" in res.stderr
     res = subprocess.run([str(CONSOLE), "check", "--json"], capture_output=True, text=True)
     assert res.returncode == 0 and '"name": "new mount API"' in res.stdout
+
+
+@pytest.mark.privileged
+def test_trace_follows_every_command_that_calls_drivers(
+    scenario: Callable[..., NamespaceScenario], tmp_path: Path
+) -> None:
+    """The CLI loads the drivers once, with the tracer, and hands that manager to the library:
+    dump, restore (a dry run) and verify each show the calls their drivers got."""
+    s = scenario(
+        "mkdir t l u w o && mount -t tmpfs tt t && echo x > t/f && "
+        "mount -t overlay ov -o lowerdir=$PWD/l,upperdir=$PWD/u,workdir=$PWD/w o"
+    )
+    images = str(tmp_path / "img")
+
+    def traced(*args: str) -> list[str]:
+        code, _, err = run("--trace", *args)
+        assert code == 0, err
+        return [x.removeprefix("criu-fw: trace: ") for x in err.splitlines() if "trace:" in x]
+
+    lines = traced("dump", "-t", str(s.pid), "-D", images, "--external-auto")
+    assert any(x.startswith("parse_mount -> overlay: mount ") for x in lines)
+    assert any(
+        x.startswith("dump_content -> generic: ") and "(tmpfs, source 'tt')" in x for x in lines
+    )
+    lines = traced("restore", "-D", images, "--dry-run", "--root", "/", "--allow-host", s.workdir,
+                   "--allow-host", "/")
+    assert any(x.startswith("rebuild_mount -> overlay: mount ") for x in lines)
+    assert any(x.startswith("rebuild_mount -> generic: mount ") for x in lines)
+    lines = traced("verify", "-t", str(s.pid), "-D", images)
+    assert any(x.startswith("parse_mount -> overlay: mount ") for x in lines)

@@ -95,7 +95,7 @@ def restore_cmd(
     result = restore(
         image_dir, root=root, externals=mounts, devices=devices, allow_host=allow_host,
         command=list(command) or None, detach=detach, pidfile=pidfile,
-        plugins=(), config=mgr.config, ops=ops, outside_masters=outside_masters,
+        manager=mgr, ops=ops, outside_masters=outside_masters,
         netns=netns, ipcns=ipcns,
     )
     if ops is not None:

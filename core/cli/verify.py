@@ -51,7 +51,7 @@ def verify_cmd(
     mgr = driver_manager(ctx)
     if len(pids) == 1:
         ((key, pid),) = pids.items()
-        result = verify(pid, image_dir, key, mgr=mgr, outside_masters=outside_masters)
+        result = verify(pid, image_dir, key, manager=mgr, outside_masters=outside_masters)
     else:
         from ..restore.engine import image_namespaces
 

@@ -33,7 +33,7 @@ from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, DumpError
 from ..imageset import mount_image_names, write_mount_namespace
 from ..model import Dev, Mount
-from ..plugins import DriverConfig, DriverManager, load_drivers
+from ..plugins import DriverConfig, DriverManager, resolve_manager
 from ..proto import fdinfo_pb2, fs_pb2
 from .consistency import MountWatch, Recheck
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
@@ -133,7 +133,7 @@ def dump(
             freezer = Freezer(fs, enabled=fs.live, watchdog=watchdog)
             timings: dict[str, float] = {}
             try:
-                mgr = manager if manager is not None else load_drivers(config, plugins)
+                mgr = resolve_manager(manager, plugins, config)
                 watchdog.wait_ready()
                 t0 = time.perf_counter()
                 try:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..images import image_to_dict
-from ..plugins import DriverManager, load_drivers
+from ..plugins import DriverManager, resolve_manager
 from .engine import image_namespaces
 
 _CONTENT = re.compile(r"^tmpfs-dev-(\d+)\.tar\.gz\.img$")
@@ -287,14 +287,14 @@ def image_differences(
     namespaces: Sequence[tuple[int, int]] | None = None,
     processes: bool = True,
     content: bool = True,
-    mgr: DriverManager | None = None,
+    manager: DriverManager | None = None,
 ) -> list[str]:
     """Every difference between two image directories except ids, one line each.
 
     ``namespaces`` pairs a namespace of ``first`` with one of ``second`` (default: the root
     namespaces, then the others in order). ``processes``: compare the process images too.
     """
-    mgr = mgr if mgr is not None else load_drivers()
+    mgr = resolve_manager(manager)
     if namespaces is None:
         _, ids1 = image_namespaces(first)
         _, ids2 = image_namespaces(second)

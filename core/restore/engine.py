@@ -23,7 +23,7 @@ from ..context import RestoreContext
 from ..errors import CriuFwError, ImageError, UsageError
 from ..images import read_image
 from ..mountops import KernelMountOps, MountOps
-from ..plugins import DriverConfig, DriverManager, load_drivers
+from ..plugins import DriverConfig, DriverManager, resolve_manager
 from ..proto import inventory_pb2
 from .build import SameNamespace, build_all
 from .child import (
@@ -144,13 +144,6 @@ def read_namespaces(image_dir: str, mgr: DriverManager) -> tuple[int, list[Names
     return root, [read_mount_namespace(image_dir, i, mgr) for i in ids]
 
 
-def _manager(plugins: Iterable[object], config: DriverConfig | None) -> DriverManager:
-    plugins = tuple(plugins)
-    if not plugins:
-        return load_drivers(config)
-    return DriverManager(config).load(plugins)
-
-
 def restore(
     image_dir: str,
     *,
@@ -163,6 +156,7 @@ def restore(
     pidfile: str | None = None,
     plugins: Iterable[object] = (),
     config: DriverConfig | None = None,
+    manager: DriverManager | None = None,
     ops: MountOps | None = None,
     namespaces: Sequence[NamespaceImage] | None = None,
     proc_root: str = "/proc",
@@ -185,6 +179,8 @@ def restore(
         with :meth:`RestoreResult.terminate`.
     :param pidfile: with ``detach``: write the root namespace holder's PID there.
     :param plugins: extra driver objects (like ``pytest.main(plugins=...)``).
+    :param manager: drivers the caller loaded (instead of ``plugins`` and ``config``; see
+        :func:`~criu_fw.plugins.resolve_manager`).
     :param ops: a mount layer to use instead of the kernel, in this process (a dry run with
         :class:`~criu_fw.mountops.RecordingMountOps`): nothing is forked, mounted or written.
     :param namespaces: restore these instead of reading ``image_dir`` (first = root).
@@ -208,7 +204,7 @@ def restore(
     # Checked before the images are read; opened (and checked) again for the child below.
     close_namespaces(open_namespaces(netns=netns, ipcns=ipcns))
     other_namespaces = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
-    mgr = _manager(plugins, config)
+    mgr = resolve_manager(manager, plugins, config)
     if namespaces is None:
         root_ns, spaces = read_namespaces(image_dir, mgr)
     else:

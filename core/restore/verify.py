@@ -34,7 +34,7 @@ from ..context import DumpContext
 from ..drivertypes import DriverState
 from ..errors import CriuFwError
 from ..model import Mount, MountTree
-from ..plugins import DriverManager
+from ..plugins import DriverConfig, DriverManager, resolve_manager
 from ..superblocks import KEYED, sharing
 from .plans import base_root
 
@@ -397,24 +397,32 @@ def verify(
     pid: int,
     image_dir: str,
     ns_id: int | None = None,
-    mgr: DriverManager | None = None,
+    manager: DriverManager | None = None,
     *,
+    plugins: Iterable[object] = (),
+    config: DriverConfig | None = None,
     outside_masters: str = "host",
 ) -> VerifyResult:
     """Compare the mount namespace of process ``pid`` with the dumped namespace ``ns_id``
-    (default: the root namespace of the images)."""
+    (default: the root namespace of the images). Drivers: ``manager``, or loaded from
+    ``plugins`` and ``config`` (:func:`~criu_fw.plugins.resolve_manager`)."""
     from .engine import image_namespaces
 
     if ns_id is None:
         ns_id = image_namespaces(image_dir)[0]
-    return verify_namespaces({ns_id: pid}, image_dir, mgr, outside_masters=outside_masters)
+    return verify_namespaces(
+        {ns_id: pid}, image_dir, resolve_manager(manager, plugins, config),
+        outside_masters=outside_masters,
+    )
 
 
 def verify_namespaces(
     pids: Mapping[int, int],
     image_dir: str,
-    mgr: DriverManager | None = None,
+    manager: DriverManager | None = None,
     *,
+    plugins: Iterable[object] = (),
+    config: DriverConfig | None = None,
     outside_masters: str = "host",
 ) -> VerifyResult:
     """Compare several live namespaces (dumped namespace id -> a PID in the live one) with
@@ -424,7 +432,6 @@ def verify_namespaces(
     from ..errors import ImageError
     from ..imageset import read_mount_namespace
     from ..mountinfo import read_mountinfo
-    from ..plugins import load_drivers
     from .engine import image_namespaces
 
     _, ids = image_namespaces(image_dir)
@@ -432,8 +439,7 @@ def verify_namespaces(
         if ns_id not in ids:
             raise ImageError(image_dir, f"no mount namespace {ns_id} in the images (has "
                              f"{', '.join(map(str, ids))})")
-    if mgr is None:
-        mgr = load_drivers()
+    mgr = resolve_manager(manager, plugins, config)
     sides: list[Side] = []
     problems: list[str] = []
     others: set[int] = set()
