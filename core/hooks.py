@@ -88,6 +88,33 @@ def _wrong(hook: str, driver: str, got: object, wanted: str) -> DriverError:
     return DriverError(driver, f"{hook} returned {type(got).__name__}, not {wanted}")
 
 
+def in_context(err: DriverError, hook: str, what: str, key: str) -> DriverError:
+    """``err`` (out of a driver's ``hook``) saying what the call was about.
+
+    ``driver 'x': parse_mount on mount 61 at '/dev/shm' (tmpfs, source 'tmpfs'):
+    RuntimeError: boom``. A message of the driver's own (a criu-fw error) that already
+    names the item (``key``: its path or ``mount N``) is left as it is.
+    """
+    cause = err.__cause__
+    if cause is not None and not isinstance(cause, CriuFwError):
+        reason = f"{type(cause).__name__}: {cause}"
+    else:
+        reason = str(err).removeprefix(f"driver {err.driver!r}: ")
+        if key in reason:
+            return err
+    return DriverError(err.driver, f"{hook} on {what}: {reason}")
+
+
+def on_mount(describe: str, exc: BaseException) -> str:
+    """The one-line message for ``exc`` (out of a hook or the core) about the mount that
+    ``describe`` names (``mount 7 at '/x' (tmpfs, source 't')``), naming it once: a driver
+    that already named the mount in its own message does not get it said twice."""
+    text = str(exc)
+    for prefix in (f"{describe}: ", f"{describe.split(' at ')[0]}: "):
+        text = text.replace(prefix, "", 1) if prefix in text else text
+    return f"{describe}: {text}"
+
+
 class Hooks:
     """The hooks of one :class:`~criu_fw.plugins.DriverManager` (``mgr.hooks``)."""
 

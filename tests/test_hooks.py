@@ -10,9 +10,13 @@ from typing import Any
 import pytest
 from criu_fw import hookimpl
 from criu_fw.driver import FsDriver
-from criu_fw.errors import DriverError
+from criu_fw.errors import DriverError, RestoreError
 from criu_fw.hooks import current_driver
+from criu_fw.model import MountTree
+from criu_fw.mountinfo import parse_line
+from criu_fw.mountops import RecordingMountOps
 from criu_fw.plugins import DriverManager
+from criu_fw.restore import SimpleNamespace, restore
 from helpers import MOUNT, LabelState, Ram, Wrap, ram_manager
 
 
@@ -148,3 +152,25 @@ def test_a_complete_call_warns_nothing() -> None:
         assert mgr.hooks.parse_mount(
             "ram", MOUNT, None, 1
         ) == LabelState("myram")
+
+
+class Refuser(FsDriver):
+    """Refuses to rebuild, naming the mount itself (as drivers are asked to)."""
+
+    name = "refuser"
+    fstypes = ("ramfs",)
+
+    @hookimpl
+    def rebuild_mount(self, mount: Any) -> None:
+        raise RestoreError(f"{mount.describe()}: cannot be rebuilt here")
+
+
+def test_a_restore_error_names_the_mount_once() -> None:
+    root = parse_line(b"1 0 0:30 / / rw - tmpfs t rw")
+    ram = parse_line(b"2 1 0:31 / /r rw - ramfs r rw")
+    ns = SimpleNamespace(1, MountTree([root, ram], ns_id=1), drivers={2: "refuser"})
+    with pytest.raises(RestoreError) as err:
+        restore("/x", namespaces=[ns], ops=RecordingMountOps(), plugins=[Refuser()])
+    assert str(err.value) == (
+        "mount 2 at '/r' (ramfs, source 'r'): driver 'refuser': cannot be rebuilt here"
+    )

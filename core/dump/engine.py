@@ -31,6 +31,7 @@ import attrs
 from ..context import DumpContext
 from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, DumpError
+from ..hooks import in_context
 from ..imageset import mount_image_names, write_mount_namespace
 from ..model import Dev, Mount
 from ..plugins import DriverConfig, DriverManager, resolve_manager
@@ -43,7 +44,7 @@ from .maps import MapsReader
 from .namespaces import FilesystemViews, Namespace, find_namespaces
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
-from .routing import Router, describe, in_context
+from .routing import Router, describe
 from .staging import Staging, interruptible
 from .watchdog import Watchdog
 from .writer import (

@@ -14,8 +14,9 @@ from typing import TypeVar
 import attrs
 
 from ..context import DumpContext
-from ..errors import CriuFwError, DriverError, DumpError, MountNotFoundError
+from ..errors import DriverError, DumpError, MountNotFoundError
 from ..files import FileMapping, OpenFile
+from ..hooks import in_context
 from ..model import Mount, MountTree
 from ..plugins import DriverManager
 
@@ -103,23 +104,6 @@ class Router:
             return item, mount
         final = tree.find(fixed.mnt_id) if fixed.mnt_id is not None else None
         return fixed, final
-
-
-def in_context(err: DriverError, hook: str, what: str, key: str) -> DriverError:
-    """``err`` (out of a driver's ``hook``) saying what the call was about.
-
-    ``driver 'x': parse_mount on mount 61 at '/dev/shm' (tmpfs, source 'tmpfs'):
-    RuntimeError: boom``. A message of the driver's own (a criu-fw error) that already
-    names the item (``key``: its path or ``mount N``) is left as it is.
-    """
-    cause = err.__cause__
-    if cause is not None and not isinstance(cause, CriuFwError):
-        reason = f"{type(cause).__name__}: {cause}"
-    else:
-        reason = str(err).removeprefix(f"driver {err.driver!r}: ")
-        if key in reason:
-            return err
-    return DriverError(err.driver, f"{hook} on {what}: {reason}")
 
 
 def describe(item: OpenFile | FileMapping) -> str:

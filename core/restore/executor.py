@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from .. import kernel
 from ..context import RestoreContext
 from ..errors import CriuFwError, DriverError, RestoreError
+from ..hooks import on_mount
 from ..model import Mount
 from ..mountops import Fd, MountOps, ParamArg
 from ..plan import ContentJob, ExternalRef, PathRef
@@ -187,7 +188,7 @@ class Executor:
         except RestoreError:
             raise
         except (CriuFwError, OSError) as exc:
-            raise RestoreError(f"{m.describe()}: {exc}") from exc
+            raise RestoreError(on_mount(m.describe(), exc)) from exc
 
     def _param(self, value: object) -> ParamArg:
         if isinstance(value, PathRef):
@@ -262,7 +263,7 @@ class Executor:
                 err = DriverError(sb.driver, str(exc))
             else:
                 err = DriverError(sb.driver, f"restore_content failed: {type(exc).__name__}: {exc}")
-            raise RestoreError(f"{sb.mount.describe()}: {err}") from exc
+            raise RestoreError(on_mount(sb.mount.describe(), err)) from exc
 
     def _create(self, m: Mount) -> None:
         job = self.plan.jobs[m.mnt_id]

@@ -26,6 +26,7 @@ from .. import imagecheck
 from ..context import RestoreContext
 from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
+from ..hooks import on_mount
 from ..model import Dev, Mount, MountTree
 from ..mountops import host_join
 from ..plan import BindExternal, BindFrom, ExternalRef, MountPlan, NewSuperblock, PathRef
@@ -258,7 +259,7 @@ def plan_namespace(
             plan = mgr.hooks.rebuild_mount(driver, m, state, ctx)
         except CriuFwError as exc:
             if isinstance(exc, DriverError):
-                raise RestoreError(f"{m.describe()}: {exc}") from exc
+                raise RestoreError(on_mount(m.describe(), exc)) from exc
             raise
         if plan is not None and not isinstance(plan, NewSuperblock | BindFrom | BindExternal):
             raise RestoreError(f"{m.describe()}: driver {driver!r} returned {plan!r}, not a plan")
