@@ -182,12 +182,16 @@ class Uncoverer:
 
     def _obtain(self, first: int) -> None:
         """Clone ``first``, and before it whatever it takes to uncover it."""
-        stack, active = [first], {first}
+        # ``blocked``: on the stack, waiting for the mounts pushed above them. A mount merely
+        # pushed (not looked at yet) may be pushed again, higher, by a cover that needs it
+        # sooner; a blocked one never can be (it is outside the subtree of the covers that
+        # the mounts above it wait for), so meeting one again would mean a loop.
+        stack, blocked = [first], set()
         while stack:
             t = stack[-1]
             if self.fds[t] is not None:
                 stack.pop()
-                active.discard(t)
+                blocked.discard(t)
                 continue
             cover = self._cover(t)
             if cover is None:
@@ -196,12 +200,11 @@ class Uncoverer:
             place, mid = cover
             waiting = [u for u in self.inside.get(mid, ()) if self.fds[u] is None]
             if waiting:
-                for u in waiting:
-                    if u in active:  # only a kernel that broke the walk's rules gets here
-                        raise HelperError(f"cannot uncover {self.mps[t][-1]!r}: {place!r} "
-                                          "covers a mount that is needed below it")
-                    stack.append(u)
-                    active.add(u)
+                if not blocked.isdisjoint(waiting):  # only a kernel breaking the rules above
+                    raise HelperError(f"cannot uncover {self.mps[t][-1]!r}: {place!r} "
+                                      "covers a mount that waits for it")
+                blocked.add(t)
+                stack.extend(waiting)
                 continue
             if _libc.umount2(place, MNT_DETACH) != 0:
                 raise _err("umount2", place)
