@@ -30,7 +30,7 @@ import time
 
 from criu_fw import kernel
 from criu_fw.model import Dev, Mount, MountTree, Propagation
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, restore
 
 UNIT = 10
 
@@ -158,7 +158,7 @@ def _floor_loop(tree: MountTree, dirs: list[str], base: str) -> None:
 
 
 def run_restore(tree: MountTree, images: str, content: str) -> float:
-    ns = SimpleNamespace(1, tree, content={1: content})
+    ns = DumpedNamespace.of(1, tree, content={1: content})
     t0 = time.perf_counter()
     res = restore(images, namespaces=[ns], detach=True)
     took = time.perf_counter() - t0

@@ -34,6 +34,7 @@ from .errors import (
     SyscallError,
 )
 from .files import FileIdentity, FileMapping, OpenFile
+from .fstypes import FSTYPES, FsType, fstype
 from .hooks import current_driver, routed_to
 from .hookspecs import hookimpl
 from .model import Dev, Mount, MountTree, Propagation
@@ -52,6 +53,7 @@ from .stash import StashKey
 
 __all__ = [
     "API_VERSION",
+    "FSTYPES",
     "RESOLVE_BENEATH",
     "RESOLVE_IN_ROOT",
     "RESOLVE_NO_MAGICLINKS",
@@ -70,6 +72,7 @@ __all__ = [
     "FileIdentity",
     "FileMapping",
     "FsDriver",
+    "FsType",
     "Mount",
     "MountNotFoundError",
     "MountPlan",
@@ -85,6 +88,7 @@ __all__ = [
     "StashKey",
     "SyscallError",
     "current_driver",
+    "fstype",
     "hookimpl",
     "open_beneath",
     "openat2",

@@ -21,46 +21,24 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import BinaryIO, Literal
 
-import attrs
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
 from . import __version__, imagecheck
 from .drivertypes import DriverState
 from .errors import ImageError
+from .fstypes import CRIU_FSTYPES
 from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
 from .model import Dev, Mount, MountTree, Propagation
 from .plugins import DriverManager, resolve_manager
 from .proto import fwstate_pb2, mnt_pb2
+from .records import DumpedNamespace, MountRecord
 
 #: The version of criu-fw's own image format this code writes and the newest it reads.
 FORMAT_VERSION = 1
 
 MNTS = KINDS["MNTS"]
 FW_MNTS = KINDS["FW_MNTS"]
-
-#: Kernel fstype name -> CRIU's ``fstype`` enum; anything else is UNSUPPORTED + ``fsname``.
-CRIU_FSTYPES: Mapping[str, int] = {
-    "proc": mnt_pb2.PROC,
-    "sysfs": mnt_pb2.SYSFS,
-    "devtmpfs": mnt_pb2.DEVTMPFS,
-    "binfmt_misc": mnt_pb2.BINFMT_MISC,
-    "tmpfs": mnt_pb2.TMPFS,
-    "devpts": mnt_pb2.DEVPTS,
-    "simfs": mnt_pb2.SIMFS,
-    "pstore": mnt_pb2.PSTORE,
-    "securityfs": mnt_pb2.SECURITYFS,
-    "fusectl": mnt_pb2.FUSECTL,
-    "debugfs": mnt_pb2.DEBUGFS,
-    "cgroup": mnt_pb2.CGROUP,
-    "aufs": mnt_pb2.AUFS,
-    "mqueue": mnt_pb2.MQUEUE,
-    "fuse": mnt_pb2.FUSE,
-    "overlay": mnt_pb2.OVERLAYFS,
-    "autofs": mnt_pb2.AUTOFS,
-    "tracefs": mnt_pb2.TRACEFS,
-    "cgroup2": mnt_pb2.CGROUP2,
-}
 
 # Superblock options that are flags: CRIU keeps them in sb_flags, not in the options string.
 _SB_FLAGS: Mapping[str, int] = {
@@ -72,22 +50,6 @@ _SB_FLAGS: Mapping[str, int] = {
 }
 
 _KDEV_MINOR_MASK = (1 << 20) - 1
-
-
-@attrs.frozen
-class DumpedNamespace:
-    """One mount namespace as read back from its images."""
-
-    ns_id: int
-    tree: MountTree
-    #: mnt_id -> name of the driver that owns the mount.
-    drivers: dict[int, str]
-    #: mnt_id -> the driver's state (None where the driver had none).
-    states: dict[int, DriverState | None]
-    #: mnt_id -> external key (mounts bind-mounted from outside the dumped namespaces).
-    external: dict[int, str]
-    #: mnt_id -> name of the image holding the filesystem's content.
-    content: dict[int, str]
 
 
 def mountpoints_image(ns_id: int) -> str:
@@ -174,38 +136,28 @@ def _fw_mount(
 
 def write_mount_namespace(
     image_dir: str,
-    ns_id: int,
-    tree: MountTree,
+    dumped: DumpedNamespace,
     *,
-    drivers: Mapping[int, str],
-    states: Mapping[int, DriverState | None] = {},
-    external: Mapping[int, str] = {},
-    content: Mapping[int, str] = {},
     files: Mapping[str, BinaryIO] = {},
 ) -> list[str]:
     """Write the images of one mount namespace; returns the file names written.
 
-    ``drivers`` must name the owning driver of every mount; ``states``, ``external`` and
-    ``content`` are keyed by mnt_id too. The files are written in place under ``image_dir``
-    (publishing a dump atomically is the dump engine's job); ``files`` may hold some of them
-    already created and open (by name, see :func:`mount_image_names`; the caller closes them).
+    Every mount's record must name its driver. The files are written in place under
+    ``image_dir`` (publishing a dump atomically is the dump engine's job); ``files`` may hold
+    some of them already created and open (by name, see :func:`mount_image_names`; the
+    caller closes them).
     """
+    ns_id, tree = dumped.ns_id, dumped.tree
     mounts = tree.mounts
     if len(mounts) > imagecheck.MAX_MOUNTS:  # refused here, not only by the restore
         raise ImageError(
             os.path.join(image_dir, mountpoints_image(ns_id)),
             f"{len(mounts)} mounts, more than the {imagecheck.MAX_MOUNTS} a reader accepts",
         )
-    known = {m.mnt_id for m in mounts}
-    if not drivers.keys() >= known:
-        for m in mounts:
-            if m.mnt_id not in drivers:
-                raise ValueError(f"no driver given for {m.describe()}")
-    for what, mapping in (("drivers", drivers), ("states", states), ("external", external),
-                          ("content", content)):  # fmt: skip
-        stray = sorted(set(mapping) - known)
-        if stray:
-            raise ValueError(f"{what} names mount id(s) {stray} not in namespace {ns_id}")
+    records = list(dumped)
+    for rec in records:
+        if rec.driver is None:
+            raise ValueError(f"no driver given for {rec.mount.describe()}")
 
     criu: list[bytes] = []
     fw: list[bytes] = [
@@ -219,7 +171,7 @@ def write_mount_namespace(
             )
         ).SerializeToString()
     ]
-    _EntryWriter().write_all(mounts, drivers, states, external, content, criu, fw)
+    _EntryWriter().write_all(records, criu, fw)
     criu.reverse()  # CRIU's order: reverse mountinfo order
 
     mnts_name = mountpoints_image(ns_id)
@@ -256,9 +208,7 @@ class _EntryWriter:
         self.shapes: dict[tuple[object, ...], _Templates] = {}
 
     def write_all(
-        self, mounts: Iterable[Mount], drivers: Mapping[int, str],
-        states: Mapping[int, DriverState | None], external: Mapping[int, str],
-        content: Mapping[int, str], criu_out: list[bytes], fw_out: list[bytes],
+        self, records: Iterable[MountRecord], criu_out: list[bytes], fw_out: list[bytes]
     ) -> None:
         """Append both entries of every mount, in order, to ``criu_out`` and ``fw_out``.
 
@@ -268,12 +218,11 @@ class _EntryWriter:
         scratch = self._scratch
         add_criu, add_fw = criu_out.append, fw_out.append
         fast = _FAST_TEXT
-        for m in mounts:
+        for rec in records:
+            m, driver, state = rec.mount, rec.driver, rec.state
+            ext, cont = rec.external, rec.content
             mnt_id = m.mnt_id
-            driver = drivers[mnt_id]
-            state = states.get(mnt_id) if states else None
-            ext = external.get(mnt_id) if external else None
-            cont = content.get(mnt_id) if content else None
+            assert driver is not None  # checked by write_mount_namespace
             if state is not None or m.unique_id is not None or not fast:
                 c, f = scratch(m, driver, state, ext, cont)
                 add_criu(c)
@@ -474,13 +423,9 @@ def read_mount_namespace(
         if mnt_id is None:
             raise ImageError(mnts_path, why)
         raise ImageError(mnts_path, f"mount {mnt_id}: {why}", criu_entry[mnt_id])
-    return DumpedNamespace(
-        ns_id=ns_id,
-        tree=MountTree(tuple(mounts), header.kernel_ns_id),
-        drivers=drivers,
-        states=states,
-        external=external,
-        content=content,
+    return DumpedNamespace.of(
+        ns_id, MountTree(tuple(mounts), header.kernel_ns_id), drivers=drivers, states=states,
+        external=external, content=content,
     )
 
 

@@ -114,6 +114,8 @@ class Call:
         if self.op == "clone":
             where = f"host path {self.path}" if self.other is None else f"{o} at {self.path}"
             return f"{h} = copy of the mount at {where}"
+        if self.op == "reopen":
+            return f"{h} = the mount at {self.path or '.'} beneath {o}"
         if self.op == "attach":
             if self.other is None:
                 return f"attach {h} at host path {self.path}"
@@ -249,6 +251,11 @@ class MountOps:
         """The filesystem identity (statfs ``f_fsid``) of a mount, None if unknown."""
         raise NotImplementedError
 
+    def reopen(self, base: int, path: str) -> int:
+        """A handle of the mount at ``path`` beneath the attached mount ``base`` (the topmost
+        mount there), resolved through no link and no ``..``; for propagation changes."""
+        raise NotImplementedError
+
     def close(self, handle: int) -> None:
         raise NotImplementedError
 
@@ -346,6 +353,11 @@ class RecordingMountOps(MountOps):
 
     def fsid(self, handle: int) -> int | None:
         return None
+
+    def reopen(self, base: int, path: str) -> int:
+        h = self._new()
+        self.calls.append(Call("reopen", handle=h, other=base, path=path))
+        return h
 
     def close(self, handle: int) -> None:
         self.calls.append(Call("close", handle=handle))
@@ -762,6 +774,9 @@ class KernelMountOps(MountOps):
 
     def fsid(self, handle: int) -> int | None:
         return int(os.fstatvfs(handle).f_fsid)
+
+    def reopen(self, base: int, path: str) -> int:
+        return confine.open_beneath(base, path)
 
     def close(self, handle: int) -> None:
         os.close(handle)

@@ -22,37 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-#: fstype -> what its superblocks are keyed to: ``net`` and ``ipc`` (a namespace that a
-#: restore can be given or make anew), ``cgroup`` or ``kernel`` (one for the machine).
-KEYED: Final[Mapping[str, str]] = {
-    "sysfs": "net",
-    "nfsd": "net",
-    "rpc_pipefs": "net",
-    "mqueue": "ipc",
-    "cgroup": "cgroup",
-    "cgroup2": "cgroup",
-    "debugfs": "kernel",
-    "tracefs": "kernel",
-    "securityfs": "kernel",
-    "devtmpfs": "kernel",
-    "configfs": "kernel",
-    "pstore": "kernel",
-    "efivarfs": "kernel",
-    "fusectl": "kernel",
-    "binfmt_misc": "kernel",
-    "selinuxfs": "kernel",
-}
+from . import fstypes as _fstypes
 
-#: Types whose every mount is the kernel's one instance although FSCONFIG_CMD_CREATE_EXCL
-#: reports a new superblock (devtmpfs hands back its internal mount without asking sget;
-#: measured on 6.18: "new", with the device of the machine's /dev).
-SINGLETONS: Final = frozenset({"devtmpfs"})
-
-#: Keyed types whose parameters say *which* existing superblock is meant (a cgroup v1
-#: hierarchy is named by its controllers and ``name=``, and ignores other options when it
-#: exists). No other keyed type gets a parameter with a superblock it hands back: some apply
-#: them to it (cgroup2 its ``nsdelegate``..., tracefs and debugfs their mode, uid and gid).
-NAMED_BY_OPTIONS: Final = frozenset({"cgroup"})
+# The facts per fstype live in the one table (criu_fw.fstypes); these are its views.
+KEYED = _fstypes.KEYED
+SINGLETONS = _fstypes.SINGLETONS
+NAMED_BY_OPTIONS = _fstypes.NAMED_BY_OPTIONS
 
 #: Namespace kinds a restore can be given (``restore(netns=..., ipcns=...)``).
 NAMESPACE_NAMES: Final[Mapping[str, str]] = {"net": "network", "ipc": "IPC"}

@@ -11,7 +11,7 @@ bash scripts/bootstrap.sh
 py=.venv/bin/python
 cli=.venv/bin/criu-fw
 
-work=$(mktemp -d /tmp/criu-fw-demo-XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/criu-fw-demo-XXXXXX")
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done

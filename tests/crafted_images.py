@@ -20,6 +20,7 @@ from criu_fw.imageset import write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.plugins import DriverManager, load_drivers
 from criu_fw.proto import core_pb2, inventory_pb2
+from criu_fw.records import DumpedNamespace
 
 NS = 7
 U32 = struct.Struct("<I")
@@ -62,8 +63,9 @@ def write_dir(
     os.makedirs(image_dir, exist_ok=True)
     if drivers is None:
         drivers = {m.mnt_id: manager().owner(m.fstype) for m in mounts}
-    write_mount_namespace(image_dir, ns_id, MountTree(tuple(mounts)), drivers=drivers,
-                          states=states, external=external, content=content)  # fmt: skip
+    dumped = DumpedNamespace.of(ns_id, MountTree(tuple(mounts)), drivers=drivers, states=states,
+                                external=external, content=content)  # fmt: skip
+    write_mount_namespace(image_dir, dumped)
     write_inventory(image_dir, ns_id)
     return image_dir
 

@@ -162,7 +162,7 @@ def auto_externals(images: str) -> dict[str, str]:
     from criu_fw.restore import image_namespaces
 
     _, ids = image_namespaces(images)
-    keys = (k for i in ids for k in read_mount_namespace(images, i).external.values())
+    keys = (r.external for i in ids for r in read_mount_namespace(images, i) if r.external)
     return {k: k for k in keys if k.startswith("/")}
 
 

@@ -16,16 +16,16 @@ from criu_fw.fsdrivers.aufs.state import AufsState
 from criu_fw.model import MountTree
 from criu_fw.mountinfo import parse
 from criu_fw.mountops import Call, RecordingMountOps
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, restore
 from fixtures.aufs.recording import AUFS_ROOT_ID, BRANCHES, MOUNTINFO, NS_MNT, SI
 
 STATE = AufsState(SI, tuple(Branch(p, perm) for p, perm in BRANCHES))
 BR = ":".join(f"{p}={perm}" for p, perm in BRANCHES)
 
 
-def namespace(mountinfo: str = MOUNTINFO) -> SimpleNamespace:
+def namespace(mountinfo: str = MOUNTINFO) -> DumpedNamespace:
     tree = MountTree.from_mounts(parse(mountinfo.encode()), ns_id=NS_MNT)
-    return SimpleNamespace(
+    return DumpedNamespace.of(
         NS_MNT,
         tree,
         drivers={m.mnt_id: "aufs" if m.fstype == "aufs" else "generic" for m in tree},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -174,3 +175,40 @@ def test_trace_follows_every_command_that_calls_drivers(
     assert any(x.startswith("rebuild_mount -> generic: mount ") for x in lines)
     lines = traced("verify", "-t", str(s.pid), "-D", images)
     assert any(x.startswith("parse_mount -> overlay: mount ") for x in lines)
+
+
+@pytest.mark.privileged
+def test_progress_lines_on_a_terminal_only_and_not_with_quiet(
+    scenario: Callable[..., NamespaceScenario], tmp_path: Path
+) -> None:
+    s = scenario("mkdir t && mount -t tmpfs tt t && echo x > t/f")
+
+    def dump_on(tty: bool, *extra: str) -> str:
+        images = tmp_path / f"img{len(list(tmp_path.iterdir()))}"
+        args = [str(CONSOLE), "dump", "-t", str(s.pid), "-D", str(images), "--external-auto",
+                *extra]
+        if not tty:
+            return subprocess.run(args, capture_output=True, text=True, check=True).stderr
+        main_fd, sub_fd = os.openpty()
+        try:
+            subprocess.run(args, stdout=subprocess.DEVNULL, stderr=sub_fd, check=True)
+            os.close(sub_fd)
+            out = b""
+            with contextlib.suppress(OSError):  # EIO once the terminal's other end is gone
+                while chunk := os.read(main_fd, 65536):
+                    out += chunk
+            return out.decode()
+        finally:
+            os.close(main_fd)
+
+    def phases_of(err: str) -> list[str]:
+        found = (re.match(r"criu-fw: +[0-9.]+ s  (.*)$", x) for x in err.splitlines())
+        return [m.group(1) for m in found if m]
+
+    phases = phases_of(dump_on(True))
+    assert phases[0] == "froze 1 process"
+    assert any(p.startswith("read ") and " mounts of 1 namespace" in p for p in phases)
+    assert any(p.startswith("saved the content of ") for p in phases)
+    assert phases[-1].startswith("wrote the process images into ")
+    assert phases_of(dump_on(True, "--quiet")) == []
+    assert phases_of(dump_on(False)) == []

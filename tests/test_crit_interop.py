@@ -25,6 +25,7 @@ from criu_fw.proto import (
     pstree_pb2,
     vma_pb2,
 )
+from criu_fw.records import DumpedNamespace
 from google.protobuf.message import Message
 
 pytestmark = pytest.mark.crit
@@ -181,9 +182,8 @@ def test_mount_namespace_images_and_text_that_is_not_utf8(tmp_path: Path) -> Non
                   ("rw", os.fsdecode(b"lowerdir=/l\xff"))),
         )
     )  # fmt: skip
-    names = write_mount_namespace(
-        str(tmp_path), 2, tree, drivers={20: "generic", 30: "generic", 31: "overlay"}
-    )
+    drivers = {20: "generic", 30: "generic", 31: "overlay"}
+    names = write_mount_namespace(str(tmp_path), DumpedNamespace.of(2, tree, drivers=drivers))
     shown = crit_decode(str(tmp_path / names[0]))
     assert shown["magic"] == "MNTS"
     assert [e["mnt_id"] for e in shown["entries"]] == [31, 30, 20]

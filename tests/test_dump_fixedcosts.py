@@ -12,6 +12,7 @@ from criu_fw.images import write_serialized
 from criu_fw.imageset import mount_image_names, read_mount_namespace, write_mount_namespace
 from criu_fw.model import MountTree
 from criu_fw.mountinfo import parse
+from criu_fw.records import DumpedNamespace
 
 TABLE = (
     b"1 0 0:20 / / rw - tmpfs root rw\n"
@@ -26,11 +27,12 @@ def test_mount_images_into_files_created_ahead_are_the_same_bytes(tmp_path: Path
     plain, ahead = tmp_path / "plain", tmp_path / "ahead"
     plain.mkdir()
     ahead.mkdir()
-    names = write_mount_namespace(str(plain), 3, tree, drivers=drivers)
+    names = write_mount_namespace(str(plain), DumpedNamespace.of(3, tree, drivers=drivers))
     assert tuple(names) == mount_image_names(3)
     files = {n: open(ahead / n, "xb") for n in names}  # noqa: SIM115
     try:
-        assert write_mount_namespace(str(ahead), 3, tree, drivers=drivers, files=files) == names
+        dumped = DumpedNamespace.of(3, tree, drivers=drivers)
+        assert write_mount_namespace(str(ahead), dumped, files=files) == names
     finally:
         for f in files.values():
             f.close()

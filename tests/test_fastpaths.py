@@ -22,6 +22,7 @@ from criu_fw.imageset import _fw_mount, criu_mnt_entry, write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree, Propagation
 from criu_fw.mountinfo import parse, parse_line, read_while_written
 from criu_fw.proto import fwstate_pb2
+from criu_fw.records import DumpedNamespace
 from criu_fw.testing import NamespaceScenario
 from helpers import LabelState
 
@@ -117,8 +118,9 @@ def test_mount_images_are_those_of_messages_built_one_by_one(tmp_path: Path) -> 
     states: dict[int, DriverState | None] = {i: LabelState(f"s{i}") for i in ids[::7]}
     external = {i: f"key-{i % 3}" for i in ids[::5]}
     content = {i: "tmpfs-dev-1.tar.gz.img" for i in ids[::4]}
-    write_mount_namespace(str(tmp_path), 3, tree, drivers=drivers, states=states,
-                          external=external, content=content)  # fmt: skip
+    dumped = DumpedNamespace.of(3, tree, drivers=drivers, states=states, external=external,
+                                content=content)  # fmt: skip
+    write_mount_namespace(str(tmp_path), dumped)
     criu = frames(tmp_path / "mountpoints-3.img")
     assert criu == [criu_mnt_entry(m, external.get(m.mnt_id)).SerializeToString()
                     for m in reversed(mounts)]  # fmt: skip
@@ -141,8 +143,8 @@ def test_mount_images_fail_as_messages_do(tmp_path: Path) -> None:
         with pytest.raises(ValueError):
             criu_mnt_entry(bad)
         with pytest.raises(ValueError):
-            write_mount_namespace(str(tmp_path), 1, tree, drivers=dict.fromkeys((5, bad.mnt_id),
-                                                                               "generic"))
+            drivers = dict.fromkeys((5, bad.mnt_id), "generic")
+            write_mount_namespace(str(tmp_path), DumpedNamespace.of(1, tree, drivers=drivers))
 
 
 @pytest.mark.privileged
@@ -237,7 +239,7 @@ def test_mount_images_of_templates_copied_between_peer_groups(tmp_path: Path) ->
     ]  # fmt: skip
     tree = MountTree(tuple(mounts))
     drivers = dict.fromkeys((m.mnt_id for m in mounts), "generic")
-    write_mount_namespace(str(tmp_path), 2, tree, drivers=drivers)
+    write_mount_namespace(str(tmp_path), DumpedNamespace.of(2, tree, drivers=drivers))
     criu = frames(tmp_path / "mountpoints-2.img")
     assert criu == [criu_mnt_entry(m).SerializeToString() for m in reversed(mounts)]
     fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]
@@ -261,7 +263,8 @@ def test_mount_images_of_templates_copied_between_superblocks(tmp_path: Path) ->
     tree = MountTree(tuple(mounts))
     drivers = dict.fromkeys((m.mnt_id for m in mounts), "generic")
     content = {m.mnt_id: c for n, m in enumerate(mounts) if (c := contents[n % 3]) is not None}
-    write_mount_namespace(str(tmp_path), 2, tree, drivers=drivers, content=content)
+    dumped = DumpedNamespace.of(2, tree, drivers=drivers, content=content)
+    write_mount_namespace(str(tmp_path), dumped)
     criu = frames(tmp_path / "mountpoints-2.img")
     assert criu == [criu_mnt_entry(m).SerializeToString() for m in reversed(mounts)]
     fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]

@@ -16,7 +16,7 @@ from criu_fw.model import MountTree
 from criu_fw.mountinfo import parse_line
 from criu_fw.mountops import RecordingMountOps
 from criu_fw.plugins import DriverManager
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, restore
 from helpers import MOUNT, LabelState, Ram, Wrap, ram_manager
 
 
@@ -168,7 +168,7 @@ class Refuser(FsDriver):
 def test_a_restore_error_names_the_mount_once() -> None:
     root = parse_line(b"1 0 0:30 / / rw - tmpfs t rw")
     ram = parse_line(b"2 1 0:31 / /r rw - ramfs r rw")
-    ns = SimpleNamespace(1, MountTree([root, ram], ns_id=1), drivers={2: "refuser"})
+    ns = DumpedNamespace.of(1, MountTree([root, ram], ns_id=1), drivers={2: "refuser"})
     with pytest.raises(RestoreError) as err:
         restore("/x", namespaces=[ns], ops=RecordingMountOps(), plugins=[Refuser()])
     assert str(err.value) == (

@@ -234,7 +234,7 @@ def test_an_overlay_of_500_layers_with_4k_paths_still_fits(tmp_path: Path) -> No
     mnts, fw = paths(d)
     assert os.path.getsize(mnts) > 2_000_000 and os.path.getsize(fw) > 6_000_000
     got = read_mount_namespace(d, NS, manager())
-    assert got.tree.get(4) == ovl and got.states[4] == state
+    assert got.tree.get(4) == ovl and got.record(4).state == state
 
 
 # -- what the images say ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from criu_fw.cli import main
 from criu_fw.images import write_image
 from criu_fw.proto import pstree_pb2
+from criu_fw.records import DumpedNamespace
 
 
 def test_show_prints_json(tmp_path: Path) -> None:
@@ -41,8 +42,8 @@ def test_show_fw_image_with_driver_state(tmp_path: Path) -> None:
     from helpers import LabelState
 
     tree = MountTree((Mount(1, 0, Dev(0, 30), "/", "/", "tmpfs", "none", ("rw",), ("rw",)),))
-    write_mount_namespace(str(tmp_path), 3, tree, drivers={1: "generic"},
-                          states={1: LabelState("hello")})  # fmt: skip
+    dumped = DumpedNamespace.of(3, tree, drivers={1: "generic"}, states={1: LabelState("hello")})
+    write_mount_namespace(str(tmp_path), dumped)
     res = CliRunner().invoke(main, ["show", str(tmp_path / "fw-mountpoints-3.img")])
     assert res.exit_code == 0, res.output
     shown = json.loads(res.output)

@@ -90,17 +90,15 @@ def test_round_trip_of_a_real_namespace(
     assert any(m.fstype == "overlay" and not images.is_exact_utf8(",".join(m.super_options))
                for m in tree)  # fmt: skip
 
-    written = write_mount_namespace(
-        str(tmp_path), 7, tree, drivers=drivers, states=states, external=external, content=content
-    )
+    dumped = DumpedNamespace.of(7, tree, drivers=drivers, states=states, external=external,
+                                content=content)  # fmt: skip
+    written = write_mount_namespace(str(tmp_path), dumped)
     assert written == ["mountpoints-7.img", "fw-mountpoints-7.img"]
     got = read_mount_namespace(str(tmp_path), 7, mgr)
     assert isinstance(got, DumpedNamespace)
     assert got.tree == tree
     assert list(got.tree.mounts) == list(tree.mounts)  # same order, every field equal
-    assert got.drivers == drivers
-    assert got.states == {m.mnt_id: states.get(m.mnt_id) for m in tree}
-    assert got.external == external and got.content == content
+    assert got == dumped
 
     # CRIU's image: reverse mountinfo order, escaped text, CRIU's fields.
     crit_view = images.read_image(str(tmp_path / "mountpoints-7.img"), mnt_pb2.mnt_entry)
@@ -137,8 +135,8 @@ SMALL = MountTree(
 
 
 def write_small(tmp_path: Path, **kw: Any) -> None:
-    write_mount_namespace(str(tmp_path), 1, SMALL, drivers=dict.fromkeys((1, 2, 3), "generic"),
-                          **kw)  # fmt: skip
+    drivers = dict.fromkeys((1, 2, 3), "generic")
+    write_mount_namespace(str(tmp_path), DumpedNamespace.of(1, SMALL, drivers=drivers, **kw))
 
 
 def test_round_trip_synthetic_and_unsupported_fstypes(tmp_path: Path) -> None:
@@ -160,7 +158,7 @@ def test_unknown_state_type(tmp_path: Path) -> None:
         "'google.protobuf.StringValue' is unknown to the loaded drivers"
     )
     got = read_mount_namespace(str(tmp_path), 1, manager(LabelDriver()))
-    assert got.states == {1: None, 2: LabelState("x"), 3: None}
+    assert [r.state for r in got] == [None, LabelState("x"), None]
 
 
 def rewrite_fw(tmp_path: Path, edit: Callable[[list[fwstate_pb2.fw_entry]], object]) -> str:
@@ -216,7 +214,8 @@ def test_missing_and_inconsistent_images(tmp_path: Path) -> None:
 
 def test_writer_checks_its_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no driver given for mount 3 at '/tmp/x'"):
-        write_mount_namespace(str(tmp_path), 1, SMALL, drivers={1: "generic", 2: "generic"})
+        dumped = DumpedNamespace.of(1, SMALL, drivers={1: "generic", 2: "generic"})
+        write_mount_namespace(str(tmp_path), dumped)
     with pytest.raises(ValueError, match=r"external names mount id\(s\) \[9\]"):
         write_small(tmp_path, external={9: "x"})
 
@@ -259,7 +258,7 @@ class PrivDriver(FsDriver):
 def test_state_in_a_private_pool_round_trips_and_shows(tmp_path: Path) -> None:
     write_small(tmp_path, states={3: PrivState(("a", "b"))})
     mgr = manager(PrivDriver())
-    assert read_mount_namespace(str(tmp_path), 1, mgr).states[3] == PrivState(("a", "b"))
+    assert read_mount_namespace(str(tmp_path), 1, mgr).record(3).state == PrivState(("a", "b"))
     path = str(tmp_path / "fw-mountpoints-1.img")
     shown = images.image_to_dict(path, mgr=mgr)["entries"][3]["mount"]["state"]
     assert shown == {"@type": "xpriv.Priv", "layers": ["a", "b"]}

@@ -76,7 +76,7 @@ def test_hidden_or_moved_layers(scenario: Scn, tmp_path: os.PathLike[str], case:
     ns, _ = image_namespaces(images)
     dumped = read_mount_namespace(images, ns)
     ovl = at(dumped.tree, f"{D}/{ovl_at}")
-    state = dumped.states[ovl.mnt_id]
+    state = dumped.record(ovl.mnt_id).state
     assert isinstance(state, OverlayState)
     assert [(namespace_path(dumped.tree, x), x.found) for x in state.layers] == [
         (f"{D}/{p}", how) for p in now
@@ -105,7 +105,7 @@ def test_covered_overlay_is_still_checked(scenario: Scn, tmp_path: os.PathLike[s
     ns, _ = image_namespaces(images)
     dumped = read_mount_namespace(images, ns)
     ovl = next(m for m in dumped.tree if m.fstype == "overlay")
-    state = dumped.states[ovl.mnt_id]
+    state = dumped.record(ovl.mnt_id).state
     assert isinstance(state, OverlayState)
     assert [(namespace_path(dumped.tree, x), x.verdict) for x in state.layers] == [
         (f"{D}/W/l1", Verdict.CONFIRMED),

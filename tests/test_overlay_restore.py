@@ -19,7 +19,7 @@ from criu_fw.fsdrivers.overlay.layers import namespace_path
 from criu_fw.fsdrivers.overlay.options import parse_options
 from criu_fw.model import MountTree
 from criu_fw.mountinfo import read_mountinfo
-from criu_fw.restore import RestoreResult, SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, RestoreResult, restore
 from criu_fw.testing import NamespaceScenario
 from overlay_helpers import at, host_devices, parse
 
@@ -45,7 +45,7 @@ def rebuild(
     ctx, tree = context_of(pid)
     ovl = at(tree, mountpoint)
     state = parse(ctx, tree, ovl)
-    ns = SimpleNamespace(
+    ns = DumpedNamespace.of(
         tree.ns_id, tree, drivers={ovl.mnt_id: "overlay"}, states={ovl.mnt_id: state}
     )
     return restore(

@@ -202,7 +202,7 @@ rm -r W/ovl/dir && mkdir W/ovl/dir && echo fresh > W/ovl/dir/f
     checkpoint(s.pid, images)
     root, _ = image_namespaces(images)
     dumped = read_mount_namespace(images, root)
-    assert {dumped.tree.find(i).mountpoint for i in dumped.content} >= {W, f"{W}/low"}
+    assert {r.mount.mountpoint for r in dumped if r.content} >= {W, f"{W}/low"}
     with restored(images, root="/") as pid:
         assert inside(pid, f"cd {W}/ovl && {merged}") == want
         assert inside(pid, f"cat {W}/low/a {W}/low/g") == "a\ngone\n"  # the lower untouched

@@ -23,6 +23,7 @@ from criu_fw.imageset import read_mount_namespace, write_mount_namespace
 from criu_fw.mountinfo import read_mountinfo
 from criu_fw.plan import NewSuperblock
 from criu_fw.plugins import DriverConfig, DriverManager
+from criu_fw.records import DumpedNamespace
 from criu_fw.testing import NamespaceScenario
 from criu_fw.tracing import Tracer
 
@@ -196,11 +197,11 @@ def test_every_hook_of_the_thirdparty_driver_on_real_mounts(
         assert image.startswith("ramfs-") and (tmp_path / image).exists()
 
         # The state travels in criu-fw's image packed in Any, typed by the driver's message.
-        write_mount_namespace(str(tmp_path), 1, tree,
-                              drivers={m.mnt_id: mgr.owner(m.fstype) for m in tree},
-                              states={mount.mnt_id: state})
+        drivers = {m.mnt_id: mgr.owner(m.fstype) for m in tree}
+        dumped = DumpedNamespace.of(1, tree, drivers=drivers, states={mount.mnt_id: state})
+        write_mount_namespace(str(tmp_path), dumped)
         back = read_mount_namespace(str(tmp_path), 1, mgr)
-        assert back.states[mount.mnt_id] == state
+        assert back.record(mount.mnt_id).state == state
         assert type(state).MESSAGE.DESCRIPTOR.full_name == "criu_fw_ramfs.RamfsState"
 
         rctx = RestoreContext(image_dir=str(tmp_path), tree=tree)

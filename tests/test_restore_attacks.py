@@ -28,7 +28,7 @@ from criu_fw.fsdrivers.overlay.options import LayerSpec, Role
 from criu_fw.fsdrivers.overlay.state import OverlayState
 from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.mountinfo import read_mountinfo
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, restore
 from criu_fw.testing import host_mount_table
 
 pytestmark = pytest.mark.privileged
@@ -121,7 +121,7 @@ def library(mounts: Sequence[Mount], image_dir: Path | str = "/nonexistent",
             drivers: Mapping[int, str] | None = None, **kw: object) -> str:
     """The same tree restored through the library, without the image reader's checks."""
     tree = MountTree(tuple(mounts), 1)
-    ns = SimpleNamespace(1, tree, drivers=drivers or {}, **kw)  # type: ignore[arg-type]
+    ns = DumpedNamespace.of(1, tree, drivers=drivers or {}, **kw)  # type: ignore[arg-type]
     with pytest.raises(RestoreError) as err:
         restore(str(image_dir), namespaces=[ns], detach=True)
     return str(err.value)
@@ -268,7 +268,7 @@ def test_escape_from_root_by_link_or_dotdot(tmp_path: Path, canary: Path) -> Non
         refused(out, "mount 2")
         with pytest.raises(RestoreError) as err:
             tree = MountTree(tuple(_root_tree(bind)), 1)
-            restore("/x", root=str(tree_root), namespaces=[SimpleNamespace(1, tree)],
+            restore("/x", root=str(tree_root), namespaces=[DumpedNamespace.of(1, tree)],
                     detach=True)
         assert str(err.value).startswith("mount 2 at '/e'"), str(err.value)
         assert "symbolic link" in str(err.value) or "'..' component" in str(err.value)

@@ -57,7 +57,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def externals(images: str) -> list[str]:
     _, ids = image_namespaces(images)
-    keys = {k for i in ids for k in read_mount_namespace(images, i).external.values()}
+    keys = {r.external for i in ids for r in read_mount_namespace(images, i) if r.external}
     return [f"--external=mnt[{k}]:{k}" for k in sorted(keys) if k.startswith("/")]
 
 

@@ -3,8 +3,10 @@
 The executor creates later, independent superblocks while the job runs, waits for it before
 anything is cut from the filling superblock, and cancels it when the restore fails. These
 checks use the recording mount layer with a test driver whose job is scripted (nothing is
-mounted; the real job, the generic driver's tar, is exercised by every round trip with tmpfs
-content and by test_restore_errors' corrupt archive case).
+mounted; the real job, the generic driver's tar for big archives, is exercised by
+test_content_archives and by test_restore_errors' corrupt archive cases). Superblocks with
+content of their own are made ahead too, starting their jobs, while fewer than
+``executor.CONTENT_WORKERS`` run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from criu_fw.model import Mount, MountTree
 from criu_fw.mountinfo import parse
 from criu_fw.mountops import Call, ParamArg, RecordingMountOps
 from criu_fw.plan import ContentJob, MountPlan, NewSuperblock
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, executor, restore
 
 # The root (a fillfs with content) and a bind of a directory in it; two plain tmpfs that can
 # be made while the root is being filled; a second fillfs with content of its own.
@@ -99,7 +101,7 @@ def _run(ops: _Ops, **driver: object) -> None:
     tree = MountTree.from_mounts(parse(MOUNTINFO.encode()), ns_id=9)
     content = {1: "root.img", 5: "other.img"}
     restore("/nonexistent", ops=ops, plugins=[_FillFs(ops.calls, **driver)],  # type: ignore[arg-type]
-            namespaces=[SimpleNamespace(9, tree, content=content)])
+            namespaces=[DumpedNamespace.of(9, tree, content=content)])
 
 
 def _index(calls: list[Call], pred: Callable[[Call], bool]) -> int:
@@ -110,6 +112,12 @@ def _sb(source: str) -> Callable[[Call], bool]:
     return lambda c: c.op == "new_superblock" and c.source == source
 
 
+@pytest.fixture
+def one_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "CONTENT_WORKERS", 1)
+
+
+@pytest.mark.usefixtures("one_worker")
 def test_independent_superblocks_are_made_while_the_content_job_runs() -> None:
     ops = _Ops()
     _run(ops)
@@ -120,8 +128,8 @@ def test_independent_superblocks_are_made_while_the_content_job_runs() -> None:
     # Both plain tmpfs come between the job's start and the wait for it ...
     assert started < _index(calls, _sb("ta")) < waited
     assert started < _index(calls, _sb("tb")) < waited
-    # ... but a superblock with content of its own waits for its turn, and nothing is cut
-    # from the root's superblock before its content is in.
+    # ... but with one worker, a superblock with content of its own waits for its turn, and
+    # nothing is cut from the root's superblock before its content is in.
     assert _index(calls, _sb("other")) > waited
     first_clone = _index(calls, lambda c: c.op == "clone" and c.other == root_handle)
     assert first_clone > waited
@@ -129,6 +137,38 @@ def test_independent_superblocks_are_made_while_the_content_job_runs() -> None:
     assert sorted(c.source or "" for c in ops.of("new_superblock")) == [
         "other", "root", "ta", "tb"]
     assert [c.path for c in ops.of("job_wait")] == ["root.img", "other.img"]
+
+
+def test_content_jobs_run_in_parallel_up_to_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(executor, "CONTENT_WORKERS", 2)
+    ops = _Ops()
+    _run(ops)
+    calls = ops.calls
+    started = {c.path: i for i, c in enumerate(calls) if c.op == "restore_content"}
+    waited = {c.path: i for i, c in enumerate(calls) if c.op == "job_wait"}
+    # The second superblock with content is made, and its job started, while the first
+    # one's runs (before the plain ones: a free worker first) ...
+    assert started["root.img"] < _index(calls, _sb("other")) < started["other.img"] \
+        < _index(calls, _sb("ta")) < waited["root.img"]
+    # ... and nothing is cut from either before its own job is waited for.
+    for source, image in (("root", "root.img"), ("other", "other.img")):
+        handle = calls[_index(calls, _sb(source))].handle
+        assert all(i > waited[image] for i, c in enumerate(calls)
+                   if c.op == "clone" and c.other == handle)
+    assert sorted(c.source or "" for c in ops.of("new_superblock")) == [
+        "other", "root", "ta", "tb"]
+
+
+def test_no_more_jobs_than_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(executor, "CONTENT_WORKERS", 1)
+    ops = _Ops()
+    _run(ops)
+    calls = ops.calls
+    started = [i for i, c in enumerate(calls) if c.op == "restore_content"]
+    waited = [i for i, c in enumerate(calls) if c.op == "job_wait"]
+    assert started[0] < waited[0] < started[1] < waited[1]
 
 
 def test_a_job_that_ends_at_once_changes_nothing_in_the_order() -> None:
@@ -139,6 +179,7 @@ def test_a_job_that_ends_at_once_changes_nothing_in_the_order() -> None:
     assert _index(calls, _sb("ta")) > waited
 
 
+@pytest.mark.usefixtures("one_worker")
 def test_superblocks_made_ahead_stay_within_the_descriptor_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Room for one handle (half of the two descriptors left) while the job runs.
@@ -163,9 +204,14 @@ def test_a_failed_job_names_the_mount_and_the_driver() -> None:
     )
 
 
-def test_a_failure_elsewhere_cancels_the_running_job() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failure_elsewhere_cancels_the_running_jobs(
+    monkeypatch: pytest.MonkeyPatch, workers: int,
+) -> None:
+    monkeypatch.setattr(executor, "CONTENT_WORKERS", workers)
     ops = _Ops(refuse="tb")
     with pytest.raises(RestoreError, match=r"^mount 4 at '/b' \(tmpfs, source 'tb'\): .*refused"):
         _run(ops)
-    assert [c.op for c in ops.calls if c.op.startswith("job_")] == ["job_cancel"]
+    jobs = [c.op for c in ops.calls if c.op.startswith("job_") or c.op == "restore_content"]
+    assert jobs == ["restore_content"] * workers + ["job_cancel"] * workers
     assert not any(c.op == "clone" for c in ops.calls)

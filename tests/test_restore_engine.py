@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import subprocess
+import sys
 from typing import ClassVar
 
 import pytest
@@ -22,7 +24,7 @@ from criu_fw.model import Dev, Mount, MountTree, Propagation
 from criu_fw.mountinfo import parse, read_mountinfo
 from criu_fw.mountops import Call, Fd, KernelMountOps, RecordingMountOps
 from criu_fw.plan import MountPlan, NewSuperblock, PathRef
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, restore
 
 MOUNTINFO = """\
 1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw
@@ -42,7 +44,7 @@ def tree_of(text: str = MOUNTINFO) -> MountTree:
 
 def dry(tree: MountTree, **kw: object) -> RecordingMountOps:
     ops = RecordingMountOps()
-    restore("/nonexistent", ops=ops, namespaces=[SimpleNamespace(9, tree)], **kw)  # type: ignore[arg-type]
+    restore("/nonexistent", ops=ops, namespaces=[DumpedNamespace.of(9, tree)], **kw)  # type: ignore[arg-type]
     return ops
 
 
@@ -153,12 +155,12 @@ def test_a_missing_dependency_names_both_mounts() -> None:
 def test_root_that_cannot_be_rebuilt_needs_root_option() -> None:
     ops = RecordingMountOps()
     with pytest.raises(RestoreError, match=r"mount 1 at '/' \(ext4, source '/dev/sda1'\).*--root"):
-        restore("/x", ops=ops, namespaces=[SimpleNamespace(9, tree_of())])
+        restore("/x", ops=ops, namespaces=[DumpedNamespace.of(9, tree_of())])
     assert ops.calls == []
 
 
 def test_external_mount_needs_a_mapping() -> None:
-    ns = SimpleNamespace(9, tree_of(), external={3: "data"})
+    ns = DumpedNamespace.of(9, tree_of(), external={3: "data"})
     with pytest.raises(RestoreError) as err:
         restore("/x", root="/", ops=RecordingMountOps(), namespaces=[ns])
     assert str(err.value) == (
@@ -185,7 +187,7 @@ def test_kernel_refusal_names_the_mount_and_leaves_nothing(tmp_path: os.PathLike
                 "bad", ("rw", "relatime"), ("rw", "bogus_opt"))
     tree = MountTree.from_mounts([*host.mounts, bad])
     with pytest.raises(RestoreError) as err:
-        restore("/x", root="/", namespaces=[SimpleNamespace(1, tree)], detach=True)
+        restore("/x", root="/", namespaces=[DumpedNamespace.of(1, tree)], detach=True)
     msg = str(err.value)
     assert msg.startswith(f"mount 999999 at {str(tmp_path)!r} (tmpfs, source 'bad'): fsconfig")
     assert "Unknown parameter 'bogus_opt'" in msg
@@ -200,7 +202,7 @@ def test_command_runs_in_the_restored_root_and_gives_its_status(tmp_path: os.Pat
                   "marker", ("rw", "relatime"), ("rw",))
     tree = MountTree.from_mounts([*host.mounts, extra])
     res = restore(
-        "/x", root="/", namespaces=[SimpleNamespace(1, tree)],
+        "/x", root="/", namespaces=[DumpedNamespace.of(1, tree)],
         command=["sh", "-c", "grep -q ' marker ' /proc/self/mountinfo && test $PWD = / && exit 7"],
     )
     assert res.exit_code == 7
@@ -220,7 +222,7 @@ def test_failed_restore_removes_the_mountpoints_it_made(tmp_path: os.PathLike[st
                 "bad", ("rw", "relatime"), ("rw", "bogus_opt"))
     tree = MountTree.from_mounts([root, made, file_dir, bad])
     with pytest.raises(RestoreError, match="bogus_opt"):
-        restore("/x", root="/", namespaces=[SimpleNamespace(1, tree)], detach=True)
+        restore("/x", root="/", namespaces=[DumpedNamespace.of(1, tree)], detach=True)
     assert os.listdir(base) == []
 
 
@@ -235,7 +237,7 @@ def test_external_of_the_wrong_kind_names_the_mount(tmp_path: os.PathLike[str]) 
     ext = Mount(999994, root.mnt_id, root.dev.__class__(0, 9994), "/", f"{base}/e",
                 "tmpfs", "ext", ("rw", "relatime"), ("rw",))
     tree = MountTree.from_mounts([root, ext])
-    ns = SimpleNamespace(1, tree, external={999994: "k"})
+    ns = DumpedNamespace.of(1, tree, external={999994: "k"})
     with pytest.raises(RestoreError) as err:
         restore("/x", root="/", namespaces=[ns], externals={"k": afile}, detach=True)
     assert str(err.value) == (
@@ -246,7 +248,7 @@ def test_external_of_the_wrong_kind_names_the_mount(tmp_path: os.PathLike[str]) 
     # A directory with mounts under it, mapped to a file: refused before anything is made.
     kid = Mount(999993, 999994, root.dev.__class__(0, 9993), "/", f"{base}/e/k", "tmpfs", "kid",
                 ("rw", "relatime"), ("rw",))
-    ns = SimpleNamespace(1, MountTree.from_mounts([root, ext, kid]), external={999994: "k"})
+    ns = DumpedNamespace.of(1, MountTree.from_mounts([root, ext, kid]), external={999994: "k"})
     with pytest.raises(RestoreError, match=r"^mount 999994 at .*: external 'k' is mapped to .*"
                        r"afile', a file, but the dumped mount was a directory"):
         restore("/x", root="/", namespaces=[ns], externals={"k": afile}, ops=RecordingMountOps())
@@ -274,10 +276,45 @@ def test_a_tree_wider_than_the_callers_descriptor_limit_restores(
     resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
     try:
         res = restore(
-            "/x", root="/", namespaces=[SimpleNamespace(1, tree)],
+            "/x", root="/", namespaces=[DumpedNamespace.of(1, tree)],
             command=["sh", "-c", f"test $(ulimit -n) = 128 && grep -c ' {base}/m.* shared:' "
                      f"/proc/self/mountinfo | grep -qx 300 && exit 7"],
         )
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert res.exit_code == 7
+
+
+@pytest.mark.privileged
+def test_shared_mounts_beyond_the_descriptor_budget_are_reopened_by_path(
+    tmp_path: os.PathLike[str],
+) -> None:
+    """Mounts kept only for their propagation give their handles back beyond a quarter of
+    the descriptor limit and are found again by path: 600 peer pairs restore under a hard
+    limit of 512 (a child of its own: the test's limit stays), where holding every handle
+    takes 1,200 descriptors."""
+    base = str(tmp_path)
+    program = f"""
+import sys
+from criu_fw.model import Dev, Mount, MountTree, Propagation
+from criu_fw.restore import DumpedNamespace, restore
+root = Mount(1, 0, Dev(8, 1), "/", "/", "ext4", "/dev/sda1", ("rw", "relatime"), ("rw",))
+proc = Mount(2, 1, Dev(0, 4999), "/", "/proc", "proc", "proc", ("rw",), ("rw",))
+mounts = [root, proc]
+for i in range(600):
+    dev, group = Dev(0, 6000 + i), Propagation(shared=100 + i)
+    for n, side in enumerate("ab"):
+        mounts.append(Mount(10 + 2 * i + n, 1, dev, "/", f"{base}/{{side}}{{i}}", "tmpfs",
+                            "wide", ("rw", "relatime"), ("rw",), group))
+# A mount made in one of a pair shows in the other: each pair is one peer group again.
+check = ("mount -t tmpfs probe {base}/a599 && "
+         "grep ' {base}/b599 ' /proc/self/mountinfo | grep -q ' probe ' && exit 7")
+res = restore("/x", root="/", namespaces=[DumpedNamespace.of(1, MountTree.from_mounts(mounts))],
+              command=["sh", "-c", check])
+sys.exit(res.exit_code)
+"""
+    res = subprocess.run(
+        ["prlimit", "--nofile=512:512", sys.executable, "-c", program],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert res.returncode == 7, res.stderr[-2000:]

@@ -9,18 +9,23 @@ external mount without a mapping, a tmpfs option the kernel refuses.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable, Iterator
 
+import attrs
 import pytest
 from criu_fw.dump import dump
+from criu_fw.fsdrivers.generic import content
 from criu_fw.images import KINDS, read_image, write_image
 from criu_fw.imageset import read_mount_namespace, write_mount_namespace
 from criu_fw.model import MountTree
 from criu_fw.proto import fwstate_pb2, inventory_pb2
+from criu_fw.records import DumpedNamespace
 from criu_fw.testing import NamespaceScenario
 
 pytestmark = pytest.mark.privileged
@@ -95,22 +100,65 @@ def test_missing_image_file(base: tuple[str, str], tmp_path: os.PathLike[str], n
 def test_missing_content_archive(base: tuple[str, str], tmp_path: os.PathLike[str]) -> None:
     images = _copy(base, tmp_path)
     ns = read_mount_namespace(images, 1)
-    (archive,) = [ns.content[m.mnt_id] for m in ns.tree if m.source == "ta"]
+    (archive,) = [r.content for r in ns if r.mount.source == "ta"]
     os.unlink(os.path.join(images, archive))
     _fails(_restore(images, "--external", "mnt[data]:/tmp"), archive, "'/", "(tmpfs, source 'ta')")
 
 
-def test_corrupt_content_archive(base: tuple[str, str], tmp_path: os.PathLike[str]) -> None:
-    # tar runs while the restore goes on (a content job); its failure is reported when the
-    # restore waits for it, and _restore checks that no tar is left running.
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_corrupt_content_archive(base: tuple[str, str], tmp_path: os.PathLike[str],
+                                 size: str) -> None:
+    # A small archive is unpacked in-process and refused at once; a large one goes to a tar
+    # that runs while the restore goes on (a content job), whose failure is reported when
+    # the restore waits for it (and _restore checks that no tar is left running).
     images = _copy(base, tmp_path)
     ns = read_mount_namespace(images, 1)
-    (archive,) = [ns.content[m.mnt_id] for m in ns.tree if m.source == "ta"]
+    (archive,) = [r.content for r in ns if r.mount.source == "ta"]
     with open(os.path.join(images, archive), "r+b") as f:
-        f.seek(10)
-        f.write(b"\xde\xad" * 64)
+        if size == "small":
+            f.seek(10)
+            f.write(b"\xde\xad" * 64)
+        else:
+            f.write(os.urandom(content.RESTORE_ARCHIVE + 4096))
     _fails(_restore(images, "--external", "mnt[data]:/tmp"), "(tmpfs, source 'ta')",
-           "driver 'generic'", f"{archive}: tar could not restore the content")
+           "driver 'generic'", f"{archive}: could not restore the content: ",
+           "not a gzip'd tar archive" if size == "small" else "tar (exit 2)")
+
+
+def _replace_archive(images: str, entries: list[tuple[str, bytes]]) -> str:
+    """The tmpfs archive of ``ta`` replaced by one holding ``entries`` (name, data)."""
+    ns = read_mount_namespace(images, 1)
+    (archive,) = [r.content for r in ns if r.mount.source == "ta"]
+    with tarfile.open(os.path.join(images, archive), "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return archive
+
+
+def test_content_archive_escaping_its_filesystem(base: tuple[str, str],
+                                                tmp_path: os.PathLike[str]) -> None:
+    images = _copy(base, tmp_path)
+    archive = _replace_archive(images, [("f", b"x"), ("../../../escaped", b"x")])
+    _fails(_restore(images, "--external", f"mnt[data]:{base[1]}/ext"),
+           f"at '{base[1]}/a' (tmpfs, source 'ta')", "driver 'generic'",
+           f"{archive}: could not restore the content: member ../../../escaped: its name "
+           "contains '..'")
+
+
+@pytest.mark.parametrize("way", ["in-process", "tar"])
+def test_content_larger_than_its_filesystem(base: tuple[str, str],
+                                            tmp_path: os.PathLike[str], way: str) -> None:
+    # ta is a size=1m tmpfs. 2 MiB of zeros make a small archive (unpacked in-process),
+    # 2 MiB of random bytes a big one (GNU tar).
+    images = _copy(base, tmp_path)
+    data = bytes(2 << 20) if way == "in-process" else os.urandom(2 << 20)
+    archive = _replace_archive(images, [("f", b"x"), ("big", data)])
+    why = "member big: " if way == "in-process" else ""
+    _fails(_restore(images, "--external", f"mnt[data]:{base[1]}/ext"),
+           f"at '{base[1]}/a' (tmpfs, source 'ta')",
+           f"{archive}: could not restore the content: {why}No space left on device (ENOSPC)")
 
 
 @pytest.mark.parametrize("spoil", ["truncate", "garble", "magic"])
@@ -165,10 +213,9 @@ def test_kernel_refuses_an_option(base: tuple[str, str], tmp_path: os.PathLike[s
         if m.source == "ta" else m
         for m in ns.tree
     ]
-    write_mount_namespace(
-        images, 1, MountTree(tuple(mounts), ns.tree.ns_id), drivers=ns.drivers,
-        states=ns.states, external=ns.external, content=ns.content,
-    )
+    tree = MountTree(tuple(mounts), ns.tree.ns_id)
+    kept = {m.mnt_id: attrs.evolve(ns.record(m.mnt_id), mount=m) for m in tree}
+    write_mount_namespace(images, DumpedNamespace(1, tree, kept))
     line = _fails(_restore(images, "--external", f"mnt[data]:{base[1]}/ext"),
                   f"at '{base[1]}/a' (tmpfs, source 'ta')", "fsconfig",
                   "Unknown parameter 'bogus_opt'")

@@ -16,7 +16,7 @@ from criu_fw.errors import RestoreError, SyscallError
 from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.mountinfo import read_mountinfo
 from criu_fw.mountops import KernelMountOps
-from criu_fw.restore import RestoreResult, SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, RestoreResult, restore
 from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario
 from test_roundtrip import dump_scenario
@@ -153,7 +153,7 @@ def test_legacy_data_over_a_page_names_the_mount(tmp_path: os.PathLike[str]) -> 
     huge = Mount(2, 1, Dev(0, 9002), "/", "/h", "hugefs", "huge", ("rw", "relatime"), ("rw",))
     tree = MountTree.from_mounts([root, huge], ns_id=1)
     with pytest.raises(RestoreError) as err:
-        restore(str(tmp_path), namespaces=[SimpleNamespace(1, tree)], plugins=[Huge()],
+        restore(str(tmp_path), namespaces=[DumpedNamespace.of(1, tree)], plugins=[Huge()],
                 detach=True)
     msg = str(err.value)
     assert msg.startswith("mount 2 at '/h' (hugefs, source 'huge'): "), msg

@@ -30,7 +30,7 @@ from criu_fw import kernel
 from criu_fw.model import MountTree
 from criu_fw.mountinfo import parse
 from criu_fw.mountops import KernelMountOps, NotOwnedError, RecordingMountOps
-from criu_fw.restore import SimpleNamespace, restore
+from criu_fw.restore import DumpedNamespace, restore
 from criu_fw.restore.verify import verify
 from criu_fw.superblocks import predicted_shared
 from criu_fw.testing import READY, NamespaceScenario
@@ -413,7 +413,7 @@ TREE = """\
 def _dry(namespaces: dict[str, str]) -> RecordingMountOps:
     tree = MountTree.from_mounts(parse(TREE.encode()), ns_id=9)
     ops = RecordingMountOps(shared=predicted_shared(namespaces))
-    restore("/nonexistent", ops=ops, namespaces=[SimpleNamespace(9, tree)], root="/srv/root")
+    restore("/nonexistent", ops=ops, namespaces=[DumpedNamespace.of(9, tree)], root="/srv/root")
     return ops
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -115,3 +116,10 @@ def cli_plugins(ctx: click.Context) -> list[object]:
     plugins = ctx.meta.get("criu_fw.plugins", [])
     assert isinstance(plugins, list)
     return plugins
+
+
+def progress_lines(quiet: bool) -> Callable[[str], None] | None:
+    """Where a long command's progress goes: stderr, on a terminal, unless ``--quiet``."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    return lambda line: click.echo(f"criu-fw: {line}", err=True)

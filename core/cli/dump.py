@@ -7,7 +7,7 @@ import re
 import click
 
 from ..dump import dump
-from .base import driver_manager
+from .base import driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<mp>/[^\]]*)\]:(?P<key>.+)$")
 
@@ -42,17 +42,20 @@ def parse_external(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--proc-root", default="/proc", show_default=True,
               help="Read /proc from here (a recorded tree: nothing is frozen or entered).")
 @click.option("--sys-root", default="/sys", show_default=True, help="Read /sys from here.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress lines (shown on a terminal only, on stderr).")
 @click.pass_context
 def dump_cmd(
     ctx: click.Context, pid: int, image_dir: str, externals: tuple[str, ...],
     external_auto: bool, leave_stopped: bool, root: str | None, proc_root: str, sys_root: str,
+    quiet: bool,
 ) -> None:
     """Checkpoint the mount namespaces, open files and file mappings of a process tree."""
     ext = parse_external(externals)
     res = dump(
         pid, image_dir, manager=driver_manager(ctx), externals=ext,
         auto_external=external_auto, leave_stopped=leave_stopped, root=root,
-        proc_root=proc_root, sys_root=sys_root,
+        proc_root=proc_root, sys_root=sys_root, progress=progress_lines(quiet),
     )
     mounts = sum(res.namespaces.values())
     click.echo(

@@ -12,7 +12,7 @@ from ..errors import UsageError
 from ..mountops import RecordingMountOps
 from ..restore import restore
 from ..superblocks import predicted_shared
-from .base import driver_manager
+from .base import driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")
 _DEVICE = re.compile(r"^dev\[(?P<major>\d+)[:/](?P<minor>\d+)\]:(?P<path>.+)$")
@@ -73,13 +73,15 @@ def split_externals(values: tuple[str, ...]) -> tuple[dict[str, str], dict[str, 
 @click.option("--ipcns", metavar="new|PATH",
               help="The same for the IPC namespace (an mqueue).")
 @click.option("--dry-run", is_flag=True, help="Print the mount requests, mount nothing.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress lines (shown on a terminal only, on stderr).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
 def restore_cmd(
     ctx: click.Context, image_dir: str, root: str | None, externals: tuple[str, ...],
     allow_host: tuple[str, ...],
     detach: bool, pidfile: str | None, outside_masters: str, netns: str | None,
-    ipcns: str | None, dry_run: bool, command: tuple[str, ...],
+    ipcns: str | None, dry_run: bool, quiet: bool, command: tuple[str, ...],
 ) -> None:
     """Rebuild the dumped mount namespaces in new private namespaces.
 
@@ -95,8 +97,8 @@ def restore_cmd(
     result = restore(
         image_dir, root=root, externals=mounts, devices=devices, allow_host=allow_host,
         command=list(command) or None, detach=detach, pidfile=pidfile,
-        manager=mgr, ops=ops, outside_masters=outside_masters,
-        netns=netns, ipcns=ipcns,
+        manager=mgr, ops=ops, outside_masters=outside_masters, netns=netns, ipcns=ipcns,
+        progress=progress_lines(quiet or dry_run),
     )
     if ops is not None:
         for call in ops.calls:

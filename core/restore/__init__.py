@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
+from ..records import DumpedNamespace, MountRecord
 from .engine import RestoreResult, image_namespaces, read_namespaces, restore
-from .plans import NamespaceImage, SimpleNamespace
 
 __all__ = [
-    "NamespaceImage",
+    "DumpedNamespace",
+    "MountRecord",
     "RestoreResult",
-    "SimpleNamespace",
     "image_namespaces",
     "read_namespaces",
     "restore",

@@ -32,15 +32,13 @@ import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..fstypes import fstype as fstype_row
 from ..images import image_to_dict
 from ..plugins import DriverManager, resolve_manager
 from .engine import image_namespaces
 
 _CONTENT = re.compile(r"^tmpfs-dev-(\d+)\.tar\.gz\.img$")
 _LAYER_OPTIONS = frozenset({"lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir"})
-#: Options that describe the state of a directory, not the mount (overlay: the first mount of
-#: a fresh upper directory shows ``uuid=on``; a later mount of the same upper does not).
-_VOLATILE = {"overlay": frozenset({"uuid"})}
 #: Per-layer fields that are identities or spellings: the dump resolved ``lowerdir=c/l``
 #: (relative to a cwd, or behind a pivot_root's stale prefix: ``found``), the restore passes
 #: the same directory by descriptor (shown as ``lowerdir+=/abs``), on a new tmpfs (new
@@ -89,7 +87,7 @@ def _mount_names(crit: Iterable[dict[str, Any]]) -> dict[int, str]:
 
 def _options(text: str | Iterable[str], fstype: str, layered: bool) -> list[str]:
     opts = text.split(",") if isinstance(text, str) else list(text)
-    skip = set(_VOLATILE.get(fstype, ()))
+    skip = set(fstype_row(fstype).volatile_options)
     if layered:
         skip |= _LAYER_OPTIONS
     return sorted(o for o in opts if o and o.partition("=")[0] not in skip)

@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
@@ -24,7 +24,9 @@ from ..errors import CriuFwError, ImageError, UsageError
 from ..images import read_image
 from ..mountops import KernelMountOps, MountOps
 from ..plugins import DriverConfig, DriverManager, resolve_manager
+from ..progress import Progress, count
 from ..proto import inventory_pb2
+from ..records import DumpedNamespace
 from .build import SameNamespace, build_all
 from .child import (
     KernelNamespaces,
@@ -35,7 +37,7 @@ from .child import (
 )
 from .order import Step, order_steps
 from .outside import close_all, host_masters, open_masters
-from .plans import NamespaceImage, NamespacePlan, plan_namespaces
+from .plans import NamespacePlan, plan_namespaces
 
 #: The newest CRIU inventory image version criu-fw reads (CRIU writes 2).
 INVENTORY_VERSION = 2
@@ -137,7 +139,7 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
     return root, [root] + [i for i in ids if i != root]
 
 
-def read_namespaces(image_dir: str, mgr: DriverManager) -> tuple[int, list[NamespaceImage]]:
+def read_namespaces(image_dir: str, mgr: DriverManager) -> tuple[int, list[DumpedNamespace]]:
     from ..imageset import read_mount_namespace
 
     root, ids = image_namespaces(image_dir)
@@ -158,11 +160,12 @@ def restore(
     config: DriverConfig | None = None,
     manager: DriverManager | None = None,
     ops: MountOps | None = None,
-    namespaces: Sequence[NamespaceImage] | None = None,
+    namespaces: Sequence[DumpedNamespace] | None = None,
     proc_root: str = "/proc",
     outside_masters: str = "host",
     netns: str | None = None,
     ipcns: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> RestoreResult:
     """Restore every mount namespace dumped in ``image_dir``.
 
@@ -193,6 +196,7 @@ def restore(
         then rebuilt as its own superblock instead of being this machine's (see
         :mod:`criu_fw.superblocks`). The holders (and ``command``) stay in it.
     :param ipcns: the same for the IPC namespace (an mqueue's superblock).
+    :param progress: gets a line per phase (:mod:`criu_fw.progress`).
     """
     if command is not None and detach:
         raise UsageError("a command and --detach exclude each other")
@@ -210,6 +214,9 @@ def restore(
     else:
         spaces = list(namespaces)
         root_ns = spaces[0].ns_id
+    report = Progress(progress)
+    mounts = sum(len(ns.tree) for ns in spaces)
+    report(f"read {count(mounts, 'mount')} of {count(len(spaces), 'namespace')}")
     ctx = RestoreContext(
         image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
         allow_host=granted_dirs, devices=granted_devices,
@@ -225,14 +232,18 @@ def restore(
         for plan in plan_namespaces(spaces, mgr, ctx):
             plans.append((plan, order_steps(plan)))
         masters = host_masters([p for p, _ in plans], outside_masters)
+        report(f"planned {count(sum(len(s) for _, s in plans), 'step')}")
         result = RestoreResult(root_ns)
         fds = open_masters(masters)
         joins: list[NamespaceJoin] = []
         try:
             joins = open_namespaces(netns=netns, ipcns=ipcns)
-            return _run(
+            done = _run(
                 plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds, joins
             )
+            if command is None:
+                report(f"built {count(mounts, 'mount')}")
+            return done
         finally:
             close_namespaces(joins)
             close_all(fds)

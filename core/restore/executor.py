@@ -15,9 +15,12 @@ is driven by :mod:`.build`.
 Content put back by a job that runs on its own (a tar, see
 :class:`~criu_fw.plan.ContentJob`) overlaps the rest of the build: while it runs, the
 executor creates the superblocks that come later and depend on nothing (no layer, no
-content of their own), and it waits for the job only when a mount is cut from the filling
-superblock (every later use of it goes through such a mount), or at the end of its steps.
-That cut is the step right after the superblock's own, so one job runs at a time.
+mount), and it waits for the job only when a mount is cut from the filling superblock
+(every later use of it goes through such a mount), or at the end of its steps. A superblock
+made ahead that has content of its own starts its job too, while fewer than
+:data:`CONTENT_WORKERS` jobs run: big tmpfs are unpacked in parallel, one per CPU, while
+this process makes the rest (content a driver puts back before its hook returns, such as
+the generic driver's small archives, takes this process's time wherever it is done).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import contextlib
 import logging
 import os
 import resource
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from .. import kernel
@@ -43,6 +47,10 @@ from .plans import MountJob, NamespacePlan, SuperblockJob
 from .propagation import needs_propagation
 
 log = logging.getLogger("criu_fw.restore")
+
+#: How many content jobs may run at once: one per CPU this process may use (each is a
+#: tar with its gzip, mostly waiting on each other).
+CONTENT_WORKERS = max(1, len(os.sched_getaffinity(0)))
 
 _FLAG_ATTRS = {
     "ro": kernel.MOUNT_ATTR_RDONLY,
@@ -129,22 +137,41 @@ class Executor:
         self.deferred_attrs: list[Mount] = []
         #: Superblocks whose content is still being put back, by key.
         self.pending: dict[int, tuple[SuperblockJob, ContentJob]] = {}
-        self._ahead: list[SuperblockJob] = []  # superblocks that may be created early
+        # Superblocks that may be created early, without and with content, next one last.
+        self._ahead: list[SuperblockJob] = []
+        self._ahead_content: list[SuperblockJob] = []
+        self._working_ahead = False
         self._made: set[int] = set()  # keys of the superblocks created so far
+        # Mounts kept only for their propagation (set last) may give their handle back once
+        # more than a quarter of the descriptors are held so, and be opened again by path
+        # then: at 100,000 mounts, 3 in 10 with peers or masters outgrew a hard limit of
+        # 20,000 (EMFILE). Only mounts visible at their mountpoint: a path leads to them.
+        self._budget = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+        self._held = 0
+        self._propagation_only: set[int] = set()
+        self._reopened: OrderedDict[int, int] = OrderedDict()
         tree = plan.tree
         for sb in plan.superblocks.values():
             for ref in sb.plan.dependencies():
                 self.refs[ref] = self.refs.get(ref, 0) + 1
             if sb.readonly:
                 self.keep.add(sb.mount.mnt_id)
+        other_reasons = set(self.keep)
         for m in plan.mounts:
             kids = len(tree.children(m))
             self.refs[m.mnt_id] = self.refs.get(m.mnt_id, 0) + kids + 1
             if needs_propagation(m):
                 self.keep.add(m.mnt_id)
+                self._propagation_only.add(m.mnt_id)
             if kids and (plan.jobs[m.mnt_id].sb is None or mount_attrs(m) != _FRESH):
                 self.deferred_attrs.append(m)
                 self.keep.add(m.mnt_id)
+                other_reasons.add(m.mnt_id)
+        # The root stays: reopened mounts are found beneath it, whatever namespace the
+        # builder is in at the time.
+        self.keep.add(plan.root.mnt_id)
+        other_reasons.add(plan.root.mnt_id)
+        self._propagation_only -= other_reasons
         for mnt_id in self.keep:
             self.refs[mnt_id] = self.refs.get(mnt_id, 0) + 1
 
@@ -160,7 +187,9 @@ class Executor:
     def run(self, steps: Sequence[Step]) -> None:
         sbs = self.plan.superblocks
         # In step order from the end, so that pop() gives the next one.
-        self._ahead = [sbs[s.key] for s in reversed(steps) if s.kind == SB and _early(sbs[s.key])]
+        early = [sbs[s.key] for s in reversed(steps) if s.kind == SB and _early(sbs[s.key])]
+        self._ahead = [sb for sb in early if sb.content is None]
+        self._ahead_content = [sb for sb in early if sb.content is not None]
         try:
             for step in steps:
                 if step.kind == SB:
@@ -242,14 +271,28 @@ class Executor:
 
     def _work_ahead(self) -> None:
         """Create later, independent superblocks while content jobs run, within a share of
-        the descriptors left (each one is a handle held until its mounts are cut)."""
-        room = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _open_fds()) // 2
-        while self._ahead and room > 0 and not all(j.done() for _, j in self.pending.values()):
-            sb = self._ahead.pop()
-            if sb.key in self.pool.handle or sb.key in self._made:
-                continue
-            self._guard(sb.mount, self._superblock, sb)
-            room -= 1
+        the descriptors left (each one is a handle held until its mounts are cut): first one
+        with content of its own if a worker is free (its job starts), else one without."""
+        if self._working_ahead:
+            return  # a superblock made ahead started a job: this loop goes on with it
+        self._working_ahead = True
+        try:
+            room = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _open_fds()) // 2
+            while room > 0:
+                running = sum(not j.done() for _, j in self.pending.values())
+                if not running:
+                    break
+                queue = (self._ahead_content
+                         if self._ahead_content and running < CONTENT_WORKERS else self._ahead)
+                if not queue:
+                    break
+                sb = queue.pop()
+                if sb.key in self.pool.handle or sb.key in self._made:
+                    continue
+                self._guard(sb.mount, self._superblock, sb)
+                room -= 1
+        finally:
+            self._working_ahead = False
 
     def _wait(self, key: int) -> None:
         sb, job = self.pending.pop(key)
@@ -312,7 +355,16 @@ class Executor:
             rel = _relative(m.mountpoint, parent.mountpoint)
             self.ops.attach(h, self.handle[parent.mnt_id], rel)
             self._release(parent.mnt_id)
+            if m.mnt_id in self._propagation_only:
+                self._keep_or_give_back(m)
         self._release(m.mnt_id)
+
+    def _keep_or_give_back(self, m: Mount) -> None:
+        if self._held < self._budget or self.plan.tree.lookup(m.mountpoint) is not m:
+            self._held += 1
+            return
+        self.keep.discard(m.mnt_id)
+        self._release(m.mnt_id)  # its keep reference; :meth:`mount_handle` reopens it
 
     def _make_readonly(self, m: Mount) -> None:
         h = self.handle[m.mnt_id]
@@ -362,7 +414,21 @@ class Executor:
             self._guard(m, self._set_attrs, m)
 
     def mount_handle(self, m: Mount) -> int:
-        return self.handle[m.mnt_id]
+        """The handle of a mount of this namespace, opened again beneath the root where it
+        was given back (a few are cached, within the same budget)."""
+        h = self.handle.get(m.mnt_id)
+        if h is not None:
+            return h
+        h = self._reopened.get(m.mnt_id)
+        if h is not None:
+            self._reopened.move_to_end(m.mnt_id)
+            return h
+        root = self.plan.root
+        h = self.ops.reopen(self.handle[root.mnt_id], _relative(m.mountpoint, root.mountpoint))
+        self._reopened[m.mnt_id] = h
+        if len(self._reopened) > self._budget:
+            self.ops.close(self._reopened.popitem(last=False)[1])
+        return h
 
     def readonly_superblocks(self) -> None:
         """Superblocks asked for read-only, created writable (content, mountpoints); only
@@ -375,12 +441,15 @@ class Executor:
         for mnt_id in list(self.keep):
             self._release(mnt_id)
         self.keep.clear()
+        for h in self._reopened.values():
+            self.ops.close(h)
+        self._reopened.clear()
 
 
 def _early(sb: SuperblockJob) -> bool:
     """Whether a superblock can be created before its turn: it names no mount or outside
-    path and has no content of its own (another job)."""
-    return sb.content is None and all(
+    path."""
+    return all(
         not isinstance(v, PathRef | ExternalRef) for _, v in sb.plan.params
     ) and not sb.plan.dependencies()
 

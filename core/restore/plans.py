@@ -18,59 +18,22 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 import attrs
 
 from .. import imagecheck
 from ..context import RestoreContext
-from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
+from ..fstypes import VIRTUAL
 from ..hooks import on_mount
 from ..model import Dev, Mount, MountTree
 from ..mountops import host_join
 from ..plan import BindExternal, BindFrom, ExternalRef, MountPlan, NewSuperblock, PathRef
 from ..plugins import DriverManager
+from ..records import DumpedNamespace
 from .grants import HostSource, granted_device, host_source
 
 log = logging.getLogger("criu_fw.restore")
-
-#: Filesystems whose whole state is their mount parameters (plus a content archive for
-#: tmpfs): a root mount of these types is rebuilt without ``--root``.
-VIRTUAL_FSTYPES = frozenset(
-    {"tmpfs", "ramfs", "proc", "sysfs", "devtmpfs", "devpts", "mqueue", "cgroup", "cgroup2"}
-)
-
-
-class NamespaceImage(Protocol):
-    """What the restore needs of one dumped mount namespace (criu_fw.imageset's
-    ``DumpedNamespace`` has this shape)."""
-
-    @property
-    def ns_id(self) -> int: ...
-    @property
-    def tree(self) -> MountTree: ...
-    @property
-    def drivers(self) -> Mapping[int, str]: ...
-    @property
-    def states(self) -> Mapping[int, DriverState | None]: ...
-    @property
-    def external(self) -> Mapping[int, str]: ...
-    @property
-    def content(self) -> Mapping[int, str]: ...
-
-
-@attrs.frozen
-class SimpleNamespace:
-    """A :class:`NamespaceImage` built directly (tests, callers holding a MountTree)."""
-
-    ns_id: int
-    tree: MountTree
-    drivers: Mapping[int, str] = attrs.field(factory=dict)
-    states: Mapping[int, DriverState | None] = attrs.field(factory=dict)
-    external: Mapping[int, str] = attrs.field(factory=dict)
-    content: Mapping[int, str] = attrs.field(factory=dict)
-
 
 @attrs.frozen
 class SuperblockJob:
@@ -138,15 +101,14 @@ class SharedDevices:
 
 
 def plan_namespaces(
-    spaces: Sequence[NamespaceImage], mgr: DriverManager, ctx: RestoreContext
+    spaces: Sequence[DumpedNamespace], mgr: DriverManager, ctx: RestoreContext
 ) -> list[NamespacePlan]:
     """Plan every namespace (root first), sharing superblocks across them by device."""
     shared = SharedDevices()
     for ns in spaces:
-        for mnt_id, image in ns.content.items():
-            m = ns.tree.find(mnt_id)
-            if m is not None:
-                shared.content.setdefault(m.dev, image)
+        for rec in ns.records.values():
+            if rec.content is not None:
+                shared.content.setdefault(rec.mount.dev, rec.content)
     return [plan_namespace(ns, mgr, ctx, shared) for ns in spaces]
 
 
@@ -208,11 +170,11 @@ def _join(base: str, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}" if base != "/" else f"/{rel}"
 
 
-def _driver(ns: NamespaceImage, m: Mount, mgr: DriverManager) -> str:
+def _driver(ns: DumpedNamespace, m: Mount, mgr: DriverManager) -> str:
     """The driver the registry picks for the mount's fstype; images only say which one it
     was (a crafted image must not route an overlay to a driver that passes its options on)."""
     owner = mgr.owner(m.fstype)
-    named = ns.drivers.get(m.mnt_id)
+    named = ns.record(m.mnt_id).driver
     if named is not None and named != owner:
         raise RestoreError(
             f"{m.describe()}: the images name driver {named!r} for it, but {owner!r} handles "
@@ -226,7 +188,7 @@ def _host_job(src: HostSource, mount: Mount) -> MountJob:
 
 
 def plan_namespace(
-    ns: NamespaceImage,
+    ns: DumpedNamespace,
     mgr: DriverManager,
     ctx: RestoreContext,
     shared: SharedDevices | None = None,
@@ -242,10 +204,9 @@ def plan_namespace(
     if shared is None:
         shared = SharedDevices()
     content_by_dev = shared.content
-    for mnt_id, image in ns.content.items():
-        m = tree.find(mnt_id)
-        if m is not None:
-            content_by_dev.setdefault(m.dev, image)
+    for rec in ns.records.values():
+        if rec.content is not None:
+            content_by_dev.setdefault(rec.mount.dev, rec.content)
 
     superblocks: dict[int, SuperblockJob] = {}
     jobs: dict[int, MountJob] = {}
@@ -255,14 +216,12 @@ def plan_namespace(
     def ask(m: Mount) -> MountPlan | None:
         driver = _driver(ns, m, mgr)
         try:
-            state = ns.states.get(m.mnt_id)
+            state = ns.record(m.mnt_id).state
             plan = mgr.hooks.rebuild_mount(driver, m, state, ctx)
         except CriuFwError as exc:
             if isinstance(exc, DriverError):
                 raise RestoreError(on_mount(m.describe(), exc)) from exc
             raise
-        if plan is not None and not isinstance(plan, NewSuperblock | BindFrom | BindExternal):
-            raise RestoreError(f"{m.describe()}: driver {driver!r} returned {plan!r}, not a plan")
         return plan
 
     def new_sb(m: Mount, plan: NewSuperblock) -> int:
@@ -276,7 +235,7 @@ def plan_namespace(
         return key
 
     for m in mounts:
-        ext_key = ns.external.get(m.mnt_id)
+        ext_key = ns.record(m.mnt_id).external
         if ext_key is not None:
             src = host_source(ExternalRef(key=ext_key), m, ctx)
             path = src.shown
@@ -322,7 +281,7 @@ def plan_namespace(
         if m is root and not isinstance(plan, BindFrom | BindExternal):
             rebuildable = m.dev in content_by_dev or (
                 plan is not None and mgr.owner(m.fstype) != "generic"
-            ) or m.fstype in VIRTUAL_FSTYPES
+            ) or m.fstype in VIRTUAL
             if not rebuildable:
                 if ctx.root is None:
                     raise RestoreError(

@@ -33,14 +33,11 @@ import attrs
 from ..context import DumpContext
 from ..drivertypes import DriverState
 from ..errors import CriuFwError
+from ..fstypes import fstype
 from ..model import Mount, MountTree
 from ..plugins import DriverConfig, DriverManager, resolve_manager
 from ..superblocks import KEYED, sharing
 from .plans import base_root
-
-#: Superblock options that depend on state outside the mount's parameters: overlay shows
-#: ``uuid=on`` only on the first mount of a fresh upper directory.
-_VOLATILE_OPTIONS: Mapping[str, frozenset[str]] = {"overlay": frozenset({"uuid"})}
 
 
 @attrs.frozen
@@ -54,7 +51,7 @@ class VerifyResult:
 
 
 def _super_options(m: Mount, also: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    skip = _VOLATILE_OPTIONS.get(m.fstype, frozenset()) | also
+    skip = fstype(m.fstype).volatile_options | also
     return [o for o in m.super_options if o.partition("=")[0] not in skip]
 
 
@@ -452,12 +449,13 @@ def verify_namespaces(
             continue
         pid = pids[ns_id]
         live = read_mountinfo(pid)
-        with_state = {
-            dumped.tree.get(i).fstype for i, st in dumped.states.items() if st is not None
+        dumped_states = {
+            i: r.state for i, r in dumped.records.items() if r.state is not None
         }
+        with_state = {dumped.tree.get(i).fstype for i in dumped_states}
         states, trouble = live_states(pid, live, with_state, mgr, image_dir)
         label = f"mount namespace {ns_id}" if several else ""
         problems.extend(f"{label}: {t}" if label else t for t in trouble)
-        sides.append(Side(dumped.tree, live, dumped.states, states, label))
+        sides.append(Side(dumped.tree, live, dumped_states, states, label))
     res = compare_namespaces(sides, dumped_groups=others, outside_masters=outside_masters)
     return attrs.evolve(res, differences=tuple(problems) + res.differences)

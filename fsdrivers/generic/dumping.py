@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -38,7 +37,7 @@ from criu_fw.driver import (
     read_mountinfo,
 )
 
-from . import blockdev
+from . import blockdev, content
 
 log = logging.getLogger("criu_fw.generic")
 
@@ -50,13 +49,6 @@ NEW_INSTANCE: frozenset[str] = frozenset({
 })
 #: Filesystems whose content the dump saves (the only copy lives in memory).
 CONTENT_FSTYPES: tuple[str, ...] = ("tmpfs",)
-
-#: GNU tar options matching CRIU's tmpfs archives (criu/mount.c), plus xattrs and ACLs.
-TAR_OPTIONS: tuple[str, ...] = (
-    "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system",
-    "--check-links", "--preserve-permissions", "--sparse", "--numeric-owner",
-    "--xattrs", "--xattrs-include=*", "--acls",
-)
 
 
 @attrs.frozen
@@ -221,29 +213,5 @@ class GenericDump:
         if mount.fstype not in CONTENT_FSTYPES:
             return None
         name = f"tmpfs-dev-{mount.dev.kdev}.tar.gz.img"
-        out = os.path.join(ctx.image_dir, name)
-        argv = ["tar", *TAR_OPTIONS, f"--file={out}", f"--directory={path}", "."]
-        res = subprocess.run(argv, capture_output=True, env={**os.environ, "LC_ALL": "C"})
-        err = res.stderr.decode("utf-8", "replace").strip().splitlines()
-        if res.returncode == 1:
-            log.warning("%s: tar: %s", mount.describe(), err[-1] if err else "files changed")
-        elif res.returncode != 0:
-            raise DumpError(
-                f"archiving {mount.describe()} into {out} failed: "
-                f"{tar_error(err) or f'tar exit status {res.returncode}'}"
-            )
+        content.dump(path, os.path.join(ctx.image_dir, name), mount.describe())
         return name
-
-
-#: tar's closing words, which say that it failed but not why.
-_TAR_EPILOGUE = ("Error is not recoverable", "Child returned status", "Exiting with failure")
-
-
-def tar_error(lines: list[str]) -> str:
-    """The line of tar's (or gzip's) stderr that says why: the first that is not one of its
-    closing remarks (``tar: Error is not recoverable: exiting now`` hides a full disk)."""
-    for line in lines:
-        text = line.removeprefix("tar: ")
-        if text and not text.startswith(_TAR_EPILOGUE):
-            return text
-    return lines[-1].removeprefix("tar: ") if lines else ""

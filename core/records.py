@@ -1,0 +1,90 @@
+"""One record per dumped mount, from the dump engine to the image writer and back from the
+reader to the planner and verify.
+
+A :class:`MountRecord` says everything the dump learnt about one mount: the mount as the
+kernel showed it, the driver that owns it, that driver's state, the external key it was
+recorded under (bind-mounted from outside the dumped namespaces) and the image holding its
+filesystem's content. A :class:`DumpedNamespace` is a namespace's tree with its records; it
+is what :func:`~criu_fw.imageset.write_mount_namespace` writes, what
+:func:`~criu_fw.imageset.read_mount_namespace` returns and what
+:func:`~criu_fw.restore.restore` (``namespaces=``) rebuilds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import attrs
+
+from .drivertypes import DriverState
+from .model import Mount, MountTree
+
+
+@attrs.frozen(slots=True)
+class MountRecord:
+    """What the dump knows of one mount."""
+
+    mount: Mount
+    #: The owning driver's name; None (a tree a program builds) lets the restore use the
+    #: driver its registry picks for the fstype. Images always name one.
+    driver: str | None = None
+    #: What the driver's ``parse_mount`` returned for it (None: nothing to keep).
+    state: DriverState | None = None
+    #: The key it was recorded under when bind-mounted from outside the dumped namespaces.
+    external: str | None = None
+    #: The image (a file of the image directory) holding its filesystem's content.
+    content: str | None = None
+
+
+@attrs.frozen
+class DumpedNamespace:
+    """One dumped mount namespace: its tree and a record for each of its mounts."""
+
+    ns_id: int
+    tree: MountTree
+    #: By mount id. A mount without a record here has a bare one (:meth:`record`).
+    records: Mapping[int, MountRecord] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for mnt_id, rec in self.records.items():
+            if rec.mount.mnt_id != mnt_id or self.tree.find(mnt_id) is None:
+                raise ValueError(
+                    f"record of mount {rec.mount.mnt_id} (keyed {mnt_id}) is not a mount of "
+                    f"namespace {self.ns_id}"
+                )
+
+    @classmethod
+    def of(
+        cls,
+        ns_id: int,
+        tree: MountTree,
+        *,
+        drivers: Mapping[int, str] | None = None,
+        states: Mapping[int, DriverState | None] | None = None,
+        external: Mapping[int, str] | None = None,
+        content: Mapping[int, str] | None = None,
+    ) -> DumpedNamespace:
+        """A namespace from a tree and what is known per mount id (a program that builds a
+        tree to restore, a test); an id that is not a mount of ``tree`` is a ValueError."""
+        d, s, e, c = drivers or {}, states or {}, external or {}, content or {}
+        known = {m.mnt_id for m in tree}
+        for what, ids in (("drivers", d), ("states", s), ("external", e), ("content", c)):
+            stray = sorted(set(ids) - known)
+            if stray:
+                raise ValueError(f"{what} names mount id(s) {stray} not in namespace {ns_id}")
+        records = {
+            i: MountRecord(m, d.get(i), s.get(i), e.get(i), c.get(i))
+            for m in tree
+            for i in (m.mnt_id,)
+        }
+        return cls(ns_id, tree, records)
+
+    def record(self, mnt_id: int) -> MountRecord:
+        """The record of mount ``mnt_id`` (a bare one where none was given)."""
+        got = self.records.get(mnt_id)
+        return got if got is not None else MountRecord(self.tree.get(mnt_id))
+
+    def __iter__(self) -> Iterator[MountRecord]:
+        """Every mount's record, in the tree's order."""
+        for m in self.tree:
+            yield self.record(m.mnt_id)

@@ -1,0 +1,142 @@
+"""GNU tar, for the filesystems and archives that are not done in-process (see
+:mod:`.content`): one ``tar`` process each, with CRIU's options."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import tempfile
+
+from criu_fw.driver import DumpError, RestoreError
+
+log = logging.getLogger("criu_fw.generic")
+
+#: GNU tar options matching CRIU's tmpfs archives (criu/mount.c), plus xattrs and ACLs.
+TAR_OPTIONS: tuple[str, ...] = (
+    "--create", "--gzip", "--no-unquote", "--no-wildcards", "--one-file-system",
+    "--check-links", "--preserve-permissions", "--sparse", "--numeric-owner",
+    "--xattrs", "--xattrs-include=*", "--acls",
+)
+
+TAR_EXTRACT: tuple[str, ...] = (
+    "tar", "--extract", "--gzip", "--xattrs", "--xattrs-include=*", "--numeric-owner",
+    "--sparse", "-p",
+)
+
+#: tar's closing words, which say that it failed but not why.
+_TAR_EPILOGUE = ("Error is not recoverable", "Child returned status", "Exiting with failure")
+
+
+def tar_error(lines: list[str]) -> str:
+    """The line of tar's (or gzip's) stderr that says why: the first that is not one of its
+    closing remarks (``tar: Error is not recoverable: exiting now`` hides a full disk)."""
+    for line in lines:
+        text = line.removeprefix("tar: ")
+        if text and not text.startswith(_TAR_EPILOGUE):
+            return text
+    return lines[-1].removeprefix("tar: ") if lines else ""
+
+
+def archive(path: str, out: str, what: str) -> None:
+    """Archive the tree at ``path`` into ``out``; ``what`` names the mount in messages."""
+    Archiving(path, out, what).wait()
+
+
+class Archiving:
+    """A tar archiving one filesystem (the shape of a :class:`~criu_fw.plan.ContentJob`).
+
+    tar starts in the filesystem (its working directory, set before it runs), so the
+    directory ``path`` names need not outlive this call: the job can be waited for later,
+    after the view that ``path`` goes through is gone."""
+
+    def __init__(self, path: str, out: str, what: str) -> None:
+        self.out, self.what = os.path.abspath(out), what
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait/cancel
+        try:
+            self._proc = subprocess.Popen(
+                ["tar", *TAR_OPTIONS, f"--file={self.out}", "."], cwd=path,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
+                env={**os.environ, "LC_ALL": "C"},
+            )
+        except OSError as exc:
+            self._errors.close()
+            raise DumpError(f"archiving {what} into {out} failed: cannot run tar: "
+                            f"{exc.strerror}") from exc
+
+    def done(self) -> bool:
+        return self._proc.poll() is not None
+
+    def wait(self) -> None:
+        code = self._proc.wait()
+        with self._errors:
+            self._errors.seek(0)
+            err = self._errors.read(8192).decode("utf-8", "replace").strip().splitlines()
+        if code == 1:
+            # Files changed while tar read them (GNU tar's "some files differ"): a warning.
+            log.warning("%s: tar: %s", self.what, err[-1] if err else "files changed")
+        elif code != 0:
+            raise DumpError(
+                f"archiving {self.what} into {self.out} failed: "
+                f"{tar_error(err) or f'tar exit status {code}'}"
+            )
+
+    def cancel(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        self._proc.wait()
+        self._errors.close()
+
+
+class Extraction:
+    """A tar unpacking a content archive, running while the restore goes on (a
+    :class:`~criu_fw.plan.ContentJob`). tar's messages go to an unnamed file, not a pipe,
+    so a chatty tar never blocks waiting for a reader."""
+
+    def __init__(self, archive: str, fd: int, path: str) -> None:
+        # The archive is handed over by descriptor (opened and checked by the core: a
+        # regular file of the image directory), never by a name tar would open itself.
+        self.archive = archive
+        self.path = path
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait/cancel
+        try:
+            self._proc = subprocess.Popen(
+                [*TAR_EXTRACT, "--file", "-", "--directory", path],
+                stdin=fd, stdout=subprocess.DEVNULL, stderr=self._errors,
+            )
+        except OSError as exc:
+            self._errors.close()
+            raise RestoreError(
+                f"{os.path.basename(archive)}: cannot run tar: {exc.strerror}"
+            ) from exc
+
+    def done(self) -> bool:
+        return self._proc.poll() is not None
+
+    def wait(self) -> None:
+        code = self._proc.wait()
+        with self._errors:
+            if code == 0:
+                return
+            self._errors.seek(0)
+            lines = self._errors.read(4096).decode("utf-8", "replace").splitlines()
+        detail = " ".join((tar_error(lines) or " ".join(lines)).split())
+        raise RestoreError(
+            f"{os.path.basename(self.archive)}: could not restore the content: "
+            f"{self._full()}tar (exit {code}): {detail[:300]}"
+        )
+
+    def _full(self) -> str:
+        """GNU tar says "Wrote only N of M bytes" when the filesystem is full: say so."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return ""
+        return "No space left on device (ENOSPC): " if st.f_blocks and not st.f_bavail else ""
+
+    def cancel(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.kill()
+        self._proc.wait()
+        self._errors.close()
