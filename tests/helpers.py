@@ -3,15 +3,19 @@ conftest, never from each other)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import attrs
 from criu_fw import hookimpl
 from criu_fw.driver import DriverState, FsDriver
+from criu_fw.dump import dump
 from criu_fw.hooks import current_driver
 from criu_fw.mountinfo import parse_line
 from criu_fw.plugins import DriverConfig, DriverManager
+from criu_fw.testing import NamespaceScenario
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
@@ -72,3 +76,38 @@ def ram_manager(*plugins: object) -> DriverManager:
     """A manager with only the given plugins (the built-in and installed drivers blocked)."""
     blocked = frozenset({"generic", "overlay", "aufs"})
     return DriverManager(DriverConfig(blocked=blocked, external=False)).load(plugins)
+
+
+#: The mount table of the recorded processes of :func:`record_proc`.
+MOUNTINFO = (
+    "20 1 0:30 / / rw,relatime - tmpfs root rw\n"
+    "21 20 0:31 / /data rw,relatime shared:4 - tmpfs data rw\n"
+    "22 20 0:31 /sub /mnt rw,relatime shared:4 - tmpfs data rw\n"
+)
+
+
+def record_proc(root: Path, pid: int, ppid: int, fds: dict[int, str]) -> None:
+    """A recorded /proc/PID (plain files and links) of a process on :data:`MOUNTINFO`."""
+    d = root / str(pid)
+    (d / "fd").mkdir(parents=True)
+    (d / "fdinfo").mkdir()
+    (d / "ns").mkdir()
+    (d / "task" / str(pid)).mkdir(parents=True)
+    (d / "stat").write_text(f"{pid} (holder) S {ppid} {pid} {pid} 0 -1 0\n")
+    (d / "mountinfo").write_text(MOUNTINFO)
+    os.symlink("mnt:[4026532001]", d / "ns" / "mnt")
+    os.symlink("/", d / "cwd")
+    os.symlink("/", d / "root")
+    for fd, path in fds.items():
+        os.symlink(path, d / "fd" / str(fd))
+        mnt_id = 22 if path.startswith("/mnt") else 21
+        (d / "fdinfo" / str(fd)).write_text(f"pos:\t5\nflags:\t0100002\nmnt_id:\t{mnt_id}\n")
+    (d / "maps").write_text(
+        "7f0000000000-7f0000001000 rw-s 00001000 00:1f 12 /data/shm\n"
+        "7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]\n"
+    )
+
+
+def dump_scenario(scn: NamespaceScenario, images: str) -> None:
+    """Dump a scenario's process (the host mounts it inherited are recorded by host path)."""
+    dump(scn.pid, images, auto_external=True)

@@ -114,3 +114,16 @@ def test_claims_go_to_the_calling_driver_whatever_its_name() -> None:
     assert ctx.claimants(7, 1) == ("renamed-union", "mine")
     with pytest.raises(RuntimeError, match="from a driver's hook"):
         ctx.claim_files(lower)
+
+
+def test_test_modules_import_helpers_not_each_other() -> None:
+    """Shared test code lives in tests/helpers.py (and the other *_helpers/conftest modules),
+    so that a test module can be moved or deleted without breaking another."""
+    tests = Path(__file__).resolve().parent
+    bad = [
+        f"{path.name}:{line}: {module}"
+        for path in sorted(tests.glob("test_*.py"))
+        for line, module in _imports(path)
+        if module.startswith("test_")
+    ]
+    assert bad == []

@@ -19,7 +19,7 @@ from criu_fw.errors import DumpError
 from criu_fw.images import read_image
 from criu_fw.proto import fdinfo_pb2, mnt_pb2, pstree_pb2, remap_pb2
 from criu_fw.testing import NamespaceScenario
-from test_dump_recorded import _record
+from helpers import record_proc
 
 Scenario = Callable[..., NamespaceScenario]
 
@@ -130,7 +130,7 @@ def test_tmpfs_archive_keeps_every_kind_of_inode(scenario: Scenario, tmp_path: P
 
 def test_unreadable_proc_entry_is_one_line(tmp_path: Path) -> None:
     proc = tmp_path / "proc"
-    _record(proc, 100, 1, {3: "/data/x"})
+    record_proc(proc, 100, 1, {3: "/data/x"})
     (proc / "100" / "maps").unlink()
     (proc / "100" / "maps").mkdir()  # a directory where a file is expected
     with pytest.raises(DumpError) as err:

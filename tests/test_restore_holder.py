@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 from criu_fw.testing import NamespaceScenario
-from test_roundtrip import dump_scenario
+from helpers import dump_scenario
 
 pytestmark = pytest.mark.privileged
 

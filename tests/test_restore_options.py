@@ -19,7 +19,7 @@ from criu_fw.mountops import KernelMountOps
 from criu_fw.restore import DumpedNamespace, RestoreResult, restore
 from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario
-from test_roundtrip import dump_scenario
+from helpers import dump_scenario
 
 ATIMES = r"""
 mkdir -p rel noa strict nodir both

@@ -23,7 +23,7 @@ from criu_fw.mountinfo import read_mountinfo
 from criu_fw.restore import RestoreResult, image_namespaces, restore
 from criu_fw.restore.verify import compare_trees, verify, verify_namespaces
 from criu_fw.testing import NamespaceScenario
-from test_roundtrip import dump_scenario
+from helpers import dump_scenario
 
 pytestmark = pytest.mark.privileged
 

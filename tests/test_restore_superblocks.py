@@ -34,7 +34,7 @@ from criu_fw.restore import DumpedNamespace, restore
 from criu_fw.restore.verify import verify
 from criu_fw.superblocks import predicted_shared
 from criu_fw.testing import READY, NamespaceScenario
-from test_roundtrip import dump_scenario
+from helpers import dump_scenario
 
 ST_RDONLY = 1
 CLI = [sys.executable, "-m", "criu_fw"]

@@ -24,13 +24,9 @@ import pytest
 from criu_fw.dump import dump
 from criu_fw.restore.compare import image_differences
 from criu_fw.testing import NamespaceScenario
+from helpers import dump_scenario
 
 pytestmark = pytest.mark.privileged
-
-
-def dump_scenario(scn: NamespaceScenario, images: str) -> None:
-    """Dump a scenario's process (the host mounts it inherited are recorded by host path)."""
-    dump(scn.pid, images, auto_external=True)
 
 
 # The content below is made in a tmpfs that is then partly hidden: "hid" is overmounted.
