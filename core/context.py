@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .errors import DumpError, ImageError
+from .errors import CriuFwError, DumpError, ImageError
 from .hooks import current_driver
 from .model import Mount, MountTree
+from .plan import ContentJob
 from .stash import Stash
 
 if TYPE_CHECKING:
@@ -57,6 +58,44 @@ class DumpContext:
     #: Mounts recorded as external, (ns_id, mnt_id) -> key; see :meth:`mark_external`.
     external_mounts: dict[tuple[int, int], str] = attrs.field(factory=dict)
     _claims: dict[tuple[int, int], list[str]] = attrs.field(factory=dict, alias="_claims")
+    #: Work hooks started that goes on by itself (see :meth:`in_background`), oldest first.
+    _background: list[tuple[ContentJob, str]] = attrs.field(factory=list, alias="_background")
+    #: How many such jobs may run at once: one per CPU this process may use.
+    workers: int = attrs.field(factory=lambda: max(1, len(os.sched_getaffinity(0))))
+
+    def in_background(self, job: ContentJob, what: str) -> None:
+        """Let ``job`` (started by a hook: a tar archiving a big filesystem) run while the
+        dump goes on; ``what`` names it in errors. The core waits for every job before the
+        dumped processes are resumed, so what they archive is the frozen state, and cancels
+        them if the dump fails. With :attr:`workers` jobs running, this waits for the oldest
+        first: a driver may start one per filesystem without counting."""
+        while sum(not j.done() for j, _ in self._background) >= self.workers:
+            self._finish(self._background.pop(0))
+        self._background.append((job, what))
+
+    def wait_background(self) -> None:
+        """Wait for every job :meth:`in_background` took (the core calls this)."""
+        try:
+            while self._background:
+                self._finish(self._background.pop(0))
+        finally:
+            self.cancel_background()
+
+    def cancel_background(self) -> None:
+        """Stop the jobs still running (the dump failed); never raises."""
+        jobs, self._background = self._background, []
+        for job, _ in jobs:
+            job.cancel()
+
+    @staticmethod
+    def _finish(item: tuple[ContentJob, str]) -> None:
+        job, what = item
+        try:
+            job.wait()
+        except CriuFwError:
+            raise
+        except Exception as exc:
+            raise DumpError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
     def mark_external(self, ns_id: int, mnt_id: int, key: str) -> None:
         """Record a mount as bind-mounted from outside the dump (restore maps ``key`` to a

@@ -251,6 +251,9 @@ def _read_consistent(
                         report(f"saved the content of {count(len(archived), 'filesystem')}")
                     t3 = time.perf_counter()
                     _write_mounts(tmp, attempt, images)
+                    # Archives still being made (big filesystems, in parallel) are waited for
+                    # here: the processes stay frozen until their content is saved.
+                    ctx.wait_background()
                     t4 = time.perf_counter()
                     changed = check.changed() if check is not None else []
                     if watch is not None:
@@ -259,6 +262,7 @@ def _read_consistent(
                                     if ns.pid in moved and ns not in changed]
                     t5 = time.perf_counter()
                 finally:
+                    ctx.cancel_background()
                     if check is not None:
                         check.close()
             finally:

@@ -26,7 +26,7 @@ import logging
 import os
 import zlib
 
-from criu_fw.driver import DumpError, RestoreError
+from criu_fw.driver import DumpContext, DumpError, RestoreError
 
 from . import gnutar
 from .tarextract import MemberError, extract
@@ -53,9 +53,13 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 GZIP_LEVEL = 6
 
 
-def dump(path: str, out: str, what: str) -> str:
+def dump(path: str, out: str, what: str, ctx: DumpContext | None = None) -> str:
     """Archive the filesystem readable at ``path`` into the new file ``out``; ``what`` names
-    the mount in messages. Returns ``"in-process"`` or ``"tar"`` (for tests and figures)."""
+    the mount in messages. Returns ``"in-process"`` or ``"tar"`` (for tests and figures).
+
+    With ``ctx``, a GNU tar is left running in the background (``ctx.in_background``: one
+    per CPU, the core waits for them while the processes are still frozen); without, it is
+    waited for here."""
     why = _too_big(path)
     if why is None:
         try:
@@ -66,7 +70,10 @@ def dump(path: str, out: str, what: str) -> str:
             _write(out, _gzip(raw), what)
             return "in-process"
     log.debug("%s: archived by GNU tar: %s", what, why)
-    gnutar.archive(path, out, what)
+    if ctx is None:
+        gnutar.archive(path, out, what)
+    else:
+        ctx.in_background(gnutar.Archiving(path, out, what), what)
     return "tar"
 
 

@@ -213,5 +213,5 @@ class GenericDump:
         if mount.fstype not in CONTENT_FSTYPES:
             return None
         name = f"tmpfs-dev-{mount.dev.kdev}.tar.gz.img"
-        content.dump(path, os.path.join(ctx.image_dir, name), mount.describe())
+        content.dump(path, os.path.join(ctx.image_dir, name), mount.describe(), ctx)
         return name
