@@ -138,7 +138,9 @@ def dump_content(mount: Mount, path: str, ctx: DumpContext) -> str | None:
     :param ctx: The dump; the image goes into ``ctx.image_dir``.
 
     :returns: The name of the image file written into ``ctx.image_dir``, or ``None`` when
-        this filesystem needs no content saved (kernel filesystems, disk-backed ones).
+        this filesystem needs no content saved (kernel filesystems, disk-backed ones). A
+        driver may leave the writing to a job it started (``ctx.in_background``): the core
+        waits for it while the processes are still frozen.
 
     .. versionadded:: 0.1
     """
