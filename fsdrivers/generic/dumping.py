@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import attrs
 from criu_fw.driver import (
+    FSTYPES,
     Dev,
     DriverState,
     DumpContext,
@@ -41,14 +42,11 @@ from . import blockdev, content
 
 log = logging.getLogger("criu_fw.generic")
 
-#: Filesystems whose content is the kernel's: restore makes a new instance.
-NEW_INSTANCE: frozenset[str] = frozenset({
-    "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "devtmpfs", "debugfs",
-    "tracefs", "securityfs", "pstore", "bpf", "fusectl", "binfmt_misc", "configfs",
-    "efivarfs", "hugetlbfs", "rpc_pipefs", "nsfs",
-})
+#: Filesystems whose content is the kernel's: restore makes a new instance (the core's
+#: per-fstype table says which).
+NEW_INSTANCE: frozenset[str] = frozenset(n for n, t in FSTYPES.items() if t.kernel)
 #: Filesystems whose content the dump saves (the only copy lives in memory).
-CONTENT_FSTYPES: tuple[str, ...] = ("tmpfs",)
+CONTENT_FSTYPES: tuple[str, ...] = tuple(n for n, t in FSTYPES.items() if t.in_memory)
 
 
 @attrs.frozen

@@ -27,19 +27,22 @@ import posixpath
 from collections.abc import Iterator
 
 import attrs
-from criu_fw.driver import Dev, DumpContext, DumpError, Mount, MountTree, SyscallError
+from criu_fw.driver import (
+    FSTYPES,
+    Dev,
+    DumpContext,
+    DumpError,
+    Mount,
+    MountTree,
+    SyscallError,
+)
 
 from .paths import ancestors_or_self, tails
 from .walk import RootView
 
-#: Filesystems that never hold overlay layers: the moved-mount search skips them.
-PSEUDO = frozenset(
-    {
-        "proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "debugfs", "tracefs",
-        "securityfs", "bpf", "configfs", "fusectl", "pstore", "binfmt_misc", "nsfs",
-        "autofs", "rpc_pipefs", "efivarfs", "selinuxfs",
-    }
-)  # fmt: skip
+#: Filesystems that never hold overlay layers: the moved-mount search skips them (the
+#: kernel's own, from the core's per-fstype table, and automount points).
+PSEUDO = frozenset(n for n, t in FSTYPES.items() if t.kernel) | {"autofs"}
 
 
 @attrs.frozen
