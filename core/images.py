@@ -551,8 +551,8 @@ def message_to_dict(
     Set fields only, in field-number order. Differences from crit: ``bytes`` fields of
     criu-fw's own messages are shown as text (backslash-escaped where not UTF-8) instead of
     base64; an ``Any`` shows its type and, where the message type is importable, its fields;
-    string fields holding raw non-UTF-8 bytes (crit fails on them) are shown escaped; unknown
-    fields (sub-messages criu-fw does not model) are not shown.
+    unknown fields (sub-messages criu-fw does not model) are not shown. A CRIU string field
+    holding raw bytes that are not UTF-8 is shown as crit shows it, the bytes' repr.
     """
     desc = msg.DESCRIPTOR
     full = desc.full_name
@@ -579,7 +579,11 @@ def message_to_dict(
 
                 return base64.encodebytes(v).decode()
             if field.type == field.TYPE_STRING:
-                return _bytes_text(v) if isinstance(v, bytes) else v
+                if not isinstance(v, bytes):
+                    return v
+                # Raw bytes in a CRIU string field (a path that is not UTF-8, as CRIU
+                # writes it): shown as crit shows them, the bytes' repr.
+                return _bytes_text(v) if ours else repr(v)
             if field.type == field.TYPE_BOOL:
                 return bool(v)
             if pretty and isinstance(v, int):

@@ -16,20 +16,22 @@ same order, every :class:`~criu_fw.model.Mount` field equal to what was written.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterable, Mapping
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
-from google.protobuf import any_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from . import __version__, imagecheck
 from .drivertypes import DriverState
 from .errors import ImageError
 from .fstypes import CRIU_FSTYPES
 from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
-from .model import Dev, Mount, MountTree, Propagation
+from .kernel import MS_SHARED, MS_SLAVE, MS_UNBINDABLE
+from .model import MS_NOATIME, MS_RELATIME, MS_STRICTATIME, Dev, Mount, MountTree, Propagation
 from .plugins import DriverManager, resolve_manager
 from .proto import fwstate_pb2, mnt_pb2
 from .records import DumpedNamespace, MountRecord
@@ -64,14 +66,39 @@ def fw_image(ns_id: int) -> str:
 # writing
 
 
+def criu_fstype(fstype: str) -> int:
+    """CRIU's ``fstype`` for a kernel fstype name: its own code, found by the name without a
+    subtype (``fuse.sshfs`` is FUSE), as CRIU's find_fstype_by_name does; else AUTO (with
+    ``fsname``), which CRIU 4.x writes for a filesystem it has no code for."""
+    return CRIU_FSTYPES.get(fstype.split(".", 1)[0], mnt_pb2.AUTO)
+
+
+def criu_flags(mount: Mount) -> int:
+    """``mnt_entry.flags`` as CRIU fills it from mountinfo: the per-mount flags,
+    MS_STRICTATIME where neither relatime nor noatime shows (the kernel's meaning), and the
+    propagation bits (MS_SHARED, MS_SLAVE, MS_UNBINDABLE)."""
+    flags = mount.flags
+    if not flags & (MS_RELATIME | MS_NOATIME):
+        flags |= MS_STRICTATIME
+    return flags | _propagation_flags(mount)
+
+
+def _propagation_flags(mount: Mount) -> int:
+    prop = mount.propagation
+    return ((MS_SHARED if prop.shared is not None else 0)
+            | (MS_SLAVE if prop.master is not None else 0)
+            | (MS_UNBINDABLE if prop.unbindable else 0))  # fmt: skip
+
+
 def criu_mnt_entry(mount: Mount, external_key: str | None = None) -> mnt_pb2.mnt_entry:
-    """The CRIU ``mnt_entry`` for a mount (text that is not UTF-8 comes out escaped)."""
+    """The CRIU ``mnt_entry`` for a mount, each field meaning what CRIU 4.2 means by it (text
+    that is not UTF-8 comes out escaped here; :func:`criu_entry_bytes` writes it raw)."""
     e = mnt_pb2.mnt_entry(
-        fstype=CRIU_FSTYPES.get(mount.fstype, mnt_pb2.UNSUPPORTED),
+        fstype=criu_fstype(mount.fstype),
         mnt_id=mount.mnt_id,
         root_dev=mount.dev.kdev,
         parent_mnt_id=mount.parent_id,
-        flags=mount.flags,
+        flags=criu_flags(mount),
         root=criu_text(mount.root),
         mountpoint=criu_text(mount.mountpoint),
         source=criu_text(mount.source),
@@ -79,15 +106,14 @@ def criu_mnt_entry(mount: Mount, external_key: str | None = None) -> mnt_pb2.mnt
             ",".join(o for o in mount.super_options if o not in _SB_FLAGS and o != "rw")
         ),
     )
-    if e.fstype == mnt_pb2.UNSUPPORTED:
+    if e.fstype == mnt_pb2.AUTO:
         e.fsname = criu_text(mount.fstype)
+    # CRIU writes both always, 0 for none (peer group ids start at 1).
     prop = mount.propagation
-    if prop.shared is not None:
-        e.shared_id = prop.shared
-    if prop.master is not None:
-        e.master_id = prop.master
+    e.shared_id = prop.shared or 0
+    e.master_id = prop.master or 0
     if external_key is not None:
-        e.ext_mount = True
+        # ext_key alone marks an external mount (CRIU 4.x: ext_mount with ext_key is a BUG).
         e.ext_key = criu_text(external_key)
     if mount.root_deleted:
         e.deleted = True
@@ -118,13 +144,8 @@ def _fw_mount(
         fw.propagate_from = mount.propagation.propagate_from
     if mount.unique_id is not None:
         fw.unique_id = mount.unique_id
-    # The exact bytes only where CRIU's string field could not hold them.
-    if not is_exact_utf8(mount.root):
-        fw.root = os.fsencode(mount.root)
-    if not is_exact_utf8(mount.mountpoint):
-        fw.mountpoint = os.fsencode(mount.mountpoint)
-    if not is_exact_utf8(mount.source):
-        fw.source = os.fsencode(mount.source)
+    # Paths that are not UTF-8 travel as raw bytes in CRIU's own fields (as CRIU writes
+    # them); fw_mount's root, mountpoint and source are only read, from older images.
     if external_key is not None:
         fw.external_key = external_key
     if content is not None:
@@ -234,7 +255,15 @@ class _EntryWriter:
                    prop.unbindable, m.root_deleted, driver, ext, cont)  # fmt: skip
             tpl = templates.get(key)
             if tpl is None:
-                tpl = templates[key] = make(m, driver, ext, cont)
+                if not _all_utf8(m, ext):
+                    tpl = templates[key] = _RAW  # CRIU's fields get raw bytes: see scratch
+                else:
+                    tpl = templates[key] = make(m, driver, ext, cont)
+            if tpl is _RAW:
+                c, f = scratch(m, driver, state, ext, cont)
+                add_criu(c)
+                add_fw(f)
+                continue
             criu, fw, fw_mount = tpl
             try:
                 # Refused (UnicodeEncodeError) for a mountpoint that is not UTF-8, which
@@ -299,7 +328,54 @@ class _EntryWriter:
         m: Mount, driver: str, state: DriverState | None, ext: str | None, content: str | None
     ) -> tuple[bytes, bytes]:
         fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, state, ext, content))
-        return criu_mnt_entry(m, ext).SerializeToString(), fw.SerializeToString()
+        return criu_entry_bytes(m, ext), fw.SerializeToString()
+
+
+#: A template slot for mounts whose text is not all UTF-8 (always built from scratch).
+_RAW: Any = object()
+
+
+def _all_utf8(m: Mount, ext: str | None) -> bool:
+    return all(is_exact_utf8(t) for t in (m.root, m.mountpoint, m.source, m.fstype)) and all(
+        is_exact_utf8(o) for o in m.super_options
+    ) and (ext is None or is_exact_utf8(ext))
+
+
+def criu_entry_bytes(mount: Mount, external_key: str | None = None) -> bytes:
+    """The serialized ``mnt_entry`` of a mount, text as its raw bytes where it is not UTF-8
+    (paths are bytes to the kernel and to CRIU, whose C reader takes them as they are)."""
+    entry = criu_mnt_entry(mount, external_key)
+    if _all_utf8(mount, external_key):
+        return entry.SerializeToString()
+    raw: Any = _raw_mnt_entry()()  # a message class made at run time: untyped
+    raw.ParseFromString(entry.SerializeToString())
+    raw.root, raw.mountpoint = os.fsencode(mount.root), os.fsencode(mount.mountpoint)
+    raw.source = os.fsencode(mount.source)
+    raw.options = b",".join(
+        os.fsencode(o) for o in mount.super_options if o not in _SB_FLAGS and o != "rw"
+    )
+    if entry.HasField("fsname"):
+        raw.fsname = os.fsencode(mount.fstype)
+    if external_key is not None:
+        raw.ext_key = os.fsencode(external_key)
+    return bytes(raw.SerializeToString())
+
+
+@functools.cache
+def _raw_mnt_entry() -> type[Message]:
+    """``mnt_entry`` with its string fields as bytes: the same wire format (both are
+    length-delimited), which protobuf's Python API lets hold bytes that are not UTF-8."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    mnt_pb2.DESCRIPTOR.CopyToProto(proto)
+    (entry,) = [m for m in proto.message_type if m.name == "mnt_entry"]
+    twin = descriptor_pb2.FileDescriptorProto(name="criu_fw_raw_mnt.proto", package="criu_fw.raw")
+    twin.message_type.add().CopyFrom(entry)
+    for field in twin.message_type[0].field:
+        if field.type == descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
+            field.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(twin)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("criu_fw.raw.mnt_entry"))
 
 
 def _copied(entry: mnt_pb2.mnt_entry, m: Mount) -> mnt_pb2.mnt_entry | None:
@@ -312,14 +388,9 @@ def _copied(entry: mnt_pb2.mnt_entry, m: Mount) -> mnt_pb2.mnt_entry | None:
     except ValueError:
         return None
     prop = m.propagation
-    if prop.shared is None:
-        criu.ClearField("shared_id")
-    else:
-        criu.shared_id = prop.shared
-    if prop.master is None:
-        criu.ClearField("master_id")
-    else:
-        criu.master_id = prop.master
+    criu.shared_id = prop.shared or 0
+    criu.master_id = prop.master or 0
+    criu.flags = criu.flags & ~(MS_SHARED | MS_SLAVE | MS_UNBINDABLE) | _propagation_flags(m)
     return criu
 
 
@@ -470,8 +541,9 @@ def _mount(e: mnt_pb2.mnt_entry, fw: fwstate_pb2.fw_mount) -> Mount:
         mount_options=tuple(os.fsdecode(o) for o in fw.mount_options),
         super_options=tuple(os.fsdecode(o) for o in fw.super_options),
         propagation=Propagation(
-            shared=e.shared_id if e.HasField("shared_id") else None,
-            master=e.master_id if e.HasField("master_id") else None,
+            # 0 is none: CRIU writes both fields always, peer group ids start at 1.
+            shared=e.shared_id or None,
+            master=e.master_id or None,
             propagate_from=fw.propagate_from if fw.HasField("propagate_from") else None,
             unbindable=fw.unbindable,
         ),

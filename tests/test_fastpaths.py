@@ -18,7 +18,12 @@ from criu_fw.dump.consistency import Recheck
 from criu_fw.dump.namespaces import Namespace
 from criu_fw.dump.procfs import ProcessGoneError, ProcFS
 from criu_fw.errors import DriverError, MountinfoError
-from criu_fw.imageset import _fw_mount, criu_mnt_entry, write_mount_namespace
+from criu_fw.imageset import (
+    _fw_mount,
+    criu_entry_bytes,
+    criu_mnt_entry,
+    write_mount_namespace,
+)
 from criu_fw.model import Dev, Mount, MountTree, Propagation
 from criu_fw.mountinfo import parse, parse_line, read_while_written
 from criu_fw.proto import fwstate_pb2
@@ -122,7 +127,7 @@ def test_mount_images_are_those_of_messages_built_one_by_one(tmp_path: Path) -> 
                                 content=content)  # fmt: skip
     write_mount_namespace(str(tmp_path), dumped)
     criu = frames(tmp_path / "mountpoints-3.img")
-    assert criu == [criu_mnt_entry(m, external.get(m.mnt_id)).SerializeToString()
+    assert criu == [criu_entry_bytes(m, external.get(m.mnt_id))
                     for m in reversed(mounts)]  # fmt: skip
     fw = frames(tmp_path / "fw-mountpoints-3.img")[1:]  # after the header
     want = [
@@ -241,7 +246,7 @@ def test_mount_images_of_templates_copied_between_peer_groups(tmp_path: Path) ->
     drivers = dict.fromkeys((m.mnt_id for m in mounts), "generic")
     write_mount_namespace(str(tmp_path), DumpedNamespace.of(2, tree, drivers=drivers))
     criu = frames(tmp_path / "mountpoints-2.img")
-    assert criu == [criu_mnt_entry(m).SerializeToString() for m in reversed(mounts)]
+    assert criu == [criu_entry_bytes(m) for m in reversed(mounts)]
     fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]
     assert fw == [fwstate_pb2.fw_entry(mount=_fw_mount(m, "generic", None, None, None))
                   .SerializeToString() for m in mounts]  # fmt: skip
@@ -266,7 +271,7 @@ def test_mount_images_of_templates_copied_between_superblocks(tmp_path: Path) ->
     dumped = DumpedNamespace.of(2, tree, drivers=drivers, content=content)
     write_mount_namespace(str(tmp_path), dumped)
     criu = frames(tmp_path / "mountpoints-2.img")
-    assert criu == [criu_mnt_entry(m).SerializeToString() for m in reversed(mounts)]
+    assert criu == [criu_entry_bytes(m) for m in reversed(mounts)]
     fw = frames(tmp_path / "fw-mountpoints-2.img")[1:]
     assert fw == [fwstate_pb2.fw_entry(mount=_fw_mount(m, "generic", None, None,
                                                        content.get(m.mnt_id)))

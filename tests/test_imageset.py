@@ -100,21 +100,24 @@ def test_round_trip_of_a_real_namespace(
     assert list(got.tree.mounts) == list(tree.mounts)  # same order, every field equal
     assert got == dumped
 
-    # CRIU's image: reverse mountinfo order, escaped text, CRIU's fields.
+    # CRIU's image: reverse mountinfo order, raw bytes, CRIU's fields as CRIU 4.2 fills them.
     crit_view = images.read_image(str(tmp_path / "mountpoints-7.img"), mnt_pb2.mnt_entry)
     assert [e.mnt_id for e in crit_view] == [m.mnt_id for m in reversed(tree.mounts)]
     e = {x.mnt_id: x for x in crit_view}
     w = e[weird.mnt_id]
-    assert w.mountpoint == f"{play}/x\\xffy" and w.source == "bin\\xffsrc"
+    assert w.mountpoint == os.fsencode(f"{play}/x") + b"\xffy"
+    assert w.source == b"bin\xffsrc"
     assert w.fstype == mnt_pb2.TMPFS and not w.HasField("fsname")
     ro = by_place[f"{play}/t\tab"]
     assert e[ro.mnt_id].flags == 0x1 | 0x2 | 0x8 | 0x200000  # ro,nosuid,noexec,relatime
     assert e[ro.mnt_id].sb_flags == 0x1 and "ro" not in e[ro.mnt_id].options.split(",")
     ext = e[next(iter(external))]
-    assert ext.ext_mount and ext.ext_key == "ext-key-1"
+    assert ext.ext_key == "ext-key-1" and not ext.HasField("ext_mount")
     assert e[by_place[f"{play}/a b/target"].mnt_id].deleted
     slave = by_place[f"{play}/slave"]
     assert e[slave.mnt_id].master_id == slave.propagation.master
+    assert e[slave.mnt_id].flags & 0x80000  # MS_SLAVE
+    assert e[tree.root.mnt_id].master_id == (tree.root.propagation.master or 0)
     root_dev = tree.root.dev
     assert e[tree.root.mnt_id].root_dev == (root_dev.major << 20) | root_dev.minor
 
@@ -144,8 +147,15 @@ def test_round_trip_synthetic_and_unsupported_fstypes(tmp_path: Path) -> None:
     got = read_mount_namespace(str(tmp_path), 1, manager())
     assert got.tree == SMALL and got.tree.ns_id == 4026531840
     entries = images.read_image(str(tmp_path / "mountpoints-1.img"), mnt_pb2.mnt_entry)
+    # CRIU finds its code by the name without a subtype; AUTO + fsname for what it lacks.
     fuse = next(e for e in entries if e.mnt_id == 3)
-    assert (fuse.fstype, fuse.fsname) == (mnt_pb2.UNSUPPORTED, "fuse.sshfs")
+    assert fuse.fstype == mnt_pb2.FUSE and not fuse.HasField("fsname")
+    disk = next(e for e in entries if e.mnt_id == 1)
+    assert (disk.fstype, disk.fsname) == (mnt_pb2.AUTO, "ext4")
+    shared = next(e for e in entries if e.mnt_id == 2)
+    assert (shared.shared_id, shared.master_id) == (3, 0)
+    # Shared, and strictatime (neither relatime nor noatime shows).
+    assert shared.flags == 0x100000 | 0x1000000
 
 
 def test_unknown_state_type(tmp_path: Path) -> None:
