@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -135,6 +136,10 @@ def test_dump_nested_namespaces_files_and_maps(busy: NamespaceScenario, out: Pat
     assert f"{w}/t/e/f" in {by_id[v.shmid] for v in private}
     assert all(v.status & 1 for v in shared + private)
     assert by_id[mm.exe_file_id].endswith(("python3", "python3.11"))
+    # Sizes of regular files only, as CRIU writes them (cwd and root are directories).
+    regs = [e.reg for e in read_image(str(out / "files.img"), fdinfo_pb2.file_entry)]
+    assert {stat.S_ISREG(r.mode) for r in regs} == {True, False}
+    assert all(r.HasField("size") == stat.S_ISREG(r.mode) for r in regs)
 
 
 @pytest.mark.crit

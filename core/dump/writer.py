@@ -8,6 +8,7 @@ not UTF-8 goes into CRIU's string fields escaped (:func:`criu_fw.images.criu_tex
 from __future__ import annotations
 
 import os
+import stat
 
 from ..files import OpenFile
 from ..images import criu_text, write_image
@@ -42,7 +43,9 @@ def reg_entry(file_id: int, f: OpenFile | None, *, path: str, flags: int, pos: i
         id=file_id, flags=flags & ~O_CLOEXEC, pos=pos, fown=_FOWN, name=criu_text(path),
         mnt_id=-1 if mnt_id is None else mnt_id,
     )
-    if size is not None:
+    # CRIU records (and checks on restore) the size of regular files only: a directory's
+    # size in its image fails CRIU's restore ("File . has bad size").
+    if size is not None and (mode is None or stat.S_ISREG(mode)):
         reg.size = size
     if mode is not None:
         reg.mode = mode
