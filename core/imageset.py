@@ -421,6 +421,14 @@ def read_mount_namespace(
     """
     mnts_path = os.path.join(image_dir, mountpoints_image(ns_id))
     fw_path = os.path.join(image_dir, fw_image(ns_id))
+    if not os.path.lexists(fw_path) and os.path.lexists(mnts_path) and _criu_alone(image_dir):
+        # A directory CRIU wrote alone: what its own images say (criu_fw.criuimages).
+        from .criuimages import read_criu_namespace, root_task_namespace
+
+        root = root_task_namespace(image_dir)
+        return read_criu_namespace(
+            image_dir, ns_id, resolve_manager(manager), root_ns=root in (None, ns_id)
+        )
 
     criu: dict[int, mnt_pb2.mnt_entry] = {}
     criu_entry: dict[int, int] = {}  # mnt_id -> entry number in the MNTS image
@@ -498,6 +506,12 @@ def read_mount_namespace(
         ns_id, MountTree(tuple(mounts), header.kernel_ns_id), drivers=drivers, states=states,
         external=external, content=content,
     )
+
+
+def _criu_alone(image_dir: str) -> bool:
+    """Whether no criu-fw image is in the directory (one missing among others is lost)."""
+    with os.scandir(image_dir) as listing:
+        return not any(e.name.startswith("fw-mountpoints-") for e in listing)
 
 
 def _check_header(path: str, entry: fwstate_pb2.fw_entry, ns_id: int) -> fwstate_pb2.fw_header:

@@ -213,8 +213,16 @@ def test_missing_and_inconsistent_images(tmp_path: Path) -> None:
     assert read_error(tmp_path) == (
         f"{tmp_path}/mountpoints-1.img: mount id(s) [3] have no entry in fw-mountpoints-1.img"
     )
+    # Lost among others: named. The only one gone: the directory reads as CRIU's alone.
+    (tmp_path / "fw-mountpoints-9.img").write_bytes(b"")
     os.unlink(path)
     assert read_error(tmp_path) == f"{path}: no such image file"
+    os.unlink(tmp_path / "fw-mountpoints-9.img")
+    assert read_error(tmp_path) == (
+        f"{tmp_path}/mountpoints-1.img: entry 1: mount 2 at '/tmp' (tmpfs, source 'src'): its "
+        "content archive tmpfs-dev-42.tar.gz.img is missing (CRIU archives every tmpfs but the "
+        "root of the dump)"
+    )
     with pytest.raises(ImageError, match="header is for mount namespace 1, not 2"):
         os.rename(tmp_path / "mountpoints-1.img", tmp_path / "mountpoints-2.img")
         write_small(tmp_path)

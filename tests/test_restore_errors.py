@@ -90,11 +90,21 @@ def test_missing_image_directory(tmp_path: os.PathLike[str]) -> None:
     _fails(_restore(where), where, "no such image directory")
 
 
-@pytest.mark.parametrize("name", ["inventory.img", "mountpoints-1.img", "fw-mountpoints-1.img"])
+@pytest.mark.parametrize("name", ["inventory.img", "mountpoints-1.img"])
 def test_missing_image_file(base: tuple[str, str], tmp_path: os.PathLike[str], name: str) -> None:
     images = _copy(base, tmp_path)
     os.unlink(os.path.join(images, name))
     _fails(_restore(images, "--external", "mnt[data]:/tmp"), name)
+
+
+def test_without_criu_fws_image_the_directory_is_read_as_criu_s(
+    base: tuple[str, str], tmp_path: os.PathLike[str]
+) -> None:
+    """CRIU's images alone say enough for these generic mounts (tmpfs with their archives,
+    an external bind, the host's root from --root): the restore works from them."""
+    images = _copy(base, tmp_path)
+    os.unlink(os.path.join(images, "fw-mountpoints-1.img"))
+    assert _restore(images, "--external", f"mnt[data]:{base[1]}/ext").returncode == 0
 
 
 def test_missing_content_archive(base: tuple[str, str], tmp_path: os.PathLike[str]) -> None:

@@ -128,9 +128,17 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
                     f"restore rebuilds at most {MAX_NAMESPACES}, each held by a process",
                 )
     ids.sort()
-    if not inv.HasField("root_ids") or not inv.root_ids.HasField("mnt_ns_id"):
+    # The dump's root task says which namespace is the root one (CRIU's inventory names
+    # the dumper's own namespaces); the inventory where the task images are missing.
+    from ..criuimages import root_task_namespace
+
+    task_root = root_task_namespace(image_dir)
+    if task_root is not None:
+        root = task_root
+    elif not inv.HasField("root_ids") or not inv.root_ids.HasField("mnt_ns_id"):
         raise ImageError(inventory, "no root mount namespace id (root_ids.mnt_ns_id)")
-    root = inv.root_ids.mnt_ns_id
+    else:
+        root = inv.root_ids.mnt_ns_id
     if root not in ids:
         raise ImageError(
             os.path.join(image_dir, f"mountpoints-{root}.img"),
@@ -173,7 +181,8 @@ def restore(
         the images (CRIU's ``--root``).
     :param externals: ``--external mnt[KEY]:PATH`` as ``{KEY: PATH}``.
     :param allow_host: ``--allow-host DIR``: host directories under which paths named by the
-        images (overlay layers on the host, ``--external-auto`` keys) may be used; nothing
+        images (overlay layers on the host, ``--external-auto`` keys, image files to attach
+        to loop devices) may be used; nothing
         else outside the restored namespaces is (see :mod:`criu_fw.restore.grants`).
     :param command: run it in the restored root namespace (root = the restored root, cwd
         ``/``) and wait for it; ``exit_code`` is its exit status.

@@ -59,5 +59,8 @@ class OverlayDriver(FsDriver):
         if not isinstance(state, OverlayState):
             # Without resolved layers the option strings would be replayed verbatim, which is
             # exactly what goes stale; refuse before anything is mounted.
-            raise RestoreError(f"{mount.describe()}: no overlay layer state in the images")
+            raise RestoreError(
+                f"{mount.describe()}: no overlay layer state in the images (CRIU's own images "
+                "keep only the option strings, whose paths go stale; dump it with criu-fw)"
+            )
         return rebuild_overlay(mount, state, ctx)
