@@ -143,3 +143,22 @@ def test_unreadable_proc_entry_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr == f"criu-fw: error: cannot read {proc}/100/maps: EISDIR (Is a directory)\n"
     assert sorted(os.listdir(tmp_path)) == ["proc"]
+
+
+@pytest.mark.privileged
+def test_one_deleted_inode_open_three_times_is_one_ghost(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """CRIU keeps one ghost per inode: three descriptors of one deleted file point at it."""
+    scn = scenario("mkdir t && mount -t tmpfs tt t && echo once > t/gone && exec 3< t/gone "
+                   "4< t/gone 5<> t/gone && rm t/gone")
+    out = tmp_path / "img"
+    dump(scn.pid, str(out))
+    files = {e.id: e.reg for e in read_image(str(out / "files.img"), fdinfo_pb2.file_entry)}
+    remaps = read_image(str(out / "remap-fpath.img"), remap_pb2.remap_file_path_entry)
+    mine = [r for r in remaps if files[r.orig_id].name == f"{scn.workdir}/t/gone"]
+    assert len(mine) == 3 and len({r.remap_id for r in mine}) == 1
+    _, data = _ghost(out / f"ghost-file-{mine[0].remap_id}.img")
+    assert data == b"once\n"
+    ghost_files = sorted(p.name for p in out.iterdir() if p.name.startswith("ghost-file-"))
+    assert len(ghost_files) == len({r.remap_id for r in remaps})

@@ -45,11 +45,24 @@ class Ghosts:
         self.fs = fs
         self.remaps: list[remap_pb2.remap_file_path_entry] = []
         self.ghosts: list[tuple[remap_pb2.ghost_file_entry, bytes]] = []
+        #: (device, inode) -> ghost id: one ghost per deleted inode, as CRIU keeps them,
+        #: however many descriptors and mappings hold it.
+        self._by_inode: dict[tuple[int, int], int] = {}
 
     def add(self, file_id: int, what: str, pid: int, rel: str, mode: int) -> None:
         """Record file ``file_id`` (``what`` names it in messages) as deleted; its inode is
         reached through ``/proc/PID/<rel>`` on a live system."""
+        inode = self._inode(pid, rel)
+        known = self._by_inode.get(inode) if inode is not None else None
+        if known is not None:
+            log.info("%s: deleted while open; the inode of ghost file %d", what, known)
+            self.remaps.append(remap_pb2.remap_file_path_entry(
+                orig_id=file_id, remap_id=known, remap_type=remap_pb2.GHOST,
+            ))
+            return
         ghost_id = len(self.ghosts) + 1
+        if inode is not None:
+            self._by_inode[inode] = ghost_id
         entry, data, note = self._read(pid, rel, mode)
         log.warning("%s: deleted while open; recorded as ghost file %d (remap-fpath.img)%s",
                     what, ghost_id, note)
@@ -57,6 +70,15 @@ class Ghosts:
             orig_id=file_id, remap_id=ghost_id, remap_type=remap_pb2.GHOST,
         ))
         self.ghosts.append((entry, data))
+
+    def _inode(self, pid: int, rel: str) -> tuple[int, int] | None:
+        if not self.fs.live:
+            return None
+        try:
+            s = os.stat(self.fs.path(pid, rel))
+        except OSError:
+            return None
+        return s.st_dev, s.st_ino
 
     def _read(self, pid: int, rel: str, mode: int) -> tuple[remap_pb2.ghost_file_entry, bytes,
                                                           str]:
