@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from criu_fw.dump import dump
 from criu_fw.errors import DriverError
 from criu_fw.images import read_image
-from criu_fw.proto import mnt_pb2
+from criu_fw.proto import fdinfo_pb2, mnt_pb2
 from criu_fw.testing import NamespaceScenario
 
 pytestmark = pytest.mark.privileged
@@ -75,3 +77,35 @@ def test_tmpfs_seen_only_through_a_subdirectory(scenario: Scenario, tmp_path: Pa
                    "mount --bind o/sub data && umount -l o")
     with pytest.raises(DriverError, match=r"bind of /sub from a filesystem outside"):
         dump(scn.pid, str(tmp_path / "img"), auto_external=True)
+
+
+@pytest.mark.privileged
+def test_a_file_open_from_outside_and_unreachable_inside_is_not_put_on_a_mount(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file opened before the namespace was made (a runtime's log file as a descriptor)
+    whose path inside leads elsewhere on the same filesystem is not recorded on the mount
+    its path lands on: it gets no mount (CRIU's -1), with a warning naming it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "log").write_text("host's\n")
+    (tmp_path / "b" / "log").write_text("another file at the same path\n")
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = subprocess.Popen(
+        ["sh", "-c", f"exec 7< {a}/log; exec unshare -m sh -c 'mount --make-rprivate / && "
+         f"mount --bind {b} {a} && echo ready && exec sleep 60'"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        with caplog.at_level(logging.WARNING, logger="criu_fw.dump"):
+            dump(proc.pid, str(tmp_path / "img"), auto_external=True)
+        files = read_image(str(tmp_path / "img" / "files.img"), fdinfo_pb2.file_entry)
+        (log_file,) = [e.reg for e in files if e.reg.name == f"{a}/log"]
+        assert log_file.mnt_id == -1
+        assert any(f"fd 7 '{a}/log': on mount" in r.getMessage()
+                   and "not reachable at that path there" in r.getMessage()
+                   for r in caplog.records)  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait()

@@ -9,6 +9,7 @@ by its kernel mount id through the namespace's id index (``MountTree.find``), el
 from __future__ import annotations
 
 import logging
+import os
 from typing import TypeVar
 
 import attrs
@@ -39,6 +40,19 @@ class Router:
         return name
 
     # -- files and mappings ----------------------------------------------------------------
+
+    def _reachable(self, item: OpenFile | FileMapping) -> bool:
+        """Whether the item's path, in its process's root, is the item's own file (by
+        device and inode); on a recorded /proc, the filesystem's match has to do."""
+        if self.ctx.recorded or getattr(item, "deleted", False) or item.identity is None:
+            return True
+        try:
+            st = os.stat(f"{self.ctx.proc_root}/{item.pid}/root{item.path}")
+        except OSError:
+            return False
+        return (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino) == (
+            item.identity.dev.major, item.identity.dev.minor, item.identity.ino
+        )
 
     def _fix(self, driver: str, item: F, mount: Mount | None) -> F | None:
         got: OpenFile | FileMapping | None = (
@@ -95,11 +109,18 @@ class Router:
         if fixed is None:
             if item.mnt_id is not None and mount is not None and mount.mnt_id != item.mnt_id:
                 # Opened before the namespace was copied (an inherited /dev/null): the mount
-                # its path lands on is right if it is the same filesystem.
-                if item.identity is not None and item.identity.dev == mount.dev:
+                # its path lands on is right if it is the same filesystem and the path there
+                # leads to this very file (a host log file passed in as stdout does not).
+                if item.identity is not None and item.identity.dev == mount.dev and (
+                    self._reachable(item)
+                ):
                     return item, mount
-                log.info("%s: mount %d is not in mount namespace %d", describe(item),
-                         item.mnt_id, tree.ns_id)
+                log.warning(
+                    "%s: on mount %d, which is not in mount namespace %d, and not reachable at "
+                    "that path there; recorded without a mount (mnt_id -1): a restore must be "
+                    "given this file (CRIU's --inherit-fd)", describe(item), item.mnt_id,
+                    tree.ns_id,
+                )
                 return item, None
             return item, mount
         final = tree.find(fixed.mnt_id) if fixed.mnt_id is not None else None
