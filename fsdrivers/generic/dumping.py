@@ -168,7 +168,9 @@ def unrestorable_message(mount: Mount, root: str) -> str:
         why = f"bind of {root} from a filesystem outside the dumped namespaces"
     hint = f"use --external mnt[{mount.mountpoint}]:KEY or --external-auto"
     if mount.mountpoint == "/":
-        hint += " (or restore it with --root)"
+        # Said for the dump that failed: --root is the restore's answer to a root recorded
+        # as external, not a way to make this dump work.
+        hint += " (its restore then takes the root from --root PATH or the key's mapping)"
     return f"{where}: {why}; {hint}"
 
 
