@@ -71,6 +71,13 @@ class DriverState(abc.ABC):
         is ``lowerdir=rel/l`` at dump and ``lowerdir+=/l`` after a restore by descriptor)."""
         return None
 
+    def source_identity(self) -> str | None:
+        """What the mount's source stands for when a restore gives it another name (a loop
+        device attached again to the same file: ``/dev/loop3`` at dump, ``/dev/loop7``
+        after); ``criu-fw verify`` then compares these instead of the source strings. None:
+        the source string is what counts."""
+        return None
+
 
 #: The driver API this criu-fw provides, (major, minor). The major version changes when a
 #: driver written for the previous one could break: a hook, hook parameter or public name
@@ -78,7 +85,10 @@ class DriverState(abc.ABC):
 #: attribute or method removed. The minor version changes when something is added that a
 #: driver may use (a hook, an optional parameter, a public name, a context attribute): a
 #: driver needing (1, 2) runs on any 1.x with x >= 2.
-API_VERSION: tuple[int, int] = (1, 0)
+#:
+#: 1.1 added (nothing changed or went away): :class:`~criu_fw.plan.LoopFile` as a
+#: ``NewSuperblock`` source, and :meth:`DriverState.source_identity`.
+API_VERSION: tuple[int, int] = (1, 1)
 
 
 @runtime_checkable

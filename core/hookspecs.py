@@ -113,9 +113,10 @@ def rebuild_mount(
 
     :returns: A plan (:mod:`criu_fw.plan`): a new superblock with its parameters (directories
         given as :class:`~criu_fw.plan.PathRef` become dependencies and are passed by file
-        descriptor), a bind from an already restored mount, or an external path. ``None``
-        means the core's default: a new superblock of ``mount.fstype`` from ``mount.source``
-        and ``mount.super_options``.
+        descriptor; its source may be a :class:`~criu_fw.plan.LoopFile`, a file the core
+        attaches to a loop device), a bind from an already restored mount, or an external
+        path. ``None`` means the core's default: a new superblock of ``mount.fstype`` from
+        ``mount.source`` and ``mount.super_options``.
 
     The driver must not issue mount calls itself; the core's mount layer (``ctx.ops``) does.
     A driver that knows the mount cannot be restored here raises, saying why, before anything

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as _errno
+import fcntl
 import os
 import resource
 import struct
@@ -337,3 +338,71 @@ def raise_nofile() -> tuple[int, int]:
 def restore_nofile(old: tuple[int, int]) -> None:
     """Give back the limit :func:`raise_nofile` replaced (soft first: it must fit the hard)."""
     resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+# Loop devices (linux/loop.h), attached the way ``losetup --find`` does.
+LOOP_CLR_FD: Final = 0x4C01
+LOOP_CONFIGURE: Final = 0x4C0A
+LOOP_CTL_GET_FREE: Final = 0x4C82
+LO_FLAGS_READ_ONLY: Final = 1
+LO_FLAGS_AUTOCLEAR: Final = 4
+LO_NAME_SIZE: Final = 64
+#: struct loop_info64: device, inode, rdevice, offset, sizelimit (u64); number,
+#: encrypt_type, encrypt_key_size, flags (u32); file_name, crypt_name, encrypt_key; init[2].
+_LOOP_INFO64 = struct.Struct("=QQQQQIIII64s64s32sQQ")
+#: Another process may take the free device between LOOP_CTL_GET_FREE and LOOP_CONFIGURE
+#: (EBUSY); losetup asks again, so do we, a few times.
+_LOOP_TRIES = 16
+
+
+def loop_attach(
+    file_fd: int, *, offset: int, sizelimit: int, read_only: bool, name: str
+) -> tuple[int, str]:
+    """Attach the open file ``file_fd`` to a free loop device in one LOOP_CONFIGURE; returns
+    a descriptor of the device and its path (``/dev/loopN``).
+
+    The device has LO_FLAGS_AUTOCLEAR: it detaches itself when its last user closes it, so
+    the caller keeps the descriptor until something else holds the device (a superblock
+    made from it), and a process that dies midway leaves no device attached."""
+    flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if read_only else 0)
+    info = _LOOP_INFO64.pack(
+        0, 0, 0, offset, sizelimit, 0, 0, 0, flags,
+        os.fsencode(name)[: LO_NAME_SIZE - 1], b"", b"", 0, 0,
+    )
+    # struct loop_config: fd, block_size (0: the default), info, __reserved[8].
+    config = struct.pack("=II", file_fd, 0) + info + bytes(64)
+    mode = (os.O_RDONLY if read_only else os.O_RDWR) | os.O_CLOEXEC
+    ctl = _open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(_LOOP_TRIES):
+            path = f"/dev/loop{fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)}"
+            dev = _open(path, mode)
+            try:
+                fcntl.ioctl(dev, LOOP_CONFIGURE, config)
+            except OSError as exc:
+                os.close(dev)
+                if exc.errno == _errno.EBUSY:
+                    continue
+                raise SyscallError("LOOP_CONFIGURE", exc.errno or _errno.EIO, path) from None
+            return dev, path
+    finally:
+        os.close(ctl)
+    raise SyscallError("LOOP_CONFIGURE", _errno.EBUSY, None,
+                       f"every free loop device was taken first, {_LOOP_TRIES} times")
+
+
+def _open(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags)
+    except OSError as exc:
+        raise SyscallError("open", exc.errno or _errno.EIO, path) from None
+
+
+def loop_detach(dev_fd: int) -> None:
+    """LOOP_CLR_FD: detach now, or, while something still uses the device (a superblock),
+    as soon as it lets go."""
+    try:
+        fcntl.ioctl(dev_fd, LOOP_CLR_FD, 0)
+    except OSError as exc:
+        if exc.errno != _errno.ENXIO:  # ENXIO: not attached any more
+            raise SyscallError("LOOP_CLR_FD", exc.errno or _errno.EIO, None) from None

@@ -29,6 +29,9 @@ The recording format (what tests assert on) is one :class:`Call` per request, in
 ``set_propagation``    ``handle``, ``flags`` (MS_SHARED / MS_SLAVE / MS_PRIVATE / MS_UNBINDABLE)
 ``set_group``          ``other`` (from: a member of the group), ``handle`` (to: joins it)
 ``reconfigure``        ``handle``, ``params``
+``attach_loop``        ``handle`` (a number of its own), ``path`` (the host file), ``source``
+                       (the device returned), ``params`` (``offset``, ``sizelimit``),
+                       ``flags`` (LO_FLAGS_*: read-only, autoclear)
 ``restore_content``    ``handle``, ``path`` (the image file name)
 ``close``              ``handle``
 =====================  =========================================================================
@@ -56,6 +59,7 @@ import attrs
 
 from . import confine, kernel
 from .errors import CriuFwError, SyscallError
+from .plan import LoopFile
 from .superblocks import KEYED, NAMED_BY_OPTIONS, SINGLETONS, fresh_types
 
 
@@ -131,6 +135,11 @@ class Call:
             return f"reconfigure the superblock of {h}: " + ",".join(
                 _show_param(k, v) for k, v in self.params
             )
+        if self.op == "attach_loop":
+            how = ", ".join(f"{k} {v}" for k, v in self.params if v != "0")
+            if self.flags & kernel.LO_FLAGS_READ_ONLY:
+                how = f"{how}, read-only" if how else "read-only"
+            return f"{self.source} = loop device on {self.path}" + (f" ({how})" if how else "")
         if self.op == "restore_content":
             return f"fill {h} from {self.path}"
         return f"{self.op} {h}"
@@ -247,6 +256,13 @@ class MountOps:
         """Run ``fill(path)`` with a path through which the mount's whole root is writable."""
         raise NotImplementedError
 
+    def attach_loop(self, base: str, path: str, loop: LoopFile, *, follow: bool = False) -> str:
+        """Attach the file ``path`` inside the granted directory ``base`` (resolved as
+        :meth:`clone_host` does) to a new loop device, once it is checked to be the file
+        ``loop`` recorded; returns the device's path, a superblock's source. The device goes
+        away by itself once nothing uses it, and is detached by a failed restore."""
+        raise NotImplementedError
+
     def fsid(self, handle: int) -> int | None:
         """The filesystem identity (statfs ``f_fsid``) of a mount, None if unknown."""
         raise NotImplementedError
@@ -351,6 +367,17 @@ class RecordingMountOps(MountOps):
     def restore_content(self, handle: int, image: str, fill: Callable[[str], object]) -> None:
         self.calls.append(Call("restore_content", handle=handle, path=image))
 
+    def attach_loop(self, base: str, path: str, loop: LoopFile, *, follow: bool = False) -> str:
+        # The file itself was checked when the restore was planned; nothing is opened here.
+        h = self._new()
+        device = f"<loop #{h}>"
+        flags = kernel.LO_FLAGS_AUTOCLEAR | (kernel.LO_FLAGS_READ_ONLY if loop.read_only else 0)
+        self.calls.append(Call(
+            "attach_loop", handle=h, path=host_join(base, path), source=device, flags=flags,
+            params=(("offset", str(loop.offset)), ("sizelimit", str(loop.sizelimit))),
+        ))
+        return device
+
     def fsid(self, handle: int) -> int | None:
         return None
 
@@ -377,6 +404,53 @@ def open_param(value: Fd) -> int:
         return confine.open_beneath(base, value.path, confine.GRANTED)
     finally:
         os.close(base)
+
+
+class BackingFileError(CriuFwError):
+    """The file a :class:`~criu_fw.plan.LoopFile` names is gone, or not the recorded one."""
+
+
+def open_loop_file(base: str, path: str, loop: LoopFile, *, follow: bool = False) -> int:
+    """The file of a loop device to be, ``path`` inside the granted ``base`` (or ``base``
+    itself), opened as the device will use it and checked against what was recorded."""
+    what = f"the loop device's backing file {host_join(base, path)!r}"
+    try:
+        # Looked at before it is opened for real: opening a device node or a FIFO that the
+        # images point at could start something (a watchdog) or hang the restore.
+        probe = _open_granted(base, path, os.O_PATH, follow)
+        try:
+            seen = os.fstat(probe)
+        finally:
+            os.close(probe)
+        why = loop.problem(seen)
+        if why is not None:
+            raise BackingFileError(f"{what}: {why}")
+        mode = os.O_RDONLY if loop.read_only else os.O_RDWR
+        fd = _open_granted(base, path, mode | os.O_NOCTTY | os.O_NONBLOCK, follow)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            raise BackingFileError(f"{what} is gone") from None
+        raise BackingFileError(f"{what} cannot be opened: {exc}") from None
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+            raise BackingFileError(f"{what} was replaced while the restore opened it")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_granted(base: str, path: str, flags: int, follow: bool) -> int:
+    if not confine.components(path):
+        return os.open(base, flags | os.O_CLOEXEC)  # the operator's own path
+    top = os.open(base, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return confine.open_beneath(top, path, confine.GRANTED if follow else confine.STRICT,
+                                    flags)
+    finally:
+        os.close(top)
 
 
 @contextlib.contextmanager
@@ -455,6 +529,9 @@ class KernelMountOps(MountOps):
         #: Mountpoints this restore created in existing trees (a --root directory), so a
         #: failed restore removes exactly those.
         self.maker = confine.Maker()
+        #: Descriptors of the loop devices this restore attached, held until it ends: each
+        #: clears itself on its last close, so it must outlive the making of its superblock.
+        self.loops: list[int] = []
 
     def new_superblock(
         self,
@@ -725,12 +802,38 @@ class KernelMountOps(MountOps):
 
     def undo(self) -> None:
         """Remove the mountpoints this restore created (deepest first), after a failure,
-        through the descriptors held since they were made (see :mod:`criu_fw.confine`)."""
+        through the descriptors held since they were made (see :mod:`criu_fw.confine`), and
+        detach the loop devices it attached (at once, or when their superblocks go)."""
         self.maker.undo()
+        self._let_go_of_loops(detach=True)
 
     def forget(self) -> None:
-        """Keep what was created (the restore succeeded)."""
+        """Keep what was created (the restore succeeded): the loop devices stay attached as
+        long as their superblocks exist."""
         self.maker.forget()
+        self._let_go_of_loops(detach=False)
+
+    def attach_loop(self, base: str, path: str, loop: LoopFile, *, follow: bool = False) -> str:
+        fd = open_loop_file(base, path, loop, follow=follow)
+        try:
+            dev, device = kernel.loop_attach(
+                fd, offset=loop.offset, sizelimit=loop.sizelimit, read_only=loop.read_only,
+                name=host_join(base, path),
+            )
+        finally:
+            os.close(fd)  # the device holds the file now
+        self.loops.append(dev)
+        return device
+
+    def _let_go_of_loops(self, *, detach: bool) -> None:
+        loops, self.loops = self.loops, []
+        for dev in loops:
+            try:
+                if detach:
+                    with contextlib.suppress(SyscallError):
+                        kernel.loop_detach(dev)
+            finally:
+                os.close(dev)
 
     def set_attr(self, handle: int, attr_set: int, attr_clr: int) -> None:
         kernel.mount_setattr(handle, "", kernel.AT_EMPTY_PATH, attr_set, attr_clr)

@@ -7,6 +7,9 @@ themselves, the core's mount layer does (which is what lets tests record the cal
 
 from __future__ import annotations
 
+import os
+import stat
+import time
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -30,6 +33,60 @@ class ExternalRef:
     path: str | None = None
 
 
+def _file_offset(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    # The kernel takes a signed 64-bit offset (loff_t); a state read from an image may hold
+    # anything.
+    if not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{attribute.name} must be a file offset (0 to 2**63-1), not {value!r}")
+
+
+@attrs.frozen
+class LoopFile:
+    """A superblock's source that is a regular file on the host, attached to a new loop
+    device (a squashfs or erofs image): ``NewSuperblock(fstype, LoopFile(...))``.
+
+    ``path`` is used only as the operator grants it (``--allow-host DIR`` above the file, or
+    ``--external mnt[KEY]:PATH`` for a keyed reference). The core opens it beneath the
+    granted directory, checks that it is still the file the driver recorded (``size`` and
+    ``mtime_ns``; ``dev`` and ``ino`` only inform, a restore may run on another machine),
+    attaches it to a free loop device (``offset``, ``sizelimit`` as losetup's; read-only as
+    recorded; cleared automatically once nothing uses it) and makes the superblock from that
+    device; no ``--external dev[...]`` is needed for a device the restore attached itself.
+    A read-only loop device gives a read-only superblock. If the restore fails, the device
+    is detached again.
+    """
+
+    path: ExternalRef
+    offset: int = attrs.field(default=0, validator=_file_offset)
+    #: Bytes of the file the device shows from ``offset`` on (0: up to the end).
+    sizelimit: int = attrs.field(default=0, validator=_file_offset)
+    read_only: bool = True
+    #: What the file was at dump time; None: not checked.
+    size: int | None = None
+    mtime_ns: int | None = None
+    #: The file's device (``st_dev``) and inode at dump time: logged when they differ.
+    dev: int | None = None
+    ino: int | None = None
+
+    def problem(self, st: os.stat_result) -> str | None:
+        """Why the file ``st`` describes is not the recorded one, or None."""
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file"
+        if self.size is not None and st.st_size != self.size:
+            return f"changed since the dump ({st.st_size} bytes, {self.size} when dumped)"
+        if self.mtime_ns is not None and st.st_mtime_ns != self.mtime_ns:
+            return (
+                f"changed since the dump (modified {_when(st.st_mtime_ns)}, "
+                f"{_when(self.mtime_ns)} when dumped)"
+            )
+        return None
+
+
+def _when(ns: int) -> str:
+    secs, rest = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(secs)) + f".{rest:09d} UTC"
+
+
 #: A value of a superblock parameter: plain text, or a directory the core opens and passes
 #: by file descriptor (FSCONFIG_SET_FD) once it exists.
 ParamValue = str | PathRef | ExternalRef | None
@@ -44,7 +101,9 @@ class NewSuperblock:
     """
 
     fstype: str
-    source: str
+    #: The source string (a device path, a name such as ``tmpfs``), or a :class:`LoopFile`
+    #: the core attaches to a loop device whose path becomes the source.
+    source: str | LoopFile
     params: tuple[tuple[str, ParamValue], ...] = ()
     #: Extra mounts (dumped ids) that must exist first, beyond those named by PathRefs.
     needs: tuple[int, ...] = ()

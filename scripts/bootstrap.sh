@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything criu-fw needs on a fresh Debian machine (run as root): the Debian packages
-# (criu for its `crit` reader, tar for tmpfs archives, util-linux for unshare/nsenter) and a
+# (criu for its `crit` reader, tar for tmpfs archives, util-linux for unshare/nsenter,
+# squashfs-tools and erofs-utils for the example driver's images) and a
 # virtual environment in .venv with criu-fw installed editable plus its test extras.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -15,6 +16,9 @@ command -v gzip >/dev/null 2>&1 || need_apt+=(gzip)
 # ext4 on loop devices for the block-device tests.
 command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)
 command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
+# squashfs and erofs images for the example driver's round trips (examples/criu-fw-squashfs).
+command -v mksquashfs >/dev/null 2>&1 || need_apt+=(squashfs-tools)
+command -v mkfs.erofs >/dev/null 2>&1 || need_apt+=(erofs-utils)
 # A static shell for the container-like test namespaces and the demo (no libraries to copy).
 { command -v busybox >/dev/null 2>&1 || test -x /bin/busybox; } || need_apt+=(busybox-static)
 # Debian's own python3 creates virtual environments only with python3-venv installed.

@@ -55,7 +55,8 @@ def split_externals(values: tuple[str, ...]) -> tuple[dict[str, str], dict[str, 
 @click.option("--allow-host", "allow_host", multiple=True, metavar="DIR",
               help="Host directories under which paths named by the images may be used: "
                    "overlay layers on the host (an overlay writes into its upper and work "
-                   "directories there), mounts recorded by --external-auto. Nothing else "
+                   "directories there), mounts recorded by --external-auto, image files "
+                   "attached to loop devices (squashfs, erofs). Nothing else "
                    "outside the restored namespaces is used without --external or --root.")
 @click.option("--detach", is_flag=True,
               help="Leave a holder process in the restored namespace, print its PID, return.")

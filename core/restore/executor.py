@@ -38,7 +38,7 @@ from ..errors import CriuFwError, DriverError, RestoreError
 from ..hooks import on_mount
 from ..model import Mount
 from ..mountops import Fd, MountOps, ParamArg
-from ..plan import ContentJob, ExternalRef, PathRef
+from ..plan import ContentJob, ExternalRef, LoopFile, PathRef
 from ..plugins import DriverManager
 from ..superblocks import sharing
 from .grants import host_source
@@ -232,9 +232,12 @@ class Executor:
         if sb.key in self._made:
             return
         params = [(k, self._param(v)) for k, v in sb.plan.params]
+        source = sb.plan.source
+        if isinstance(source, LoopFile):
+            src = host_source(source.path, sb.mount, self.ctx, "the loop device's backing file")
+            source = self.ops.attach_loop(src.base, src.path, source, follow=src.follow)
         h = self.ops.new_superblock(
-            sb.plan.fstype, sb.plan.source, params,
-            legacy_data=sb.plan.legacy_data, chroot=self.chroot,
+            sb.plan.fstype, source, params, legacy_data=sb.plan.legacy_data, chroot=self.chroot,
         )
         if sb.plan.fsid is not None:
             got = self.ops.fsid(h)

@@ -8,7 +8,8 @@ being built is used only through one of these grants:
 * ``--allow-host DIR``: host directories that images name by path (overlay layers of a
   container root on the host's storage, mounts ``--external-auto`` recorded by their host
   path) may be used when they lie below DIR. The restore may bind them, and an overlay
-  writes into its upper and work directories there.
+  writes into its upper and work directories there. So may image files a driver names in a
+  :class:`~criu_fw.plan.LoopFile`: they are attached to loop devices.
 
 Every image-named part of such a path is resolved inside the granted directory
 (:mod:`criu_fw.confine`), so neither ``..`` nor a link leads out of it. What no grant covers
@@ -18,6 +19,7 @@ option that would grant it.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 
@@ -26,8 +28,10 @@ import attrs
 from ..context import RestoreContext
 from ..errors import RestoreError
 from ..model import Mount
-from ..mountops import host_join
-from ..plan import ExternalRef, NewSuperblock
+from ..mountops import BackingFileError, host_join, open_loop_file
+from ..plan import ExternalRef, LoopFile, NewSuperblock
+
+log = logging.getLogger("criu_fw.restore")
 
 
 @attrs.frozen
@@ -120,7 +124,11 @@ _FILESYSTEMS: dict[str, dict[str, bool]] = {}
 
 def granted_device(plan: NewSuperblock, mount: Mount, ctx: RestoreContext) -> None:
     """A filesystem is mounted from a block device only when the operator named that device
-    (``--external dev[MAJ:MIN]:DEVICE``), whatever a driver or the images say."""
+    (``--external dev[MAJ:MIN]:DEVICE``), whatever a driver or the images say; or from a
+    loop device the restore attaches itself to a granted file (:func:`granted_loop_file`)."""
+    if isinstance(plan.source, LoopFile):
+        granted_loop_file(plan.source, mount, ctx)
+        return
     if not needs_device(plan.fstype, plan.source, ctx.proc_root):
         return
     if plan.source in ctx.devices.values():
@@ -131,3 +139,25 @@ def granted_device(plan: NewSuperblock, mount: Mount, ctx: RestoreContext) -> No
         f"the images), and a restore mounts one only from a device the operator names; give "
         f"--external dev[{dev}]:DEVICE"
     )
+
+
+def granted_loop_file(loop: LoopFile, mount: Mount, ctx: RestoreContext) -> HostSource:
+    """Where the file of a :class:`~criu_fw.plan.LoopFile` is on this host, checked before
+    anything is mounted: granted, there, and the recorded file (the mount layer checks the
+    descriptor it attaches again)."""
+    src = host_source(loop.path, mount, ctx, what="the loop device's backing file")
+    try:
+        fd = open_loop_file(src.base, src.path, loop, follow=src.follow)
+    except BackingFileError as exc:
+        raise RestoreError(f"{mount.describe()}: {exc}") from None
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if (loop.ino is not None and loop.ino != st.st_ino) or (
+        loop.dev is not None and loop.dev != st.st_dev
+    ):
+        log.info("%s: the loop device's backing file %s is another inode than the dumped one "
+                 "(same size and modification time: a copy, or another machine)",
+                 mount.describe(), src.shown)
+    return src

@@ -28,7 +28,15 @@ from ..fstypes import VIRTUAL
 from ..hooks import on_mount
 from ..model import Dev, Mount, MountTree
 from ..mountops import host_join
-from ..plan import BindExternal, BindFrom, ExternalRef, MountPlan, NewSuperblock, PathRef
+from ..plan import (
+    BindExternal,
+    BindFrom,
+    ExternalRef,
+    LoopFile,
+    MountPlan,
+    NewSuperblock,
+    PathRef,
+)
 from ..plugins import DriverManager
 from ..records import DumpedNamespace
 from .grants import HostSource, granted_device, host_source
@@ -228,6 +236,11 @@ def plan_namespace(
         key = shared.next_key
         shared.next_key += 1
         readonly = ("ro", None) in plan.params
+        if isinstance(plan.source, LoopFile) and plan.source.read_only:
+            # A read-only device gives only a read-only superblock: made so at once.
+            readonly = False
+            if ("ro", None) not in plan.params:
+                plan = attrs.evolve(plan, params=(*plan.params, ("ro", None)))
         if readonly:
             plan = attrs.evolve(plan, params=tuple(p for p in plan.params if p != ("ro", None)))
         driver = _driver(ns, m, mgr)

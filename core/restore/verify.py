@@ -15,7 +15,9 @@ images hold a driver state that names directories (``DriverState.directories()``
 driver's layers), the owning driver's own
 ``parse_mount`` reads the live mount the way a dump would, and the two layer lists are compared
 as (role, mount, path inside it); the options that spell those layers are then left out of the
-textual comparison.
+textual comparison. Likewise a source whose name a restore makes anew (a loop device attached
+again to the same file) is compared by what both states say it stands for
+(``DriverState.source_identity()``).
 
 Keyed filesystems (sysfs, mqueue, cgroup, ...; :mod:`criu_fw.superblocks`) may come back as
 this machine's superblock, which a restore never changes: a read-only one is then restored as
@@ -203,8 +205,13 @@ def _compare_side(side: Side) -> tuple[list[tuple[Mount, Mount]], list[str]]:
     to_live = {d.mnt_id: lv.mnt_id for d, lv in pairs}
     for d, lv in pairs:
         skip: set[str] = set()
+        sources = (d.source, lv.source)
         if states is not None and live_states is not None:
             ds, ls = states.get(d.mnt_id), live_states.get(lv.mnt_id)
+            d_id = ds.source_identity() if ds is not None else None
+            l_id = ls.source_identity() if ls is not None else None
+            if d_id is not None and l_id is not None:
+                sources = (d_id, l_id)
             dk = layer_keys(ds, to_live.get)
             lk = layer_keys(ls, lambda i: i)
             if dk is not None and lk is not None:
@@ -214,7 +221,7 @@ def _compare_side(side: Side) -> tuple[list[tuple[Mount, Mount]], list[str]]:
                         f"{d.mountpoint}: layers {_show_layers(dk, live)} in the images, "
                         f"{_show_layers(lk, live)} live"
                     )
-        diffs.extend(_compare_mount(d, lv, skip))
+        diffs.extend(_compare_mount(d, lv, skip, sources))
     return pairs, diffs
 
 
@@ -237,8 +244,13 @@ def _descendants(tree: MountTree, m: Mount) -> Iterable[Mount]:
         stack.extend(tree.children(x))
 
 
-def _compare_mount(d: Mount, lv: Mount, skip: set[str]) -> list[str]:
+def _compare_mount(
+    d: Mount, lv: Mount, skip: set[str], sources: tuple[str, str] | None = None
+) -> list[str]:
+    """``sources``: what to compare as the sources (their identities, where the drivers'
+    states give them: see :meth:`DriverState.source_identity`)."""
     out = []
+    d_source, l_source = sources if sources is not None else (d.source, lv.source)
     where = d.mountpoint
     d_opts, l_opts = list(d.mount_options), list(lv.mount_options)
     keyed = d.fstype in KEYED and d.fstype == lv.fstype
@@ -253,7 +265,7 @@ def _compare_mount(d: Mount, lv: Mount, skip: set[str]) -> list[str]:
         l_opts = [o for o in l_opts if o not in ("ro", "rw")]
     for what, a, b in (
         ("fstype", d.fstype, lv.fstype),
-        ("source", d.source, lv.source),
+        ("source", d_source, l_source),
         ("root", d.root, lv.root),
     ):
         if a != b:
