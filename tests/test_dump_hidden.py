@@ -13,6 +13,8 @@ import contextlib
 import os
 import random
 import resource
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -157,3 +159,28 @@ def _first_file(path: str) -> bytes:
         with contextlib.suppress(FileNotFoundError), open(f"{path}/{name}", "rb") as f:
             return f.read()
     return b""
+
+
+@pytest.mark.privileged
+def test_more_filesystems_than_a_quarter_of_the_hard_limit_are_viewed_in_batches(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """The helper holds a descriptor per filesystem; under a hard limit of 256 (a dumper
+    of its own, so this test's limit stays) 300 tmpfs are viewed 64 at a time."""
+    scn = scenario(
+        "for i in $(seq 300); do mkdir m$i && mount -t tmpfs t$i m$i && echo $i > m$i/f; done"
+    )
+    out = tmp_path / "img"
+    res = subprocess.run(
+        ["prlimit", "--nofile=256:256", sys.executable, "-m", "criu_fw", "dump",
+         "-t", str(scn.pid), "-D", str(out), "--external-auto"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    mounts = {m.mountpoint: m for m in read_image(str(out / "mountpoints-1.img"),
+                                                  mnt_pb2.mnt_entry)}  # fmt: skip
+    for i in (1, 150, 300):
+        kdev = mounts[f"{scn.workdir}/m{i}"].root_dev
+        with tarfile.open(out / f"tmpfs-dev-{kdev}.tar.gz.img") as tar:
+            f = tar.extractfile("./f")
+            assert f is not None and f.read() == f"{i}\n".encode()

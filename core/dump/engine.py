@@ -22,6 +22,7 @@ import errno
 import gc
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import BinaryIO
@@ -357,18 +358,25 @@ def _content(a: _Attempt, router: Router) -> None:
         chosen = per_ns.get(ns.ns_id)
         if not chosen:
             continue
-        with FilesystemViews(ns.pid, ns.tree, chosen) as paths:
-            for m, path in zip(chosen, paths, strict=True):
-                try:
-                    name = router.hooks.dump_content(a.drivers[ns.ns_id][m.mnt_id], m, path,
-                                                     a.ctx)
-                except DriverError as err:
-                    raise in_context(err, "dump_content", m.describe(),
-                                     f"mount {m.mnt_id}") from err.__cause__
-                if name is None:
-                    continue
-                for other_ns, other in all_of[m.dev]:
-                    a.content.setdefault(other_ns, {})[other.mnt_id] = name
+        # The helper holds a descriptor per filesystem: batches within a quarter of the
+        # hard limit (50,000 tmpfs at 100,000 mounts outgrew a limit of 20,000), one private
+        # copy of the namespace each.
+        batch = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 4)
+        for start in range(0, len(chosen), batch):
+            part = chosen[start : start + batch]
+            with FilesystemViews(ns.pid, ns.tree, part) as paths:
+                for m, path in zip(part, paths, strict=True):
+                    try:
+                        name = router.hooks.dump_content(
+                            a.drivers[ns.ns_id][m.mnt_id], m, path, a.ctx
+                        )
+                    except DriverError as err:
+                        raise in_context(err, "dump_content", m.describe(),
+                                         f"mount {m.mnt_id}") from err.__cause__
+                    if name is None:
+                        continue
+                    for other_ns, other in all_of[m.dev]:
+                        a.content.setdefault(other_ns, {})[other.mnt_id] = name
 
 
 def _view_mount(a: _Attempt, mounts: list[tuple[int, Mount]]) -> tuple[int, Mount] | None:
