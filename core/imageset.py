@@ -239,6 +239,7 @@ class _EntryWriter:
         scratch = self._scratch
         add_criu, add_fw = criu_out.append, fw_out.append
         fast = _FAST_TEXT
+        texts: dict[tuple[object, ...], bool] = {}
         for rec in records:
             m, driver, state = rec.mount, rec.driver, rec.state
             ext, cont = rec.external, rec.content
@@ -255,7 +256,12 @@ class _EntryWriter:
                    prop.unbindable, m.root_deleted, driver, ext, cont)  # fmt: skip
             tpl = templates.get(key)
             if tpl is None:
-                if not _all_utf8(m, ext):
+                text = (m.root, m.source, m.fstype, m.super_options, ext)
+                utf8 = texts.get(text)
+                if utf8 is None:
+                    # Once per distinct text (templates differ in devices and groups too).
+                    utf8 = texts[text] = _all_utf8(m, ext)
+                if not utf8:
                     tpl = templates[key] = _RAW  # CRIU's fields get raw bytes: see scratch
                 else:
                     tpl = templates[key] = make(m, driver, ext, cont)
@@ -336,6 +342,8 @@ _RAW: Any = object()
 
 
 def _all_utf8(m: Mount, ext: str | None) -> bool:
+    # The mountpoint too where called alone; the writer's loop finds a mountpoint that is
+    # not UTF-8 by protobuf's refusal of it.
     return all(is_exact_utf8(t) for t in (m.root, m.mountpoint, m.source, m.fstype)) and all(
         is_exact_utf8(o) for o in m.super_options
     ) and (ext is None or is_exact_utf8(ext))

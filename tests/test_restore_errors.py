@@ -17,7 +17,6 @@ import sys
 import tarfile
 from collections.abc import Callable, Iterator
 
-import attrs
 import pytest
 from criu_fw.dump import dump
 from criu_fw.fsdrivers.generic import content
@@ -224,7 +223,7 @@ def test_kernel_refuses_an_option(base: tuple[str, str], tmp_path: os.PathLike[s
         for m in ns.tree
     ]
     tree = MountTree(tuple(mounts), ns.tree.ns_id)
-    kept = {m.mnt_id: attrs.evolve(ns.record(m.mnt_id), mount=m) for m in tree}
+    kept = {m.mnt_id: ns.record(m.mnt_id)._replace(mount=m) for m in tree}
     write_mount_namespace(images, DumpedNamespace(1, tree, kept))
     line = _fails(_restore(images, "--external", f"mnt[data]:{base[1]}/ext"),
                   f"at '{base[1]}/a' (tmpfs, source 'ta')", "fsconfig",
