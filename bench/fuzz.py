@@ -150,8 +150,8 @@ def read_big(mounts: int, work: str) -> int:
     # VmHWM, not ru_maxrss: the latter keeps the peak of this (large) process across exec.
     code = (
         "import sys, time\n"
-        "from criu_fw.imageset import read_mount_namespace\n"
-        "from criu_fw.plugins import load_drivers\n"
+        "from criu_fw.images.mounts import read_mount_namespace\n"
+        "from criu_fw.api.loader import load_drivers\n"
         "def hwm():\n"
         "    with open('/proc/self/status') as f:\n"
         "        return next(int(x.split()[1]) for x in f if x.startswith('VmHWM'))\n"

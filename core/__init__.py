@@ -6,11 +6,11 @@ write ``from criu_fw import hookimpl``. Nothing here loads plugins at import tim
 
 from __future__ import annotations
 
-from .drivertypes import DriverState, FsDriver
+from .api.base import DriverState, FsDriver
+from .api.hookspecs import hookimpl
+from .api.loader import DriverConfig, DriverManager, load_drivers
 from .errors import CriuFwError
-from .hookspecs import hookimpl
 from .model import Dev, Mount, MountTree, Propagation
-from .plugins import DriverConfig, DriverManager, load_drivers
 
 __version__ = "0.1.0"
 

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from .api.hooks import current_driver
 from .errors import CriuFwError, DumpError, ImageError
-from .hooks import current_driver
 from .model import Mount, MountTree
 from .plan import ContentJob
 from .stash import Stash
 
 if TYPE_CHECKING:
-    from .mountops import MountOps
+    from .kernel.mountops import MountOps
 
 log = logging.getLogger("criu_fw")
 
@@ -161,7 +161,8 @@ class RestoreContext:
     #: here; the only devices a restore mounts filesystems from.
     devices: Mapping[str, str] = attrs.field(factory=dict)
     #: ``--netns`` / ``--ipcns``: kind (``net``, ``ipc``) -> ``new`` or the namespace file
-    #: the restore builds in; kinds not given are the caller's (see :mod:`criu_fw.superblocks`).
+    #: the restore builds in; kinds not given are the caller's (see
+    #: :mod:`criu_fw.kernel.superblocks`).
     other_namespaces: Mapping[str, str] = attrs.field(factory=dict)
     #: The layer through which every mount call goes (a recording one in tests).
     ops: MountOps | None = None

@@ -2,29 +2,17 @@
 
 A driver imports from this module (and ``criu_fw`` itself) only; the core's other modules
 are free to change between releases, this one changes as :data:`API_VERSION` says. What a
-driver is and declares: :mod:`criu_fw.drivertypes` (re-exported here); the hooks and their
-contracts: :mod:`criu_fw.hookspecs`. tests/test_driver_api.py checks that the built-in
+driver is and declares: :mod:`criu_fw.api.base` (re-exported here); the hooks and their
+contracts: :mod:`criu_fw.api.hookspecs`. tests/test_driver_api.py checks that the built-in
 drivers need nothing else.
 """
 
 from __future__ import annotations
 
-from .confine import (
-    RESOLVE_BENEATH,
-    RESOLVE_IN_ROOT,
-    RESOLVE_NO_MAGICLINKS,
-    RESOLVE_NO_SYMLINKS,
-    open_beneath,
-    openat2,
-)
+from .api.base import API_VERSION, DriverLike, DriverState, FsDriver, NamedDirectory
+from .api.hooks import current_driver, routed_to
+from .api.hookspecs import hookimpl
 from .context import DumpContext, RestoreContext
-from .drivertypes import (
-    API_VERSION,
-    DriverLike,
-    DriverState,
-    FsDriver,
-    NamedDirectory,
-)
 from .errors import (
     CriuFwError,
     DriverError,
@@ -35,10 +23,16 @@ from .errors import (
 )
 from .files import FileIdentity, FileMapping, OpenFile
 from .fstypes import FSTYPES, FsType, fstype
-from .hooks import current_driver, routed_to
-from .hookspecs import hookimpl
+from .kernel.confine import (
+    RESOLVE_BENEATH,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    open_beneath,
+    openat2,
+)
+from .kernel.mountinfo import read_mountinfo, unescape
 from .model import Dev, Mount, MountTree, Propagation
-from .mountinfo import read_mountinfo, unescape
 from .plan import (
     BindExternal,
     BindFrom,

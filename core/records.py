@@ -5,8 +5,8 @@ A :class:`MountRecord` says everything the dump learnt about one mount: the moun
 kernel showed it, the driver that owns it, that driver's state, the external key it was
 recorded under (bind-mounted from outside the dumped namespaces) and the image holding its
 filesystem's content. A :class:`DumpedNamespace` is a namespace's tree with its records; it
-is what :func:`~criu_fw.imageset.write_mount_namespace` writes, what
-:func:`~criu_fw.imageset.read_mount_namespace` returns and what
+is what :func:`~criu_fw.images.mounts.write_mount_namespace` writes, what
+:func:`~criu_fw.images.mounts.read_mount_namespace` returns and what
 :func:`~criu_fw.restore.restore` (``namespaces=``) rebuilds.
 """
 
@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import attrs
 
-from .drivertypes import DriverState
+from .api.base import DriverState
 from .model import Mount, MountTree
 
 

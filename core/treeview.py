@@ -29,11 +29,11 @@ def read_tree(
     except PermissionError:
         ns_id = 0  # mountinfo may still be readable (a sandbox's pid 1); statmount is not
     if reader == "mountinfo":
-        from .mountinfo import read_mountinfo
+        from .kernel.mountinfo import read_mountinfo
 
         return read_mountinfo(pid, proc_root, ns_id)
     if reader == "statmount":
-        from . import statmount
+        from .kernel import statmount
 
         if not statmount.available():
             raise UsageError("--reader statmount: listmount/statmount are not available here")

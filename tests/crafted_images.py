@@ -14,11 +14,11 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
+from criu_fw.api.loader import DriverManager, load_drivers
 from criu_fw.driver import DriverState
 from criu_fw.images import IMG_COMMON, MAGIC, write_image
-from criu_fw.imageset import write_mount_namespace
+from criu_fw.images.mounts import write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree
-from criu_fw.plugins import DriverManager, load_drivers
 from criu_fw.proto import core_pb2, inventory_pb2
 from criu_fw.records import DumpedNamespace
 

@@ -40,11 +40,11 @@ import attrs
 from crafted_images import NS, U32, manager, write_dir
 from criu_fw.errors import CriuFwError, ImageError
 from criu_fw.fsdrivers.overlay.state import OverlayState
-from criu_fw.imagecheck import MAX_OPTION_BYTES, MAX_OPTIONS
 from criu_fw.images import image_to_json, kind_of_filename, read_image, write_image
-from criu_fw.imageset import CRIU_FSTYPES, FORMAT_VERSION, read_mount_namespace
+from criu_fw.images.check import MAX_OPTION_BYTES, MAX_OPTIONS
+from criu_fw.images.mounts import CRIU_FSTYPES, FORMAT_VERSION, read_mount_namespace
+from criu_fw.kernel.mountops import RecordingMountOps
 from criu_fw.model import Dev, Mount, Propagation
-from criu_fw.mountops import RecordingMountOps
 from criu_fw.proto import (
     aufs_pb2,
     core_pb2,

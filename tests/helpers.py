@@ -10,11 +10,11 @@ from typing import Any, ClassVar, Self
 
 import attrs
 from criu_fw import hookimpl
+from criu_fw.api.hooks import current_driver
+from criu_fw.api.loader import DriverConfig, DriverManager
 from criu_fw.driver import DriverState, FsDriver
 from criu_fw.dump import dump
-from criu_fw.hooks import current_driver
-from criu_fw.mountinfo import parse_line
-from criu_fw.plugins import DriverConfig, DriverManager
+from criu_fw.kernel.mountinfo import parse_line
 from criu_fw.testing import NamespaceScenario
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message

@@ -10,13 +10,13 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 
+from criu_fw.api.hooks import routed_to
 from criu_fw.context import DumpContext
 from criu_fw.files import FileIdentity, FileMapping, OpenFile
 from criu_fw.fsdrivers.overlay import driver
 from criu_fw.fsdrivers.overlay.state import OverlayState
-from criu_fw.hooks import routed_to
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.model import Dev, Mount, MountTree
-from criu_fw.mountinfo import read_mountinfo
 from criu_fw.testing import NamespaceScenario
 
 
@@ -158,7 +158,7 @@ def checkpoint(pid: int, images: str, **kw: object) -> None:
 def auto_externals(images: str) -> dict[str, str]:
     """``--external mnt[KEY]:KEY`` for every external the dump recorded by its host path
     (``--external-auto``): the grant an operator who checked those paths gives."""
-    from criu_fw.imageset import read_mount_namespace
+    from criu_fw.images.mounts import read_mount_namespace
     from criu_fw.restore import image_namespaces
 
     _, ids = image_namespaces(images)

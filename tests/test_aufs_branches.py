@@ -17,8 +17,8 @@ from criu_fw.errors import DumpError
 from criu_fw.fsdrivers.aufs.branches import Branch, log_lines, read_branches
 from criu_fw.fsdrivers.aufs.driver import SUPERBLOCKS, AufsDriver, superblock
 from criu_fw.fsdrivers.aufs.sbid import superblock_id
+from criu_fw.kernel.mountinfo import parse_line, unescape
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse_line, unescape
 from fixtures.aufs.recording import BRANCHES, SI, branch_lines, write_branches
 
 AUFS_LINE = f"90 61 0:33 / / rw,relatime - aufs none rw,si={SI}".encode()

@@ -17,7 +17,7 @@ import pytest
 from criu_fw.dump import dump
 from criu_fw.errors import CriuFwError
 from criu_fw.images import read_image
-from criu_fw.mountops import RecordingMountOps
+from criu_fw.kernel.mountops import RecordingMountOps
 from criu_fw.proto import fdinfo_pb2, mm_pb2
 from criu_fw.restore import restore
 from fixtures.aufs.recording import (
@@ -213,7 +213,7 @@ def test_default_fixture_is_what_the_docstring_says() -> None:
 
 
 def test_which_driver_handled_what(tmp_path: Path) -> None:
-    from criu_fw.tracing import Tracer
+    from criu_fw.api.tracing import Tracer
 
     rec = build(tmp_path / "rec")
     tracer = Tracer()

@@ -17,8 +17,8 @@ from criu_fw.fsdrivers.aufs.branches import Branch
 from criu_fw.fsdrivers.aufs.driver import AufsDriver
 from criu_fw.fsdrivers.aufs.fixups import stat_under
 from criu_fw.fsdrivers.aufs.paths import BranchIndex
+from criu_fw.kernel.mountinfo import parse_line
 from criu_fw.model import Dev
-from criu_fw.mountinfo import parse_line
 from fixtures.aufs.recording import (
     BASE_LAYER,
     BRANCHES,

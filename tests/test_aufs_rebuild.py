@@ -16,7 +16,7 @@ from criu_fw.fsdrivers.aufs.branches import Branch
 from criu_fw.fsdrivers.aufs.driver import AufsDriver
 from criu_fw.fsdrivers.aufs.rebuild import filesystems, mount_data, plan
 from criu_fw.fsdrivers.aufs.state import AufsState
-from criu_fw.mountinfo import parse_line
+from criu_fw.kernel.mountinfo import parse_line
 from criu_fw.plan import NewSuperblock
 from criu_fw.proto import aufs_pb2
 from fixtures.aufs.recording import BRANCHES, SI

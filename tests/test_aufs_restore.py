@@ -13,9 +13,9 @@ import pytest
 from criu_fw.errors import RestoreError
 from criu_fw.fsdrivers.aufs.branches import Branch
 from criu_fw.fsdrivers.aufs.state import AufsState
+from criu_fw.kernel.mountinfo import parse
+from criu_fw.kernel.mountops import Call, RecordingMountOps
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse
-from criu_fw.mountops import Call, RecordingMountOps
 from criu_fw.restore import DumpedNamespace, restore
 from fixtures.aufs.recording import AUFS_ROOT_ID, BRANCHES, MOUNTINFO, NS_MNT, SI
 

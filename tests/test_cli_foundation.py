@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from criu_fw.cli import main
 from criu_fw.cli.base import driver_manager
 from criu_fw.errors import DriverError
-from criu_fw.mountinfo import parse
+from criu_fw.kernel.mountinfo import parse
 from criu_fw.testing import NamespaceScenario
 
 CONSOLE = Path(sys.executable).parent / "criu-fw"

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from criu_fw import images
+from criu_fw.api.loader import load_drivers
 from criu_fw.errors import ImageError
-from criu_fw.imageset import read_mount_namespace, write_mount_namespace
+from criu_fw.images.mounts import read_mount_namespace, write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree, Propagation
-from criu_fw.plugins import load_drivers
 from criu_fw.proto import (
     core_pb2,
     fdinfo_pb2,

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from criu_fw.api.loader import load_drivers
 from criu_fw.images import write_image
-from criu_fw.imageset import read_mount_namespace
-from criu_fw.plugins import load_drivers
+from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.proto import core_pb2, inventory_pb2, pstree_pb2
 from criu_fw.restore import image_namespaces
 

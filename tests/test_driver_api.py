@@ -9,12 +9,12 @@ from pathlib import Path
 
 import criu_fw.driver as api
 import pytest
+from criu_fw.api.loader import DriverConfig, DriverManager
 from criu_fw.context import DumpContext
 from criu_fw.driver import API_VERSION, FsDriver, hookimpl, routed_to
 from criu_fw.errors import DriverLoadError
+from criu_fw.kernel.mountinfo import parse_line
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse_line
-from criu_fw.plugins import DriverConfig, DriverManager
 
 DRIVERS = Path(__file__).resolve().parent.parent / "fsdrivers"
 

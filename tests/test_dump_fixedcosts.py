@@ -9,9 +9,9 @@ from pathlib import Path
 
 from criu_fw.dump.watchdog import Watchdog
 from criu_fw.images import write_serialized
-from criu_fw.imageset import mount_image_names, read_mount_namespace, write_mount_namespace
+from criu_fw.images.mounts import mount_image_names, read_mount_namespace, write_mount_namespace
+from criu_fw.kernel.mountinfo import parse
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse
 from criu_fw.records import DumpedNamespace
 
 TABLE = (

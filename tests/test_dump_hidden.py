@@ -23,8 +23,8 @@ import pytest
 from criu_fw.dump import dump
 from criu_fw.dump.namespaces import FilesystemViews
 from criu_fw.images import read_image
+from criu_fw.kernel.mountinfo import parse
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse
 from criu_fw.proto import mnt_pb2
 from criu_fw.testing import NamespaceScenario
 

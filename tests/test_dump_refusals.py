@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import pytest
 from criu_fw import hookimpl
+from criu_fw.api.loader import DriverConfig
 from criu_fw.dump import dump
 from criu_fw.errors import DriverError, DumpError
 from criu_fw.files import OpenFile
 from criu_fw.model import Mount
-from criu_fw.plugins import DriverConfig
 from criu_fw.testing import NamespaceScenario
 
 pytestmark = pytest.mark.privileged

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from criu_fw.context import DumpContext
 from criu_fw.driver import DumpError, LoopFile, routed_to
-from criu_fw.mountinfo import parse_line
+from criu_fw.kernel.mountinfo import parse_line
 from criu_fw.testing import NamespaceScenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -317,7 +317,7 @@ def grants(py: Path, images: str) -> list[str]:
     the paths they were recorded under (the other namespaces' share of the host)."""
     keys = subprocess.run([str(py), "-c", (
         "import sys\n"
-        "from criu_fw.imageset import read_mount_namespace\n"
+        "from criu_fw.images.mounts import read_mount_namespace\n"
         "from criu_fw.restore import image_namespaces\n"
         "d = sys.argv[1]\n"
         "for i in image_namespaces(d)[1]:\n"

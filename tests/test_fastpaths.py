@@ -18,14 +18,9 @@ from criu_fw.dump.consistency import Recheck
 from criu_fw.dump.namespaces import Namespace
 from criu_fw.dump.procfs import ProcessGoneError, ProcFS
 from criu_fw.errors import DriverError, MountinfoError
-from criu_fw.imageset import (
-    _fw_mount,
-    criu_entry_bytes,
-    criu_mnt_entry,
-    write_mount_namespace,
-)
+from criu_fw.images.mounts import _fw_mount, criu_entry_bytes, criu_mnt_entry, write_mount_namespace
+from criu_fw.kernel.mountinfo import parse, parse_line, read_while_written
 from criu_fw.model import Dev, Mount, MountTree, Propagation
-from criu_fw.mountinfo import parse, parse_line, read_while_written
 from criu_fw.proto import fwstate_pb2
 from criu_fw.records import DumpedNamespace
 from criu_fw.testing import NamespaceScenario

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from criu_fw import hookimpl
+from criu_fw.api.hooks import current_driver
+from criu_fw.api.loader import DriverManager
 from criu_fw.driver import FsDriver
 from criu_fw.errors import DriverError, RestoreError
-from criu_fw.hooks import current_driver
+from criu_fw.kernel.mountinfo import parse_line
+from criu_fw.kernel.mountops import RecordingMountOps
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse_line
-from criu_fw.mountops import RecordingMountOps
-from criu_fw.plugins import DriverManager
 from criu_fw.restore import DumpedNamespace, restore
 from helpers import MOUNT, LabelState, Ram, Wrap, ram_manager
 

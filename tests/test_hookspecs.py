@@ -8,9 +8,9 @@ import inspect
 from pathlib import Path
 
 import pytest
-from criu_fw import hookspecs
-from criu_fw.hooks import SIGNATURES, Hooks
-from criu_fw.plugins import HOOKS, DriverManager
+from criu_fw.api import hookspecs
+from criu_fw.api.hooks import SIGNATURES, Hooks
+from criu_fw.api.loader import HOOKS, DriverManager
 
 TESTS = Path(__file__).parent
 

@@ -35,15 +35,15 @@ from criu_fw.errors import ImageError
 from criu_fw.fsdrivers.overlay.layers import ResolvedLayer, Verdict
 from criu_fw.fsdrivers.overlay.options import LayerSpec, Role
 from criu_fw.fsdrivers.overlay.state import OverlayState
-from criu_fw.imagecheck import (
+from criu_fw.images import MAX_FW_ENTRY, MAX_MNT_ENTRY, MAX_MOUNT_IMAGE
+from criu_fw.images.check import (
     MAX_MOUNTS,
     MAX_NAMESPACES,
     MAX_OPTION_BYTES,
     MAX_OPTIONS,
     MAX_STATE_ITEMS,
 )
-from criu_fw.images import MAX_FW_ENTRY, MAX_MNT_ENTRY, MAX_MOUNT_IMAGE
-from criu_fw.imageset import read_mount_namespace
+from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.model import Dev, Mount
 from criu_fw.proto import mnt_pb2, overlay_pb2
 

@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 from criu_fw import images
 from criu_fw.errors import ImageError
-from criu_fw.images import (
-    MAGIC,
-    MAX_ENTRY_SIZE,
-    MAX_MNT_ENTRY,
-    iter_image,
-    read_image,
-    write_image,
-)
+from criu_fw.images import MAGIC, MAX_ENTRY_SIZE, MAX_MNT_ENTRY, iter_image, read_image, write_image
 from criu_fw.proto import inventory_pb2, mm_pb2, mnt_pb2, pstree_pb2, regfile_pb2
 
 U32 = struct.Struct("<I")

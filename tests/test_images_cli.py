@@ -37,7 +37,7 @@ def test_show_bad_image_is_one_line(tmp_path: Path) -> None:
 
 
 def test_show_fw_image_with_driver_state(tmp_path: Path) -> None:
-    from criu_fw.imageset import write_mount_namespace
+    from criu_fw.images.mounts import write_mount_namespace
     from criu_fw.model import Dev, Mount, MountTree
     from helpers import LabelState
 

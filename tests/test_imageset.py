@@ -10,17 +10,17 @@ from typing import Any, ClassVar, Self
 import attrs
 import pytest
 from criu_fw import images
+from criu_fw.api.loader import DriverManager, load_drivers
 from criu_fw.driver import DriverState, FsDriver
 from criu_fw.errors import ImageError
-from criu_fw.imageset import (
+from criu_fw.images.mounts import (
     FORMAT_VERSION,
     DumpedNamespace,
     read_mount_namespace,
     write_mount_namespace,
 )
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.model import Dev, Mount, MountTree, Propagation
-from criu_fw.mountinfo import read_mountinfo
-from criu_fw.plugins import DriverManager, load_drivers
 from criu_fw.proto import fwstate_pb2, mnt_pb2
 from criu_fw.testing import NamespaceScenario
 from google.protobuf.message import Message

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 from criu_fw.errors import MountinfoError, MountNotFoundError
+from criu_fw.kernel.mountinfo import parse, read_mountinfo, unescape
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse, read_mountinfo, unescape
 from criu_fw.testing import NamespaceScenario
 
 SAMPLE = (

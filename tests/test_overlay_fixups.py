@@ -14,7 +14,7 @@ import pytest
 from criu_fw.errors import DumpError
 from criu_fw.fsdrivers.overlay import driver
 from criu_fw.fsdrivers.overlay.index import index_of
-from criu_fw.mountinfo import read_mountinfo
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.testing import NamespaceScenario
 from overlay_helpers import (
     at,

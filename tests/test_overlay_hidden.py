@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 from criu_fw.fsdrivers.overlay.layers import Verdict, namespace_path
 from criu_fw.fsdrivers.overlay.state import OverlayState
-from criu_fw.imageset import read_mount_namespace
+from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.restore import image_namespaces
 from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario

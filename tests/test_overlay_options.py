@@ -10,7 +10,7 @@ from criu_fw.fsdrivers.overlay.options import (
     split_lowerdir,
     unescape,
 )
-from criu_fw.mountinfo import parse_line
+from criu_fw.kernel.mountinfo import parse_line
 
 
 def opts_of(line: str) -> tuple[str, ...]:

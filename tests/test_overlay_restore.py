@@ -17,8 +17,8 @@ from criu_fw.context import DumpContext
 from criu_fw.errors import RestoreError
 from criu_fw.fsdrivers.overlay.layers import namespace_path
 from criu_fw.fsdrivers.overlay.options import parse_options
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import read_mountinfo
 from criu_fw.restore import DumpedNamespace, RestoreResult, restore
 from criu_fw.testing import NamespaceScenario
 from overlay_helpers import at, host_devices, parse

@@ -17,7 +17,7 @@ import criu_fw
 import pytest
 from criu_fw.errors import RestoreError
 from criu_fw.images import image_to_dict
-from criu_fw.imageset import read_mount_namespace
+from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.restore import image_namespaces
 from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario

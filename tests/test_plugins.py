@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 from criu_fw import FsDriver, hookimpl
+from criu_fw.api.hooks import current_driver
+from criu_fw.api.loader import DriverConfig, DriverManager, load_drivers
+from criu_fw.api.tracing import Tracer
 from criu_fw.errors import CriuFwError, DriverConflictError, DriverError, DriverLoadError
-from criu_fw.hooks import current_driver
+from criu_fw.kernel.mountinfo import parse, read_mountinfo
 from criu_fw.model import Mount, MountTree
-from criu_fw.mountinfo import parse, read_mountinfo
 from criu_fw.plan import NewSuperblock
-from criu_fw.plugins import DriverConfig, DriverManager, load_drivers
 from criu_fw.testing import NamespaceScenario
-from criu_fw.tracing import Tracer
 
 BUILTINS = frozenset({"generic", "overlay", "aufs"})
 
@@ -285,7 +285,7 @@ def test_a_driver_without_the_hook_gives_the_default() -> None:
 
 def test_nothing_is_loaded_at_import_time() -> None:
     code = (
-        "import sys, criu_fw, criu_fw.cli, criu_fw.plugins;"
+        "import sys, criu_fw, criu_fw.cli, criu_fw.api.loader;"
         "print(sorted(m for m in sys.modules if m.startswith('criu_fw.fsdrivers')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -334,6 +334,6 @@ class _EntryPoint:
     ],
 )
 def test_distribution_name_and_version_from_metadata(text: str, want: tuple[str, str]) -> None:
-    from criu_fw.plugins import _dist_of
+    from criu_fw.api.loader import _dist_of
 
     assert _dist_of(_EntryPoint(text)) == want  # type: ignore[arg-type]

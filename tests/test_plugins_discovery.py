@@ -17,15 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from criu_fw.api.loader import DriverConfig, DriverManager
+from criu_fw.api.tracing import Tracer
 from criu_fw.context import DumpContext, RestoreContext
 from criu_fw.files import OpenFile
-from criu_fw.imageset import read_mount_namespace, write_mount_namespace
-from criu_fw.mountinfo import read_mountinfo
+from criu_fw.images.mounts import read_mount_namespace, write_mount_namespace
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.plan import NewSuperblock
-from criu_fw.plugins import DriverConfig, DriverManager
 from criu_fw.records import DumpedNamespace
 from criu_fw.testing import NamespaceScenario
-from criu_fw.tracing import Tracer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "thirdparty"
 OUR_SITE = sysconfig.get_paths()["purelib"]

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from criu_fw import plugins
+from criu_fw.api import loader
+from criu_fw.api.loader import ENTRY_POINT_GROUP, DriverConfig, DriverManager
 from criu_fw.cli import main
-from criu_fw.plugins import ENTRY_POINT_GROUP, DriverConfig, DriverManager
 
 
 def _with_entry_point(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body: str) -> None:
@@ -24,7 +24,7 @@ def _with_entry_point(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body: str
         found = list(real(**kw))
         return [*found, extra] if kw.get("group") == ENTRY_POINT_GROUP else found
 
-    monkeypatch.setattr(plugins.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(loader.metadata, "entry_points", entry_points)
 
 
 def test_sys_exit_at_import_is_reported_and_skipped(monkeypatch: pytest.MonkeyPatch,

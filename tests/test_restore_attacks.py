@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 from crafted_images import write_dir
-from criu_fw.confine import Maker, open_beneath
 from criu_fw.errors import RestoreError, SyscallError
 from criu_fw.fsdrivers.overlay.layers import ResolvedLayer, Verdict
 from criu_fw.fsdrivers.overlay.options import LayerSpec, Role
 from criu_fw.fsdrivers.overlay.state import OverlayState
+from criu_fw.kernel.confine import Maker, open_beneath
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.model import Dev, Mount, MountTree
-from criu_fw.mountinfo import read_mountinfo
 from criu_fw.restore import DumpedNamespace, restore
 from criu_fw.testing import host_mount_table
 

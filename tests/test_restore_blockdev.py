@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from criu_fw.dump import dump
-from criu_fw.imageset import read_mount_namespace
+from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.restore import image_namespaces
 from criu_fw.testing import NamespaceScenario
 

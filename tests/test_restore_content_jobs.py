@@ -21,9 +21,9 @@ from criu_fw import hookimpl
 from criu_fw.context import RestoreContext
 from criu_fw.driver import DriverState, FsDriver
 from criu_fw.errors import RestoreError
+from criu_fw.kernel.mountinfo import parse
+from criu_fw.kernel.mountops import Call, ParamArg, RecordingMountOps
 from criu_fw.model import Mount, MountTree
-from criu_fw.mountinfo import parse
-from criu_fw.mountops import Call, ParamArg, RecordingMountOps
 from criu_fw.plan import ContentJob, MountPlan, NewSuperblock
 from criu_fw.restore import DumpedNamespace, executor, restore
 

@@ -20,9 +20,9 @@ from criu_fw import hookimpl
 from criu_fw.context import RestoreContext
 from criu_fw.driver import DriverState, FsDriver
 from criu_fw.errors import MountNotFoundError, RestoreError, SyscallError
+from criu_fw.kernel.mountinfo import parse, read_mountinfo
+from criu_fw.kernel.mountops import Call, Fd, KernelMountOps, RecordingMountOps
 from criu_fw.model import Dev, Mount, MountTree, Propagation
-from criu_fw.mountinfo import parse, read_mountinfo
-from criu_fw.mountops import Call, Fd, KernelMountOps, RecordingMountOps
 from criu_fw.plan import MountPlan, NewSuperblock, PathRef
 from criu_fw.restore import DumpedNamespace, restore
 

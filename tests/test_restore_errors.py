@@ -21,7 +21,7 @@ import pytest
 from criu_fw.dump import dump
 from criu_fw.fsdrivers.generic import content
 from criu_fw.images import KINDS, read_image, write_image
-from criu_fw.imageset import read_mount_namespace, write_mount_namespace
+from criu_fw.images.mounts import read_mount_namespace, write_mount_namespace
 from criu_fw.model import MountTree
 from criu_fw.proto import fwstate_pb2, inventory_pb2
 from criu_fw.records import DumpedNamespace

@@ -18,13 +18,13 @@ from typing import Any, ClassVar, Self
 import attrs
 import pytest
 from criu_fw import hookimpl
+from criu_fw.api.loader import DriverConfig, DriverManager
 from criu_fw.driver import DriverState, ExternalRef, FsDriver, LoopFile, Mount, NewSuperblock
 from criu_fw.errors import RestoreError
 from criu_fw.kernel import LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY
+from criu_fw.kernel.mountinfo import parse, read_mountinfo
+from criu_fw.kernel.mountops import RecordingMountOps
 from criu_fw.model import Dev, MountTree
-from criu_fw.mountinfo import parse, read_mountinfo
-from criu_fw.mountops import RecordingMountOps
-from criu_fw.plugins import DriverConfig, DriverManager
 from criu_fw.restore import DumpedNamespace, restore
 from criu_fw.restore.verify import compare_trees
 from google.protobuf import wrappers_pb2

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 from criu_fw import kernel
 from criu_fw.errors import RestoreError, SyscallError
+from criu_fw.kernel.mountinfo import read_mountinfo
+from criu_fw.kernel.mountops import KernelMountOps
 from criu_fw.model import Dev, Mount, MountTree
-from criu_fw.mountinfo import read_mountinfo
-from criu_fw.mountops import KernelMountOps
 from criu_fw.restore import DumpedNamespace, RestoreResult, restore
 from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario

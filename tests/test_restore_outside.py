@@ -146,8 +146,8 @@ mount -t tmpfs x {host}
 
 
 def _entry(images: str, mountpoint: str) -> tuple[int, int]:
-    from criu_fw.imageset import read_mount_namespace
-    from criu_fw.plugins import load_drivers
+    from criu_fw.api.loader import load_drivers
+    from criu_fw.images.mounts import read_mount_namespace
     from criu_fw.restore import image_namespaces
 
     ns = read_mount_namespace(images, image_namespaces(images)[0], load_drivers())

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from criu_fw.mountinfo import read_mountinfo
+from criu_fw.kernel.mountinfo import read_mountinfo
 from criu_fw.restore import RestoreResult, image_namespaces, restore
 from criu_fw.restore.verify import compare_trees, verify, verify_namespaces
 from criu_fw.testing import NamespaceScenario

@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 from criu_fw import kernel
+from criu_fw.kernel.mountinfo import parse
+from criu_fw.kernel.mountops import KernelMountOps, NotOwnedError, RecordingMountOps
+from criu_fw.kernel.superblocks import predicted_shared
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import parse
-from criu_fw.mountops import KernelMountOps, NotOwnedError, RecordingMountOps
 from criu_fw.restore import DumpedNamespace, restore
 from criu_fw.restore.verify import verify
-from criu_fw.superblocks import predicted_shared
 from criu_fw.testing import READY, NamespaceScenario
 from helpers import dump_scenario
 

@@ -3,7 +3,7 @@
 The scenario is restored by the CLI with a command (``criu-fw restore -D DIR --root / -- sh
 -c ...``) that opens the same files the original process held, so the second dump compares
 mounts, driver states, tmpfs content *and* the process's files (see
-:mod:`criu_fw.restore.compare` for what is normalised and why). The same restored process is
+:mod:`criu_fw.testing.compare` for what is normalised and why). The same restored process is
 then used to check, file by file, that tmpfs content came back: bytes, modes, owners,
 symlinks, hard links, xattrs and a sparse file, also under an overmount.
 
@@ -22,8 +22,8 @@ from collections.abc import Iterator
 
 import pytest
 from criu_fw.dump import dump
-from criu_fw.restore.compare import image_differences
 from criu_fw.testing import NamespaceScenario
+from criu_fw.testing.compare import image_differences
 from helpers import dump_scenario
 
 pytestmark = pytest.mark.privileged

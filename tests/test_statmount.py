@@ -7,11 +7,11 @@ import sys
 from collections.abc import Callable
 
 import pytest
-from criu_fw import statmount as sm
 from criu_fw.errors import SyscallError
+from criu_fw.kernel import statmount as sm
+from criu_fw.kernel.mountinfo import read_mountinfo
+from criu_fw.kernel.statmount import read_statmount
 from criu_fw.model import MountTree
-from criu_fw.mountinfo import read_mountinfo
-from criu_fw.statmount import read_statmount
 from criu_fw.testing import NamespaceScenario
 
 pytestmark = pytest.mark.skipif(not sm.available(), reason="no listmount/statmount (Linux < 6.8)")

@@ -16,9 +16,9 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..api.loader import DriverConfig, DriverManager, load_drivers
+from ..api.tracing import Tracer
 from ..errors import CriuFwError
-from ..plugins import DriverConfig, DriverManager, load_drivers
-from ..tracing import Tracer
 
 
 def _one_line(exc: BaseException) -> str:
@@ -83,7 +83,7 @@ def main(
     if trace:
         plugins.append(Tracer(emit=lambda line: click.echo(f"criu-fw: {line}", err=True),
                               keep=False))
-    ctx.meta["criu_fw.plugins"] = plugins
+    ctx.meta["criu_fw.api.loader"] = plugins
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="criu-fw: %(levelname)s: %(message)s")
     pairs = {}
@@ -113,7 +113,7 @@ def driver_manager(ctx: click.Context, report: bool = True) -> DriverManager:
 
 def cli_plugins(ctx: click.Context) -> list[object]:
     """The cross-cutting plugins the global options asked for (``--trace``)."""
-    plugins = ctx.meta.get("criu_fw.plugins", [])
+    plugins = ctx.meta.get("criu_fw.api.loader", [])
     assert isinstance(plugins, list)
     return plugins
 

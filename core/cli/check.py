@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..features import probe
+from ..kernel.features import probe
 
 
 @click.command("check")

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from ..plugins import DriverManager
+from ..api.loader import DriverManager
 from .base import driver_manager
 
 

@@ -9,9 +9,9 @@ import sys
 import click
 
 from ..errors import UsageError
-from ..mountops import RecordingMountOps
+from ..kernel.mountops import RecordingMountOps
+from ..kernel.superblocks import predicted_shared
 from ..restore import restore
-from ..superblocks import predicted_shared
 from .base import driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")

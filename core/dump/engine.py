@@ -29,13 +29,23 @@ from typing import BinaryIO
 
 import attrs
 
+from ..api.base import DriverState
+from ..api.hooks import in_context
+from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import DumpContext
-from ..drivertypes import DriverState
 from ..errors import CriuFwError, DriverError, DumpError
-from ..hooks import in_context
-from ..imageset import mount_image_names, write_mount_namespace
+from ..images.mounts import mount_image_names, write_mount_namespace
+from ..images.process import (
+    ProcessImages,
+    mapping_flags,
+    mm_entry,
+    mm_fields,
+    reg_entry,
+    vma_entry,
+    write_inventory,
+    write_process_images,
+)
 from ..model import Dev, Mount, MountTree
-from ..plugins import DriverConfig, DriverManager, resolve_manager
 from ..progress import Progress, count
 from ..proto import fdinfo_pb2, fs_pb2
 from ..records import DumpedNamespace, MountRecord
@@ -50,16 +60,6 @@ from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe
 from .staging import Staging, interruptible
 from .watchdog import Watchdog
-from .writer import (
-    ProcessImages,
-    mapping_flags,
-    mm_entry,
-    mm_fields,
-    reg_entry,
-    vma_entry,
-    write_inventory,
-    write_process_images,
-)
 
 log = logging.getLogger("criu_fw.dump")
 

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import attrs
 
 from ..errors import DumpError
+from ..kernel.mountinfo import parse, read_while_written
 from ..model import Mount, MountTree
-from ..mountinfo import parse, read_while_written
 from . import nshelper
 from .procfs import ProcessGoneError, ProcFS
 from .procs import Process

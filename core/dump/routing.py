@@ -1,9 +1,9 @@
 """Which drivers see which mount, file and mapping, called once each through indexes.
 
 The owner of an fstype is looked up once per fstype; the calls go through the manager's
-typed hooks (:mod:`criu_fw.hooks`), which skip drivers that do not implement them. A file is routed
-by its kernel mount id through the namespace's id index (``MountTree.find``), else by its path
-(``MountTree.lookup``, proportional to the path's depth): never a scan of all mounts.
+typed hooks (:mod:`criu_fw.api.hooks`), which skip drivers that do not implement them. A file
+is routed by its kernel mount id through the namespace's id index (``MountTree.find``), else by
+its path (``MountTree.lookup``, proportional to the path's depth): never a scan of all mounts.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TypeVar
 
 import attrs
 
+from ..api.hooks import in_context
+from ..api.loader import DriverManager
 from ..context import DumpContext
 from ..errors import DriverError, DumpError, MountNotFoundError
 from ..files import FileMapping, OpenFile
-from ..hooks import in_context
 from ..model import Mount, MountTree
-from ..plugins import DriverManager
 
 log = logging.getLogger("criu_fw.dump")
 
@@ -60,7 +60,7 @@ class Router:
             if isinstance(item, OpenFile)
             else self.hooks.fixup_vma(driver, item, mount, self.ctx)
         )
-        # The hooks return what they were given, checked by kind (criu_fw.hooks).
+        # The hooks return what they were given, checked by kind (criu_fw.api.hooks).
         return got if got is None or isinstance(got, type(item)) else None
 
     def mount_of(self, tree: MountTree, mnt_id: int | None, path: str) -> Mount | None:

@@ -16,7 +16,7 @@ handle at once:
 Only when every tree exists are the finishing touches applied, in every namespace: flags of
 mounts with children, propagation (nothing mounted afterwards can propagate anywhere), and
 superblocks asked for read-only (mountpoints of every namespace had to be made in them first),
-those the restore created only (:meth:`criu_fw.mountops.MountOps.owns`).
+those the restore created only (:meth:`criu_fw.kernel.mountops.MountOps.owns`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Protocol
 
 import attrs
 
+from ..api.loader import DriverManager
 from ..context import RestoreContext
 from ..errors import CriuFwError, RestoreError
+from ..kernel.mountops import MountOps
 from ..model import Mount
-from ..mountops import MountOps
-from ..plugins import DriverManager
 from .executor import Executor, Superblocks
 from .order import Step
 from .plans import NamespacePlan

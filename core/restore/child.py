@@ -25,7 +25,8 @@ caller's unless asked otherwise; then, before it builds anything, it unshares ne
 fork (:func:`open_namespaces`). The holders enter them too, so ``nsenter -t HOLDER -m -n -i``
 gives the restored view, and new namespaces live as long as a holder (or the command) does.
 A sysfs (keyed by network namespace) or an mqueue (by IPC namespace) made there is the
-restore's own; in the caller's namespaces it is this machine's (see :mod:`criu_fw.superblocks`).
+restore's own; in the caller's namespaces it is this machine's (see
+:mod:`criu_fw.kernel.superblocks`).
 
 The child's log records (criu_fw's loggers) go to the caller as ``LOG <level> <logger> <one
 line>`` and are logged there, so the caller's logging configuration sees them.
@@ -49,8 +50,8 @@ import attrs
 
 from .. import kernel
 from ..errors import RestoreError, UsageError
-from ..mountops import KernelMountOps
-from ..superblocks import NAMESPACE_NAMES, OPTION
+from ..kernel.mountops import KernelMountOps
+from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
 
 #: Exit status of a child that failed before it could exec the command.
 CHILD_FAILED = 125

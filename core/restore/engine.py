@@ -19,22 +19,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
+from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import RestoreContext
 from ..errors import CriuFwError, ImageError, UsageError
 from ..images import read_image
-from ..mountops import KernelMountOps, MountOps
-from ..plugins import DriverConfig, DriverManager, resolve_manager
+from ..kernel.mountops import KernelMountOps, MountOps
 from ..progress import Progress, count
 from ..proto import inventory_pb2
 from ..records import DumpedNamespace
 from .build import SameNamespace, build_all
-from .child import (
-    KernelNamespaces,
-    NamespaceJoin,
-    close_namespaces,
-    open_namespaces,
-    spawn,
-)
+from .child import KernelNamespaces, NamespaceJoin, close_namespaces, open_namespaces, spawn
 from .order import Step, order_steps
 from .outside import close_all, host_masters, open_masters
 from .plans import NamespacePlan, plan_namespaces
@@ -86,9 +80,9 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
 
     The directory is untrusted: a mount image name must be one criu-fw writes (the id in
     ASCII digits, no leading zero, at most 64 bits), and at most
-    :data:`~criu_fw.imagecheck.MAX_NAMESPACES` namespaces are restored at once.
+    :data:`~criu_fw.images.check.MAX_NAMESPACES` namespaces are restored at once.
     """
-    from ..imagecheck import MAX_NAMESPACES
+    from ..images.check import MAX_NAMESPACES
 
     inventory = os.path.join(image_dir, "inventory.img")
     try:
@@ -130,7 +124,7 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
     ids.sort()
     # The dump's root task says which namespace is the root one (CRIU's inventory names
     # the dumper's own namespaces); the inventory where the task images are missing.
-    from ..criuimages import root_task_namespace
+    from ..images.criu import root_task_namespace
 
     task_root = root_task_namespace(image_dir)
     if task_root is not None:
@@ -148,7 +142,7 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
 
 
 def read_namespaces(image_dir: str, mgr: DriverManager) -> tuple[int, list[DumpedNamespace]]:
-    from ..imageset import read_mount_namespace
+    from ..images.mounts import read_mount_namespace
 
     root, ids = image_namespaces(image_dir)
     return root, [read_mount_namespace(image_dir, i, mgr) for i in ids]
@@ -192,9 +186,9 @@ def restore(
     :param pidfile: with ``detach``: write the root namespace holder's PID there.
     :param plugins: extra driver objects (like ``pytest.main(plugins=...)``).
     :param manager: drivers the caller loaded (instead of ``plugins`` and ``config``; see
-        :func:`~criu_fw.plugins.resolve_manager`).
+        :func:`~criu_fw.api.loader.resolve_manager`).
     :param ops: a mount layer to use instead of the kernel, in this process (a dry run with
-        :class:`~criu_fw.mountops.RecordingMountOps`): nothing is forked, mounted or written.
+        :class:`~criu_fw.kernel.mountops.RecordingMountOps`): nothing is forked, mounted or written.
     :param namespaces: restore these instead of reading ``image_dir`` (first = root).
     :param proc_root: where drivers read the restoring kernel's /proc (``filesystems``).
     :param outside_masters: a mount that was a slave of a group outside the images becomes a
@@ -203,7 +197,7 @@ def restore(
     :param netns: build in a new network namespace (``"new"``) or in the one of a namespace
         file (``/run/netns/NAME``, ``/proc/PID/ns/net``) instead of the caller's: a sysfs is
         then rebuilt as its own superblock instead of being this machine's (see
-        :mod:`criu_fw.superblocks`). The holders (and ``command``) stay in it.
+        :mod:`criu_fw.kernel.superblocks`). The holders (and ``command``) stay in it.
     :param ipcns: the same for the IPC namespace (an mqueue's superblock).
     :param progress: gets a line per phase (:mod:`criu_fw.progress`).
     """

@@ -33,14 +33,14 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from .. import kernel
+from ..api.hooks import on_mount
+from ..api.loader import DriverManager
 from ..context import RestoreContext
 from ..errors import CriuFwError, DriverError, RestoreError
-from ..hooks import on_mount
+from ..kernel.mountops import Fd, MountOps, ParamArg
+from ..kernel.superblocks import sharing
 from ..model import Mount
-from ..mountops import Fd, MountOps, ParamArg
 from ..plan import ContentJob, ExternalRef, LoopFile, PathRef
-from ..plugins import DriverManager
-from ..superblocks import sharing
 from .grants import host_source
 from .order import CREATE, SB, Step
 from .plans import MountJob, NamespacePlan, SuperblockJob

@@ -12,7 +12,7 @@ being built is used only through one of these grants:
   :class:`~criu_fw.plan.LoopFile`: they are attached to loop devices.
 
 Every image-named part of such a path is resolved inside the granted directory
-(:mod:`criu_fw.confine`), so neither ``..`` nor a link leads out of it. What no grant covers
+(:mod:`criu_fw.kernel.confine`), so neither ``..`` nor a link leads out of it. What no grant covers
 fails the restore before anything is mounted, with one line naming the mount and the exact
 option that would grant it.
 """
@@ -27,8 +27,8 @@ import attrs
 
 from ..context import RestoreContext
 from ..errors import RestoreError
+from ..kernel.mountops import BackingFileError, host_join, open_loop_file
 from ..model import Mount
-from ..mountops import BackingFileError, host_join, open_loop_file
 from ..plan import ExternalRef, LoopFile, NewSuperblock
 
 log = logging.getLogger("criu_fw.restore")

@@ -23,8 +23,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from .. import confine, kernel
+from .. import kernel
 from ..errors import RestoreError, UsageError
+from ..kernel import confine
 from ..model import Mount, MountTree
 from .plans import MountJob, NamespacePlan
 
@@ -55,7 +56,7 @@ def host_masters(
     if mode == "private" or not found:
         return {}
     if host is None:
-        from ..mountinfo import read_mountinfo
+        from ..kernel.mountinfo import read_mountinfo
 
         host = read_mountinfo("self")
     out: dict[Key, str] = {}

@@ -21,23 +21,15 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
-from .. import imagecheck
+from ..api.hooks import on_mount
+from ..api.loader import DriverManager
 from ..context import RestoreContext
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
 from ..fstypes import VIRTUAL
-from ..hooks import on_mount
+from ..images import check as imagecheck
+from ..kernel.mountops import host_join
 from ..model import Dev, Mount, MountTree
-from ..mountops import host_join
-from ..plan import (
-    BindExternal,
-    BindFrom,
-    ExternalRef,
-    LoopFile,
-    MountPlan,
-    NewSuperblock,
-    PathRef,
-)
-from ..plugins import DriverManager
+from ..plan import BindExternal, BindFrom, ExternalRef, LoopFile, MountPlan, NewSuperblock, PathRef
 from ..records import DumpedNamespace
 from .grants import HostSource, granted_device, host_source
 

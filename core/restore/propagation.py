@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 
 from ..errors import RestoreError
 from ..kernel import MS_SHARED, MS_SLAVE, MS_UNBINDABLE
+from ..kernel.mountops import MountOps
 from ..model import Mount
-from ..mountops import MountOps
 
 log = logging.getLogger("criu_fw.restore")
 

@@ -19,7 +19,7 @@ textual comparison. Likewise a source whose name a restore makes anew (a loop de
 again to the same file) is compared by what both states say it stands for
 (``DriverState.source_identity()``).
 
-Keyed filesystems (sysfs, mqueue, cgroup, ...; :mod:`criu_fw.superblocks`) may come back as
+Keyed filesystems (sysfs, mqueue, cgroup, ...; :mod:`criu_fw.kernel.superblocks`) may come back as
 this machine's superblock, which a restore never changes: a read-only one is then restored as
 read-only mounts of a writable superblock. For those, whether each mount is read-only (by its
 own flag or its superblock's) is compared, not where the flag is set; every other option is
@@ -32,13 +32,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
 
+from ..api.base import DriverState
+from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import DumpContext
-from ..drivertypes import DriverState
 from ..errors import CriuFwError
 from ..fstypes import fstype
+from ..kernel.superblocks import KEYED, sharing
 from ..model import Mount, MountTree
-from ..plugins import DriverConfig, DriverManager, resolve_manager
-from ..superblocks import KEYED, sharing
 from .plans import base_root
 
 
@@ -414,7 +414,7 @@ def verify(
 ) -> VerifyResult:
     """Compare the mount namespace of process ``pid`` with the dumped namespace ``ns_id``
     (default: the root namespace of the images). Drivers: ``manager``, or loaded from
-    ``plugins`` and ``config`` (:func:`~criu_fw.plugins.resolve_manager`)."""
+    ``plugins`` and ``config`` (:func:`~criu_fw.api.loader.resolve_manager`)."""
     from .engine import image_namespaces
 
     if ns_id is None:
@@ -439,8 +439,8 @@ def verify_namespaces(
     namespaces; see :func:`compare_namespaces`). With more than one namespace every line
     starts with ``mount namespace ID: ``."""
     from ..errors import ImageError
-    from ..imageset import read_mount_namespace
-    from ..mountinfo import read_mountinfo
+    from ..images.mounts import read_mount_namespace
+    from ..kernel.mountinfo import read_mountinfo
     from .engine import image_namespaces
 
     _, ids = image_namespaces(image_dir)

@@ -27,15 +27,7 @@ import posixpath
 from collections.abc import Iterator
 
 import attrs
-from criu_fw.driver import (
-    FSTYPES,
-    Dev,
-    DumpContext,
-    DumpError,
-    Mount,
-    MountTree,
-    SyscallError,
-)
+from criu_fw.driver import FSTYPES, Dev, DumpContext, DumpError, Mount, MountTree, SyscallError
 
 from .paths import ancestors_or_self, tails
 from .walk import RootView

@@ -5,7 +5,7 @@ What the kernel shows (measured on 6.18, see linux-mount-facts.md section 2):
 * ``lowerdir=`` (mount(2) or one fsconfig string) is the string the mounter passed, escapes
   included: ``\\:`` ``\\,`` and ``\\\\`` stay in it, separators are ``:`` between ordinary
   layers and ``::`` before each data-only layer. mountinfo's octal escapes (``\\054``...)
-  are already decoded by :mod:`criu_fw.mountinfo`.
+  are already decoded by :mod:`criu_fw.kernel.mountinfo`.
 * ``lowerdir+=`` / ``datadir+=`` (new mount API, one option per layer) are raw paths: no
   overlay escapes, a ``:`` is a ``:``. Layers given by fd show their d_path, relative to the
   mounter's root.

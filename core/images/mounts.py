@@ -25,16 +25,17 @@ from typing import Any, BinaryIO, Literal
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
-from . import __version__, imagecheck
-from .drivertypes import DriverState
-from .errors import ImageError
-from .fstypes import CRIU_FSTYPES
-from .images import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
-from .kernel import MS_SHARED, MS_SLAVE, MS_UNBINDABLE
-from .model import MS_NOATIME, MS_RELATIME, MS_STRICTATIME, Dev, Mount, MountTree, Propagation
-from .plugins import DriverManager, resolve_manager
-from .proto import fwstate_pb2, mnt_pb2
-from .records import DumpedNamespace, MountRecord
+from .. import __version__
+from ..api.base import DriverState
+from ..api.loader import DriverManager, resolve_manager
+from ..errors import ImageError
+from ..fstypes import CRIU_FSTYPES
+from ..kernel import MS_SHARED, MS_SLAVE, MS_UNBINDABLE
+from ..model import MS_NOATIME, MS_RELATIME, MS_STRICTATIME, Dev, Mount, MountTree, Propagation
+from ..proto import fwstate_pb2, mnt_pb2
+from ..records import DumpedNamespace, MountRecord
+from . import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
+from . import check as imagecheck
 
 #: The version of criu-fw's own image format this code writes and the newest it reads.
 FORMAT_VERSION = 1
@@ -419,19 +420,19 @@ def read_mount_namespace(
     """Read back what :func:`write_mount_namespace` wrote for ``ns_id``.
 
     Driver state is unpacked through the driver that declares its message type in
-    ``manager`` (without one, the installed drivers: :func:`~criu_fw.plugins.resolve_manager`).
+    ``manager`` (without one, the installed drivers: :func:`~criu_fw.api.loader.resolve_manager`).
     A state type no loaded driver knows, a newer format version, or images that disagree
     raise ImageError.
 
-    Images are untrusted, so what they say is checked here too (:mod:`criu_fw.imagecheck`):
+    Images are untrusted, so what they say is checked here too (:mod:`criu_fw.images.check`):
     paths absolute and normalised, texts without NUL bytes, one tree with its root at ``/``,
     and each mount's driver the one ``mgr``'s registry picks for its fstype.
     """
     mnts_path = os.path.join(image_dir, mountpoints_image(ns_id))
     fw_path = os.path.join(image_dir, fw_image(ns_id))
     if not os.path.lexists(fw_path) and os.path.lexists(mnts_path) and _criu_alone(image_dir):
-        # A directory CRIU wrote alone: what its own images say (criu_fw.criuimages).
-        from .criuimages import read_criu_namespace, root_task_namespace
+        # A directory CRIU wrote alone: what its own images say (criu_fw.images.criu).
+        from .criu import read_criu_namespace, root_task_namespace
 
         root = root_task_namespace(image_dir)
         return read_criu_namespace(

@@ -13,8 +13,8 @@ import sys
 import threading
 from collections.abc import Iterator
 
-from .errors import MountinfoError
-from .model import Dev, Mount, MountTree, Propagation
+from ..errors import MountinfoError
+from ..model import Dev, Mount, MountTree, Propagation
 
 _OCTAL = re.compile(rb"\\([0-7]{3})")
 _DELETED = b"//deleted"

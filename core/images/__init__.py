@@ -10,7 +10,7 @@ blocking, and refused unless it is a regular file (a FIFO or a device could bloc
 or never end). Each kind caps the size of its entries (:data:`MAX_ENTRY_SIZE` unless lower),
 of the whole image and, for the mount images, the number of entries; a size word is checked
 before anything is allocated for it. The mount images' entries are also bounded field by
-field (:mod:`criu_fw.imagecheck`), so a crafted image costs what a real one of its size does.
+field (:mod:`criu_fw.images.check`), so a crafted image costs what a real one of its size does.
 
 Text fields and non-UTF-8 bytes: CRIU's ``string`` fields are proto2 strings, which Python's
 protobuf refuses to fill with bytes that are not UTF-8. criu-fw therefore writes such text into
@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast, overload
 import attrs
 from google.protobuf.message import DecodeError, EncodeError, Message
 
-from .errors import ImageError
-from .imagecheck import MAX_MOUNTS, fw_entry_problem, state_problem
-from .proto import (
+from ..errors import ImageError
+from ..proto import (
     core_pb2,
     fdinfo_pb2,
     fs_pb2,
@@ -45,9 +44,10 @@ from .proto import (
     mnt_pb2,
     pstree_pb2,
 )
+from .check import MAX_MOUNTS, fw_entry_problem, state_problem
 
 if TYPE_CHECKING:
-    from .plugins import DriverManager
+    from ..api.loader import DriverManager
 
 #: The largest entry a reader accepts by default. CRIU's largest entries (an mm_entry with
 #: thousands of VMAs) stay far below this; a size word above it means a corrupt or hostile

@@ -26,10 +26,10 @@ from .hooks import current_driver
 from .hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from .drivertypes import DriverState
-    from .files import FileMapping, OpenFile
-    from .model import Mount
-    from .plan import MountPlan
+    from ..files import FileMapping, OpenFile
+    from ..model import Mount
+    from ..plan import MountPlan
+    from .base import DriverState
 
 log = logging.getLogger("criu_fw.trace")
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterator
 
 import attrs
 
-from . import kernel as k
+from .. import kernel as k
+from ..errors import SyscallError
 from . import statmount as sm
-from .errors import SyscallError
 
 SYS_open_tree_attr = 467
 CLONE_NEWUSER = 0x10000000

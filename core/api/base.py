@@ -13,7 +13,7 @@ A driver is any object (usually an instance of
 * optionally ``api_version = (MAJOR, MINOR)``: the driver API it was written for (see
   :data:`API_VERSION`; a driver needing another major version or a newer minor one is not
   loaded, with a message saying which it needs),
-* ``@hookimpl`` methods for the hooks in :mod:`criu_fw.hookspecs`.
+* ``@hookimpl`` methods for the hooks in :mod:`criu_fw.api.hookspecs`.
 
 It is published under the entry-point group ``criu_fw.fsdrivers``; the entry point's name is
 the driver's stable name (the one ``--block-driver`` and ``--prefer`` use)::

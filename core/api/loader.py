@@ -30,9 +30,9 @@ from typing import Any
 import attrs
 import pluggy
 
+from ..errors import DriverConflictError, DriverError, DriverLoadError, UsageError
 from . import hookspecs
-from .drivertypes import DriverState, api_problem, declared_fstypes
-from .errors import DriverConflictError, DriverError, DriverLoadError, UsageError
+from .base import DriverState, api_problem, declared_fstypes
 from .hooks import SIGNATURES, Hooks
 
 ENTRY_POINT_GROUP = "criu_fw.fsdrivers"
@@ -46,7 +46,7 @@ HOOKS = tuple(SIGNATURES)
 class _PluginManager(pluggy.PluginManager):
     """pluggy's manager, counting the changes that decide whether a direct call is exact.
 
-    :class:`~criu_fw.hooks.Hooks` calls a hook's only implementation directly (without pluggy's
+    :class:`~criu_fw.api.hooks.Hooks` calls a hook's only implementation directly (without pluggy's
     per-call machinery) when nothing else would run. Registering, unregistering or blocking a
     plugin, adding hookspecs, and hook-call monitoring (``add_hookcall_monitoring``,
     ``enable_tracing``) bump :attr:`generation`, which drops the decisions made so far;
@@ -387,7 +387,7 @@ class DriverManager:
 
     @property
     def hooks(self) -> Hooks:
-        """The typed hook calls (:class:`~criu_fw.hooks.Hooks`), built once per manager."""
+        """The typed hook calls (:class:`~criu_fw.api.hooks.Hooks`), built once per manager."""
         if self._hooks is None:
             self._hooks = Hooks(self)
         return self._hooks

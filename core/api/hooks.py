@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .drivertypes import DriverState
-from .errors import CriuFwError, DriverError
-from .files import FileMapping, OpenFile
-from .plan import BindExternal, BindFrom, ContentJob, MountPlan, NewSuperblock
+from ..errors import CriuFwError, DriverError
+from ..files import FileMapping, OpenFile
+from ..plan import BindExternal, BindFrom, ContentJob, MountPlan, NewSuperblock
+from .base import DriverState
 
 if TYPE_CHECKING:
-    from .context import DumpContext, RestoreContext
-    from .model import Mount, MountTree
-    from .plugins import DriverManager
+    from ..context import DumpContext, RestoreContext
+    from ..model import Mount, MountTree
+    from .loader import DriverManager
 
 #: The hooks, each with its arguments in the order the facade passes them.
 SIGNATURES: dict[str, tuple[str, ...]] = {
@@ -116,7 +116,7 @@ def on_mount(describe: str, exc: BaseException) -> str:
 
 
 class Hooks:
-    """The hooks of one :class:`~criu_fw.plugins.DriverManager` (``mgr.hooks``)."""
+    """The hooks of one :class:`~criu_fw.api.loader.DriverManager` (``mgr.hooks``)."""
 
     def __init__(self, mgr: DriverManager) -> None:
         self._mgr = mgr

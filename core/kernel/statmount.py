@@ -1,6 +1,6 @@
 """A second mount-table reader, built on listmount(2)/statmount(2) (Linux 6.8+).
 
-It yields the same :class:`~criu_fw.model.MountTree` as :mod:`criu_fw.mountinfo` (the test
+It yields the same :class:`~criu_fw.model.MountTree` as :mod:`criu_fw.kernel.mountinfo` (the test
 suite proves both agree on live namespaces) and additionally fills ``Mount.unique_id``, the
 64-bit mount id that is never reused. ``Mount.mnt_id``/``parent_id`` stay the 32-bit ids
 mountinfo and fdinfo show (statmount's ``mnt_id_old``/``mnt_parent_id_old``).
@@ -37,9 +37,9 @@ from typing import Final
 
 import attrs
 
-from .errors import MountinfoError, SyscallError
-from .kernel import SYS_listmount, SYS_statmount, raw_syscall
-from .model import Dev, Mount, MountTree, Propagation
+from ..errors import MountinfoError, SyscallError
+from ..model import Dev, Mount, MountTree, Propagation
+from . import SYS_listmount, SYS_statmount, raw_syscall
 
 _syscall = raw_syscall
 
@@ -342,7 +342,7 @@ def iter_statmount(mnt_ns_id: int = 0, mnt_ns_fd: int = 0) -> Iterator[StatMount
 def read_statmount(pid: int | str = "self", proc_root: str = "/proc", ns_id: int = 0) -> MountTree:
     """The mount tree of a process's mount namespace, read with listmount/statmount.
 
-    Same signature and result as :func:`criu_fw.mountinfo.read_mountinfo`, plus unique ids.
+    Same signature and result as :func:`criu_fw.kernel.mountinfo.read_mountinfo`, plus unique ids.
     """
     path = os.path.join(proc_root, str(pid), "ns", "mnt")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -18,13 +18,14 @@ import os
 import stat
 from collections.abc import Iterable
 
-from .errors import ImageError
-from .fstypes import CRIU_FSTYPES
-from .images import iter_image, read_image, text_of
-from .model import Dev, Mount, MountTree, Propagation
-from .plugins import DriverManager
-from .proto import core_pb2, mnt_pb2, pstree_pb2
-from .records import DumpedNamespace, MountRecord
+from ..api.loader import DriverManager
+from ..errors import ImageError
+from ..fstypes import CRIU_FSTYPES
+from ..model import Dev, Mount, MountTree, Propagation
+from ..proto import core_pb2, mnt_pb2, pstree_pb2
+from ..records import DumpedNamespace, MountRecord
+from . import check as imagecheck
+from . import iter_image, read_image, text_of
 
 _NAMES = {code: name for name, code in CRIU_FSTYPES.items()}
 _KDEV_MINOR_MASK = (1 << 20) - 1
@@ -65,7 +66,6 @@ def read_criu_namespace(
     image_dir: str, ns_id: int, mgr: DriverManager, root_ns: bool
 ) -> DumpedNamespace:
     """Mount namespace ``ns_id`` from CRIU's ``mountpoints-<ns_id>.img`` alone."""
-    from . import imagecheck
 
     path = os.path.join(image_dir, f"mountpoints-{ns_id}.img")
     records: dict[int, MountRecord] = {}

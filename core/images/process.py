@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import stat
 
+from ..dump.maps import Vma
+from ..dump.procs import Process
 from ..files import OpenFile
-from ..images import criu_text, write_image
 from ..proto import (
     core_pb2,
     fdinfo_pb2,
@@ -23,8 +24,7 @@ from ..proto import (
     regfile_pb2,
     vma_pb2,
 )
-from .maps import Vma
-from .procs import Process
+from . import criu_text, write_image
 
 O_CLOEXEC = 0o2000000
 FD_CLOEXEC = 1

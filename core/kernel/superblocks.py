@@ -14,7 +14,7 @@ others here    one for the whole kernel (``devtmpfs`` even bypasses the kernel's
 =============  ========================================================================
 
 Block-device filesystems are keyed by their device (the same ext4 mounted twice is one
-superblock); no list can name them, the mount layer (:mod:`criu_fw.mountops`) finds them out.
+superblock); no list can name them, the mount layer (:mod:`criu_fw.kernel.mountops`) finds them out.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from . import fstypes as _fstypes
+from .. import fstypes as _fstypes
 
 # The facts per fstype live in the one table (criu_fw.fstypes); these are its views.
 KEYED = _fstypes.KEYED

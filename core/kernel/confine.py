@@ -30,7 +30,7 @@ from typing import Final
 
 import attrs
 
-from .errors import SyscallError
+from ..errors import SyscallError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall

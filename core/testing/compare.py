@@ -32,10 +32,10 @@ import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..api.loader import DriverManager, resolve_manager
 from ..fstypes import fstype as fstype_row
 from ..images import image_to_dict
-from ..plugins import DriverManager, resolve_manager
-from .engine import image_namespaces
+from ..restore.engine import image_namespaces
 
 _CONTENT = re.compile(r"^tmpfs-dev-(\d+)\.tar\.gz\.img$")
 _LAYER_OPTIONS = frozenset({"lowerdir", "lowerdir+", "datadir+", "upperdir", "workdir"})

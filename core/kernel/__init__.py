@@ -15,7 +15,7 @@ import resource
 import struct
 from typing import Final
 
-from .errors import SyscallError
+from ..errors import SyscallError
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
-from .errors import CriuFwError
-from .model import Mount
-from .proto import fwstate_pb2
+from ..errors import CriuFwError
+from ..model import Mount
+from ..proto import fwstate_pb2
 
 if TYPE_CHECKING:
-    from .plugins import DriverManager
+    from ..api.loader import DriverManager
 
 #: The kernel's PATH_MAX counts the terminating NUL: no path it takes by name (a mountpoint,
 #: a root, mount(2)'s source) is longer than 4095 bytes.

@@ -38,7 +38,7 @@ The recording format (what tests assert on) is one :class:`Call` per request, in
 
 Superblocks a restore does not own. Some filesystems keep one superblock per key (sysfs per
 network namespace, mqueue per IPC namespace, a block device's filesystem per device; see
-:mod:`criu_fw.superblocks`) and hand the existing one back. :class:`KernelMountOps` asks with
+:mod:`criu_fw.kernel.superblocks`) and hand the existing one back. :class:`KernelMountOps` asks with
 FSCONFIG_CMD_CREATE_EXCL: a new superblock is *owned* (recorded by device); where the kernel
 would reuse one (EBUSY) it takes that one with no parameter but the source, not owned, unless
 its key is a namespace the restore made itself. Kernels without CREATE_EXCL, and mount(2), are
@@ -57,9 +57,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import attrs
 
-from . import confine, kernel
-from .errors import CriuFwError, SyscallError
-from .plan import LoopFile
+from .. import kernel
+from ..errors import CriuFwError, SyscallError
+from ..plan import LoopFile
+from . import confine
 from .superblocks import KEYED, NAMED_BY_OPTIONS, SINGLETONS, fresh_types
 
 
@@ -281,7 +282,7 @@ class RecordingMountOps(MountOps):
 
     ``shared``: fstypes whose superblocks it takes as handed back by the kernel (not owned),
     as a real restore would get them (a dry run passes
-    :func:`~criu_fw.superblocks.predicted_shared`); every other superblock is owned."""
+    :func:`~criu_fw.kernel.superblocks.predicted_shared`); every other superblock is owned."""
 
     def __init__(self, shared: Iterable[str] = ()) -> None:
         self.calls: list[Call] = []
@@ -625,7 +626,7 @@ class KernelMountOps(MountOps):
         """The superblock the kernel hands back for ``fstype`` here (the failed exclusive
         context cannot be used again: new ones), not owned. A keyed type (sysfs, mqueue...)
         gets no parameter but its source: some apply them to what they hand back (see
-        :data:`~criu_fw.superblocks.NAMED_BY_OPTIONS`). Where parameters say which one is
+        :data:`~criu_fw.kernel.superblocks.NAMED_BY_OPTIONS`). Where parameters say which one is
         meant (a cgroup v1 hierarchy's controllers, a block device's or an NFS export's
         options) they are passed, not applied to one that exists; read-only first, since a
         writable request flips an existing read-only btrfs to read-write, and a read-only
@@ -802,7 +803,7 @@ class KernelMountOps(MountOps):
 
     def undo(self) -> None:
         """Remove the mountpoints this restore created (deepest first), after a failure,
-        through the descriptors held since they were made (see :mod:`criu_fw.confine`), and
+        through the descriptors held since they were made (see :mod:`criu_fw.kernel.confine`), and
         detach the loop devices it attached (at once, or when their superblocks go)."""
         self.maker.undo()
         self._let_go_of_loops(detach=True)

@@ -1,7 +1,7 @@
 """The hooks a filesystem driver implements: the contract between the core and its drivers.
 
 Every hook is *per mount*: the core calls exactly one driver, the one that owns the mount's
-fstype (see :mod:`criu_fw.plugins`), never "all drivers until one answers". Cross-cutting
+fstype (see :mod:`criu_fw.api.loader`), never "all drivers until one answers". Cross-cutting
 plugins (tracing, dry run) that are not drivers may wrap any hook with
 ``@hookimpl(wrapper=True)``; they see every call, whichever driver it goes to.
 
@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from .context import DumpContext, RestoreContext
-    from .drivertypes import DriverState
-    from .files import FileMapping, OpenFile
-    from .model import Mount, MountTree
-    from .plan import ContentJob, MountPlan
+    from ..context import DumpContext, RestoreContext
+    from ..files import FileMapping, OpenFile
+    from ..model import Mount, MountTree
+    from ..plan import ContentJob, MountPlan
+    from .base import DriverState
 
 PROJECT = "criu_fw"
 
