@@ -1,4 +1,14 @@
-"""Helpers for tests of criu-fw and of third-party drivers (real namespaces, no mocks).
+"""The driver author's kit (``pip install criu-fw[testing]``): tests of criu-fw and of
+third-party drivers on real namespaces, no mocks.
+
+* :class:`NamespaceScenario`: a child process in a private mount namespace that ran a script;
+* :func:`~criu_fw.testing.roundtrip.round_trip`: dump it, restore it in fresh network and IPC
+  namespaces, verify, clean up;
+* :class:`~criu_fw.api.tracing.Tracer` (which driver got which hook call),
+  :func:`~criu_fw.driver.routed_to` (calling a hook method directly as the core would),
+  :class:`~criu_fw.kernel.mountops.RecordingMountOps` (a restore that records its mount calls:
+  for filesystems the kernel lacks), :func:`~criu_fw.testing.compare.image_differences` (two
+  image directories compared, ids aside).
 
 Every mount these helpers make happens inside a private mount namespace of a child process:
 ``unshare -m --propagation private`` starts it, and it is ended by its PID.
