@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from criu_fw import kernel
 from criu_fw.errors import RestoreError, SyscallError
 from criu_fw.kernel.mountinfo import read_mountinfo
-from criu_fw.kernel.mountops import KernelMountOps
+from criu_fw.kernel.mountops import KernelMountOps, RecordingMountOps
 from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.restore import DumpedNamespace, RestoreResult, restore
 from criu_fw.restore.verify import verify
@@ -181,3 +182,27 @@ def test_dry_run_prints_one_readable_line_per_request(
     assert any(x.startswith("attach #") and " to #" in x for x in lines)
     assert all(x.split()[0] in ("attach", "set", "make", "close", "fill", "reconfigure")
                or x.startswith("#") for x in lines), lines
+
+
+@pytest.mark.privileged
+def test_nosymfollow_comes_back_and_an_unknown_per_mount_option_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Every per-mount flag mountinfo shows is set again; one a restore cannot set fails the
+    restore naming it, before anything is mounted (a hardening flag never silently lost)."""
+    root = Mount(1, 0, Dev(8, 1), "/", "/", "ext4", "/dev/sda1", ("rw", "relatime"), ("rw",))
+    proc = Mount(2, 1, Dev(0, 4999), "/", "/proc", "proc", "proc", ("rw",), ("rw",))
+    hard = Mount(3, 1, Dev(0, 5000), "/", f"{tmp_path}/h", "tmpfs", "hard",
+                 ("rw", "nosuid", "nosymfollow", "relatime"), ("rw",))
+    check = f"grep ' {tmp_path}/h ' /proc/self/mountinfo | grep -q 'nosuid,relatime,nosymfollow' && exit 7"
+    res = restore("/x", root="/", namespaces=[DumpedNamespace.of(1, MountTree.from_mounts(
+        [root, proc, hard]))], command=["sh", "-c", check])
+    assert res.exit_code == 7
+    odd = hard._replace(mount_options=("rw", "idmapped", "relatime"))
+    with pytest.raises(RestoreError) as err:
+        restore("/x", root="/", namespaces=[DumpedNamespace.of(1, MountTree.from_mounts(
+            [root, proc, odd]))], ops=RecordingMountOps())
+    assert str(err.value).startswith(
+        f"mount 3 at '{tmp_path}/h' (tmpfs, source 'hard'): per-mount option 'idmapped' "
+        "cannot be restored by this criu-fw"
+    )

@@ -115,6 +115,7 @@ MOUNT_ATTR_RELATIME: Final = 0x0
 MOUNT_ATTR_NOATIME: Final = 0x10
 MOUNT_ATTR_STRICTATIME: Final = 0x20
 MOUNT_ATTR_NODIRATIME: Final = 0x80
+MOUNT_ATTR_NOSYMFOLLOW: Final = 0x200000
 
 #: fsconfig string values longer than this fail with EINVAL (measured on 6.18).
 FSCONFIG_STRING_MAX: Final = 255

@@ -52,7 +52,7 @@ log = logging.getLogger("criu_fw.restore")
 #: tar with its gzip, mostly waiting on each other).
 CONTENT_WORKERS = max(1, len(os.sched_getaffinity(0)))
 
-_FLAG_ATTRS = {
+FLAG_ATTRS = {
     "ro": kernel.MOUNT_ATTR_RDONLY,
     "nosuid": kernel.MOUNT_ATTR_NOSUID,
     "nodev": kernel.MOUNT_ATTR_NODEV,
@@ -60,10 +60,15 @@ _FLAG_ATTRS = {
     "nodiratime": kernel.MOUNT_ATTR_NODIRATIME,
     "noatime": kernel.MOUNT_ATTR_NOATIME,
     "strictatime": kernel.MOUNT_ATTR_STRICTATIME,
+    "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW,
 }
+#: Per-mount options mountinfo shows that are no flag of their own (``rw``, ``relatime``:
+#: the defaults). Any other option fails the restore by name (plans.py): a hardening flag is
+#: never dropped in silence.
+PER_MOUNT_DEFAULTS = frozenset({"rw", "relatime"})
 _ALL_FLAGS = (
     kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NODEV
-    | kernel.MOUNT_ATTR_NOEXEC | kernel.MOUNT_ATTR_NODIRATIME
+    | kernel.MOUNT_ATTR_NOEXEC | kernel.MOUNT_ATTR_NODIRATIME | kernel.MOUNT_ATTR_NOSYMFOLLOW
 )
 #: What fsmount(attr_flags=0) gives: rw, relatime.
 _FRESH = 0
@@ -77,7 +82,7 @@ def mount_attrs(m: Mount) -> int:
     value = 0
     opts = m.mount_options
     for opt in opts:
-        value |= _FLAG_ATTRS.get(opt, 0)
+        value |= FLAG_ATTRS.get(opt, 0)
     if "relatime" not in opts and "noatime" not in opts:
         value |= kernel.MOUNT_ATTR_STRICTATIME
     return value

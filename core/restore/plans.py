@@ -124,6 +124,13 @@ def default_superblock(mount: Mount) -> NewSuperblock:
     return NewSuperblock(mount.fstype, mount.source, tuple(params))
 
 
+def restorable_options() -> frozenset[str]:
+    """The per-mount options a restore sets (mount_setattr flags) or that are defaults."""
+    from .executor import FLAG_ATTRS, PER_MOUNT_DEFAULTS  # the executor imports this module
+
+    return frozenset(FLAG_ATTRS) | PER_MOUNT_DEFAULTS
+
+
 def _check_tree(tree: MountTree) -> None:
     """The image reader's path and tree checks, again for trees a program hands in directly
     (``restore(namespaces=...)``): every path used below is absolute and normalised."""
@@ -132,6 +139,13 @@ def _check_tree(tree: MountTree) -> None:
             why = imagecheck.path_problem(field, getattr(m, field))
             if why is not None:
                 raise RestoreError(f"{m.describe()}: {why} (mount namespace {tree.ns_id})")
+    for m in tree:
+        for opt in m.mount_options:
+            if opt not in restorable_options():
+                raise RestoreError(
+                    f"{m.describe()}: per-mount option {opt!r} cannot be restored by this "
+                    f"criu-fw (it restores {', '.join(sorted(restorable_options()))})"
+                )
     bad = imagecheck.tree_problem(list(tree))
     if bad is not None:
         mnt_id, why = bad
