@@ -102,7 +102,34 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def child(n: int, work: str) -> None:
+#: The large mix: this many tmpfs share the bytes asked for, in files of FILE_BYTES, half of
+#: each file random (incompressible) and half a repeated text (as logs and caches are).
+LARGE_TMPFS = 4
+FILE_BYTES = 4 << 20
+
+
+def build_large(mount: _Mounter, work: str, total: int) -> float:
+    """``total`` bytes of files in a few tmpfs under ``work``; returns the seconds spent
+    writing them, which joins the floor: what putting the content there cost the kernel."""
+    per = total // LARGE_TMPFS
+    spent = 0.0
+    text = (b"criu-fw large mix: a line of a log file that repeats\n" * 100_000)[
+        : FILE_BYTES // 2
+    ]
+    for k in range(LARGE_TMPFS):
+        where = f"{work}/large{k}"
+        os.makedirs(where)
+        mount(f"large{k}", where, "tmpfs", 0, f"size={per + (64 << 20)}")
+        for i in range(per // FILE_BYTES):
+            data = os.urandom(FILE_BYTES // 2) + text
+            t0 = time.perf_counter()
+            with open(f"{where}/f{i}", "wb") as f:
+                f.write(data)
+            spent += time.perf_counter() - t0
+    return spent
+
+
+def child(n: int, work: str, large: int = 0) -> None:
     """Build the tree in a private namespace, print ``ready FLOOR``, then exec ``sleep``."""
     mount = _Mounter()
     if mount.libc.unshare(CLONE_NEWNS) != 0:
@@ -111,6 +138,8 @@ def child(n: int, work: str) -> None:
     mount.spent, mount.calls = 0.0, 0  # the floor is the tree's mounts only
     mount("bench", work, "tmpfs", 0, "size=256m")
     build_tree(mount, work, max(1, (n - 1) // GROUP))
+    if large:
+        mount.spent += build_large(mount, work, large)
     print(f"ready {mount.spent!r} {mount.calls}", flush=True)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -135,10 +164,11 @@ class Run(NamedTuple):
 
 
 @contextlib.contextmanager
-def tree(n: int) -> Iterator[Tree]:
-    """A child holding about ``n`` mounts in its own namespace; killed by PID afterwards."""
+def tree(n: int, large: int = 0) -> Iterator[Tree]:
+    """A child holding about ``n`` mounts in its own namespace (and ``large`` bytes of big
+    tmpfs content); killed by PID afterwards."""
     work = tempfile.mkdtemp(prefix="criu-fw-bench-w-")
-    proc = subprocess.Popen([sys.executable, __file__, "--child", str(n), work],
+    proc = subprocess.Popen([sys.executable, __file__, "--child", str(n), work, str(large)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             start_new_session=True)
     try:
@@ -210,14 +240,14 @@ class Repeat(NamedTuple):
     restore: Run
 
 
-def one_repeat(n: int, out: str, cli: str) -> Repeat:
+def one_repeat(n: int, out: str, cli: str, large: int = 0) -> Repeat:
     images = tempfile.mkdtemp(dir=out)
     os.rmdir(images)  # the dump wants a missing or empty directory
     pidfile = os.path.join(out, "holder.pid")
     try:
         # The tree stays until the restore is done: its directory is where the restored
         # namespace's root (--root /) finds the mountpoints.
-        with tree(n) as t:
+        with tree(n, large) as t:
             dump = timed([cli, "dump", "-t", str(t.pid), "-D", images, "--external-auto"],
                          os.path.join(out, "dump.log"))
             restore = timed(["unshare", "--net", "--ipc", "--", cli, "restore", "-D", images,
@@ -260,16 +290,20 @@ def main() -> int:
     ap.add_argument("--mounts", default="1000,10000")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out-dir", default=None, help="where the images go (default: temp dir)")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--large-gib", type=float, default=0.0,
+                    help="add this many GiB of files in a few big tmpfs (the floor then "
+                         "includes writing them)")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(int(args.child[0]), args.child[1])
+        child(int(args.child[0]), args.child[1], int(args.child[2]))
+    large = int(args.large_gib * (1 << 30))
     cli = _cli()
     out = tempfile.mkdtemp(prefix="criu-fw-bench-whole-", dir=args.out_dir)
     try:
         rows = []
         for n in (int(x) for x in args.mounts.split(",") if x):
-            rows.append(report([one_repeat(n, out, cli) for _ in range(args.repeat)]))
+            rows.append(report([one_repeat(n, out, cli, large) for _ in range(args.repeat)]))
         if len(rows) >= 2:
             m = rows[-1]["mounts"] / rows[0]["mounts"]
             for what in ("dump", "restore"):
