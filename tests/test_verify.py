@@ -12,9 +12,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from criu_fw.images.mounts import read_mount_namespace, write_mount_namespace
+from criu_fw.records import DumpedNamespace
 from criu_fw.restore import restore
+from criu_fw.restore.verify import verify
 from criu_fw.testing import NamespaceScenario
 from helpers import dump_scenario
 
@@ -116,3 +120,35 @@ def test_verify_unknown_namespace(dumped: tuple[NamespaceScenario, str]) -> None
     res = cli_verify(images, scn.pid, "--ns", "77")
     assert res.returncode != 0
     assert res.stderr.count("\n") == 1 and "no mount namespace 77" in res.stderr, res.stderr
+
+
+@pytest.mark.privileged
+def test_an_overlay_the_images_hold_no_state_for_is_not_read_live(tmp_path: Path) -> None:
+    """Verify reads live driver state only where the images have some to compare: an overlay
+    recorded as external (no state) whose layers cannot be found live any more gives no
+    "cannot be read" line, while another overlay's state is still read and compared."""
+    script = (
+        "mkdir -p a/l a/u a/w ok t gone && "
+        "mount -t overlay o1 -o lowerdir=$PWD/a/l,upperdir=$PWD/a/u,workdir=$PWD/a/w ok && "
+        "mount -t tmpfs layers t && mkdir t/l t/u t/w && "
+        "mount -t overlay o2 -o lowerdir=$PWD/t/l,upperdir=$PWD/t/u,workdir=$PWD/t/w gone"
+    )
+    with NamespaceScenario(script) as s:
+        images = str(tmp_path / "img")
+        dump_scenario(s, images)
+        ns = read_mount_namespace(images, 1)
+        gone = f"{s.workdir}/gone"
+        records = {
+            i: r._replace(state=None, external="gone-key") if r.mount.mountpoint == gone else r
+            for i, r in ns.records.items()
+        }
+        os.unlink(os.path.join(images, "mountpoints-1.img"))
+        os.unlink(os.path.join(images, "fw-mountpoints-1.img"))
+        write_mount_namespace(images, DumpedNamespace(1, ns.tree, records))
+        # Its layers lead nowhere now: their tmpfs is detached.
+        subprocess.run(["nsenter", "-t", str(s.pid), "-m", "umount", "-l", f"{s.workdir}/t"],
+                       check=True)  # fmt: skip
+        result = verify(s.pid, images)
+    assert not [d for d in result.differences if "cannot be read" in d], result.differences
+    # What did change is still seen.
+    assert any(d.startswith(f"{s.workdir}/t:") for d in result.differences), result.differences

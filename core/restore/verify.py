@@ -382,18 +382,21 @@ def _compare_sharing(
 
 
 def live_states(
-    pid: int, live: MountTree, fstypes: Iterable[str], mgr: DriverManager, image_dir: str
+    pid: int, live: MountTree, places: Iterable[tuple[str, str]], mgr: DriverManager,
+    image_dir: str,
 ) -> tuple[dict[int, DriverState | None], list[str]]:
-    """Driver states of the live mounts of ``fstypes``, read by their owning drivers'
-    ``parse_mount`` as a dump would; plus a line for every mount a driver could not read."""
-    wanted = set(fstypes)
+    """Driver states of the live mounts at ``places`` ((mountpoint, fstype) of the dumped
+    mounts that have a state), read by their owning drivers' ``parse_mount`` as a dump would;
+    plus a line for every such mount a driver could not read. A mount the images hold no
+    state for (one recorded as external) is not read: nothing would be compared."""
+    wanted = set(places)
     ctx = DumpContext(
         image_dir=image_dir, root_pid=pid, trees={live.ns_id: live}, ns_pids={live.ns_id: pid}
     )
     out: dict[int, DriverState | None] = {}
     problems: list[str] = []
     for m in live.topo_order():
-        if m.fstype not in wanted:
+        if (m.mountpoint, m.fstype) not in wanted:
             continue
         try:
             out[m.mnt_id] = mgr.hooks.parse_mount(mgr.owner(m.fstype), m, live, ctx)
@@ -464,7 +467,8 @@ def verify_namespaces(
         dumped_states = {
             i: r.state for i, r in dumped.records.items() if r.state is not None
         }
-        with_state = {dumped.tree.get(i).fstype for i in dumped_states}
+        with_state = {(r.mount.mountpoint, r.mount.fstype)
+                      for r in dumped.records.values() if r.state is not None}  # fmt: skip
         states, trouble = live_states(pid, live, with_state, mgr, image_dir)
         label = f"mount namespace {ns_id}" if several else ""
         problems.extend(f"{label}: {t}" if label else t for t in trouble)
