@@ -318,3 +318,23 @@ sys.exit(res.exit_code)
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert res.returncode == 7, res.stderr[-2000:]
+
+
+@pytest.mark.privileged
+def test_a_cgroup_whose_directory_is_gone_says_so(tmp_path: os.PathLike[str]) -> None:
+    """A runtime removes a container's cgroup when it stops; the restore of a cgroup2 mount
+    of that directory fails naming the mount and what to do, and creates nothing on this
+    machine's hierarchy (it is not the restore's)."""
+    base = str(tmp_path)
+    gone = f"/criu-fw-test-gone-{os.getpid()}"
+    root = Mount(1, 0, Dev(8, 1), "/", "/", "ext4", "/dev/sda1", ("rw", "relatime"), ("rw",))
+    cg = Mount(2, 1, Dev(0, 4998), gone, f"{base}/cg", "cgroup2", "cgroup2",
+               ("rw", "nosuid", "relatime"), ("rw",))
+    with pytest.raises(RestoreError) as err:
+        restore("/x", root="/", namespaces=[DumpedNamespace.of(1, MountTree.from_mounts(
+            [root, cg]))], detach=True)
+    assert str(err.value) == (
+        f"mount 2 at '{base}/cg' (cgroup2, source 'cgroup2'): its root {gone!r} is gone from "
+        "this machine's cgroup2 filesystem (a runtime removes a container's cgroup when the "
+        "container stops); create that directory, or restore before removing the container"
+    )

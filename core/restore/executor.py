@@ -26,6 +26,7 @@ the generic driver's small archives, takes this process's time wherever it is do
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -36,7 +37,7 @@ from .. import kernel
 from ..api.hooks import on_mount
 from ..api.loader import DriverManager
 from ..context import RestoreContext
-from ..errors import CriuFwError, DriverError, RestoreError
+from ..errors import CriuFwError, DriverError, RestoreError, SyscallError
 from ..kernel.mountops import Fd, MountOps, ParamArg
 from ..kernel.superblocks import sharing
 from ..model import Mount
@@ -329,7 +330,21 @@ class Executor:
             current = _FRESH
         else:
             pool = self.pool
-            h = self.ops.clone(pool.handle[job.sb], job.path)
+            try:
+                h = self.ops.clone(pool.handle[job.sb], job.path)
+            except SyscallError as exc:
+                if exc.errno != errno.ENOENT or self.ops.owns(pool.handle[job.sb]):
+                    raise
+                # A superblock this restore did not make (a cgroup hierarchy) lacks the
+                # directory the mount showed: created by someone else, and gone (a runtime
+                # removes a container's cgroup when it stops). Not made here: it is the
+                # machine's, not the images'.
+                raise RestoreError(
+                    f"{m.describe()}: its root {m.root!r} is gone from this machine's "
+                    f"{m.fstype} filesystem (a runtime removes a container's cgroup when the "
+                    f"container stops); create that directory, or restore before removing "
+                    f"the container"
+                ) from exc
             current = _FRESH
             pool.users[job.sb] -= 1
             if pool.users[job.sb] == 0:
