@@ -49,7 +49,7 @@ def dry(tree: MountTree, **kw: object) -> RecordingMountOps:
 
 
 def test_every_superblock_once_and_binds_from_it() -> None:
-    ops = dry(tree_of(), root="/srv/root")
+    ops = dry(tree_of(), root="/")
     supers = ops.of("new_superblock")
     assert [(c.fstype, c.source, c.params) for c in supers] == [
         ("tmpfs", "ta", (("size", "1024k"),)),
@@ -62,7 +62,7 @@ def test_every_superblock_once_and_binds_from_it() -> None:
     # /a, /b, /c and /d are all cut from the one tmpfs, each at its own root.
     assert sorted(str(c.path) for c in clones) == ["/", "/sub", "/sub", "/sub/deeper"]
     # The root comes from --root.
-    assert ops.of("clone")[0] == Call("clone", handle=ops.of("clone")[0].handle, path="/srv/root")
+    assert ops.of("clone")[0] == Call("clone", handle=ops.of("clone")[0].handle, path="/")
 
 
 def test_overmount_is_attached_after_what_it_covers() -> None:

@@ -229,3 +229,24 @@ def test_kernel_refuses_an_option(base: tuple[str, str], tmp_path: os.PathLike[s
                   f"at '{base[1]}/a' (tmpfs, source 'ta')", "fsconfig",
                   "Unknown parameter 'bogus_opt'")
     assert "Traceback" not in line
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "criu_fw", *args], capture_output=True,
+                          text=True, check=False, timeout=60)  # fmt: skip
+
+
+def test_usage_mistakes_are_one_line_with_status_2(
+    base: tuple[str, str], tmp_path: os.PathLike[str]
+) -> None:
+    images = base[0]
+    res = _cli("restore", "-D", images, "--root", "/etc/hostname", "--detach")
+    assert (res.returncode, res.stderr) == (
+        2, "criu-fw: error: --root '/etc/hostname': not a directory (the root of the restored "
+        "tree)\n")  # fmt: skip
+    res = _cli("restore", "-D", images, "--root", "/", "--dry-run", "--detach")
+    assert (res.returncode, res.stderr) == (
+        2, "criu-fw: error: a dry run starts nothing: --detach and a command do not apply\n")
+    gone = 2**22 + 12345  # above pid_max's default: no such process
+    res = _cli("verify", "-D", images, "-t", str(gone))
+    assert (res.returncode, res.stderr) == (2, f"criu-fw: error: no process {gone}\n")

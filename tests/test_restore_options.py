@@ -194,7 +194,8 @@ def test_nosymfollow_comes_back_and_an_unknown_per_mount_option_is_refused(
     proc = Mount(2, 1, Dev(0, 4999), "/", "/proc", "proc", "proc", ("rw",), ("rw",))
     hard = Mount(3, 1, Dev(0, 5000), "/", f"{tmp_path}/h", "tmpfs", "hard",
                  ("rw", "nosuid", "nosymfollow", "relatime"), ("rw",))
-    check = f"grep ' {tmp_path}/h ' /proc/self/mountinfo | grep -q 'nosuid,relatime,nosymfollow' && exit 7"
+    check = (f"grep ' {tmp_path}/h ' /proc/self/mountinfo"
+             " | grep -q 'nosuid,relatime,nosymfollow' && exit 7")
     res = restore("/x", root="/", namespaces=[DumpedNamespace.of(1, MountTree.from_mounts(
         [root, proc, hard]))], command=["sh", "-c", check])
     assert res.exit_code == 7

@@ -413,7 +413,7 @@ TREE = """\
 def _dry(namespaces: dict[str, str]) -> RecordingMountOps:
     tree = MountTree.from_mounts(parse(TREE.encode()), ns_id=9)
     ops = RecordingMountOps(shared=predicted_shared(namespaces))
-    restore("/nonexistent", ops=ops, namespaces=[DumpedNamespace.of(9, tree)], root="/srv/root")
+    restore("/nonexistent", ops=ops, namespaces=[DumpedNamespace.of(9, tree)], root="/")
     return ops
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -48,6 +49,9 @@ def verify_cmd(
     """Print every difference between live mount namespaces and the images; exit 0 only
     when they match (mount ids, peer-group ids and device numbers do not count)."""
     pids = parse_trees(trees, ns_id)
+    for pid in pids.values():
+        if not os.path.exists(f"/proc/{pid}"):
+            raise UsageError(f"no process {pid}")
     mgr = driver_manager(ctx)
     if len(pids) == 1:
         ((key, pid),) = pids.items()

@@ -207,6 +207,10 @@ def restore(
         raise UsageError("the command is empty")
     if pidfile is not None and not detach:
         raise UsageError("--pidfile needs --detach")
+    if ops is not None and (detach or command is not None):
+        raise UsageError("a dry run starts nothing: --detach and a command do not apply")
+    if root is not None and not os.path.isdir(root):
+        raise UsageError(f"--root {root!r}: not a directory (the root of the restored tree)")
     granted_dirs, granted_devices = _granted_dirs(allow_host), _granted_devices(devices or {})
     # Checked before the images are read; opened (and checked) again for the child below.
     close_namespaces(open_namespaces(netns=netns, ipcns=ipcns))
