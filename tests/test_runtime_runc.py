@@ -1,0 +1,75 @@
+"""A container made by Debian's runc (default spec, directory root): dumped with the CLI,
+restored in throwaway network and IPC namespaces, and compared with what runc had built.
+
+Everything happens inside ``unshare -m --propagation private``: runc's mounts and ours stay
+in that child's namespace. The container id is unique per run and the container is deleted
+whatever happens, so its cgroup directories do not outlive the test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.privileged
+
+CLI = str(Path(sys.executable).parent / "criu-fw")
+
+SCRIPT = r"""
+set -eu
+T=$1; CLI=$2; ID=$3
+R=$T/bundle/rootfs
+mkdir -p $R/bin $R/proc $R/sys $R/dev $R/tmp $R/etc
+cp "$(command -v busybox || echo /bin/busybox)" $R/bin/busybox
+for c in sh sleep cat; do ln -s busybox $R/bin/$c; done
+cd $T/bundle
+runc spec
+python3 - <<'P'
+import json
+s = json.load(open("config.json"))
+s["process"]["terminal"] = False
+s["process"]["args"] = ["sh", "-c", "echo kept > /dev/shm/data; exec sleep 1000"]
+json.dump(s, open("config.json", "w"))
+P
+trap 'runc --root $T/state delete -f $ID >/dev/null 2>&1 || true' EXIT
+runc --root $T/state run -d --pid-file $T/pid $ID </dev/null >/dev/null 2>$T/runc.err
+PID=$(cat $T/pid)
+for i in $(seq 50); do [ -s /proc/$PID/root/dev/shm/data ] && break; sleep 0.1; done
+cat /proc/$PID/mountinfo > $T/before
+$CLI dump -q -t $PID -D $T/img --external-auto 2>$T/dump.err
+unshare --net --ipc $CLI restore -q -D $T/img --external "mnt[$R]:$R" \
+    -- /bin/sh -c 'cat /proc/self/mountinfo; echo ==; cat /dev/shm/data' > $T/restored
+"""
+
+
+def _table(text: str) -> list[tuple[str, str, str, str]]:
+    """Mountpoint, root, fstype and per-mount options, in mountinfo order: what a container
+    sees of its mounts, without the ids and devices that differ after any restore."""
+    rows = []
+    for line in text.splitlines():
+        left, right = line.split(" - ", 1)
+        f = left.split()
+        rows.append((f[4], f[3], right.split()[0], f[5]))
+    return sorted(rows)
+
+
+def test_runc_container_round_trips(tmp_path: Path) -> None:
+    cid = f"criu-fw-test-{uuid.uuid4().hex[:12]}"
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
+                          str(tmp_path), CLI, cid], capture_output=True, text=True, timeout=120)
+    dump_err = (tmp_path / "dump.err").read_text() if (tmp_path / "dump.err").exists() else ""
+    assert res.returncode == 0, res.stderr + dump_err
+    before = _table((tmp_path / "before").read_text())
+    restored_table, shm = (tmp_path / "restored").read_text().split("==\n")
+    after = _table(restored_table)
+    assert after == before
+    # runc's mounts, as a container engineer knows them, are all there.
+    points = {row[0] for row in after}
+    assert {"/", "/proc", "/dev", "/dev/shm", "/dev/mqueue", "/sys", "/proc/keys"} <= points
+    # sysfs stays read-only, and the tmpfs content came back.
+    assert ("/sys", "/", "sysfs", "ro,nosuid,nodev,noexec,relatime") in after
+    assert shm == "kept\n"
