@@ -47,8 +47,8 @@ unshare --net --ipc $CLI restore -q -D $T/img --external "mnt[$R]:$R" \
 
 
 def _table(text: str) -> list[tuple[str, str, str, str]]:
-    """Mountpoint, root, fstype and per-mount options, in mountinfo order: what a container
-    sees of its mounts, without the ids and devices that differ after any restore."""
+    """Mountpoint, root, fstype and per-mount options, sorted: what a container sees of its
+    mounts, without the ids, devices and order that differ after any restore."""
     rows = []
     for line in text.splitlines():
         left, right = line.split(" - ", 1)
