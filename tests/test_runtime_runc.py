@@ -1,5 +1,6 @@
-"""A container made by Debian's runc (default spec, directory root): dumped with the CLI,
-restored in throwaway network and IPC namespaces, and compared with what runc had built.
+"""A container made by Debian's runc (default spec, on a directory root and on an overlay
+root): dumped with the CLI, restored in throwaway network and IPC namespaces, and compared
+with what runc had built.
 
 Everything happens inside ``unshare -m --propagation private``: runc's mounts and ours stay
 in that child's namespace. The container id is unique per run and the container is deleted
@@ -21,11 +22,20 @@ CLI = str(Path(sys.executable).parent / "criu-fw")
 
 SCRIPT = r"""
 set -eu
-T=$1; CLI=$2; ID=$3
+T=$1; CLI=$2; ID=$3; KIND=$4
 R=$T/bundle/rootfs
 mkdir -p $R/bin $R/proc $R/sys $R/dev $R/tmp $R/etc
 cp "$(command -v busybox || echo /bin/busybox)" $R/bin/busybox
 for c in sh sleep cat; do ln -s busybox $R/bin/$c; done
+GRANT="--external mnt[$R]:$R"
+if [ "$KIND" = overlay ]; then
+    # The container root is an overlay on directories of the host: the restore needs them
+    # granted (--allow-host), as a runtime's storage would be.
+    mkdir -p $T/lower $T/upper $T/work
+    cp -a $R/. $T/lower/ && rm -rf $R/*
+    mount -t overlay ov -o lowerdir=$T/lower,upperdir=$T/upper,workdir=$T/work $R
+    GRANT="--allow-host $T"
+fi
 cd $T/bundle
 runc spec
 python3 - <<'P'
@@ -41,7 +51,7 @@ PID=$(cat $T/pid)
 for i in $(seq 50); do [ -s /proc/$PID/root/dev/shm/data ] && break; sleep 0.1; done
 cat /proc/$PID/mountinfo > $T/before
 $CLI dump -q -t $PID -D $T/img --external-auto 2>$T/dump.err
-unshare --net --ipc $CLI restore -q -D $T/img --external "mnt[$R]:$R" \
+unshare --net --ipc $CLI restore -q -D $T/img $GRANT \
     -- /bin/sh -c 'cat /proc/self/mountinfo; echo ==; cat /dev/shm/data' > $T/restored
 """
 
@@ -57,10 +67,12 @@ def _table(text: str) -> list[tuple[str, str, str, str]]:
     return sorted(rows)
 
 
-def test_runc_container_round_trips(tmp_path: Path) -> None:
+@pytest.mark.parametrize("root", ["directory", "overlay"])
+def test_runc_container_round_trips(tmp_path: Path, root: str) -> None:
     cid = f"criu-fw-test-{uuid.uuid4().hex[:12]}"
     res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
-                          str(tmp_path), CLI, cid], capture_output=True, text=True, timeout=120)
+                          str(tmp_path), CLI, cid, root],
+                         capture_output=True, text=True, timeout=120)
     dump_err = (tmp_path / "dump.err").read_text() if (tmp_path / "dump.err").exists() else ""
     assert res.returncode == 0, res.stderr + dump_err
     before = _table((tmp_path / "before").read_text())
@@ -73,3 +85,6 @@ def test_runc_container_round_trips(tmp_path: Path) -> None:
     # sysfs stays read-only, and the tmpfs content came back.
     assert ("/sys", "/", "sysfs", "ro,nosuid,nodev,noexec,relatime") in after
     assert shm == "kept\n"
+    expected_root = "overlay" if root == "overlay" else (tmp_path / "before").read_text().split(
+        " - ", 1)[1].split()[0]
+    assert [row[2] for row in after if row[0] == "/"] == [expected_root]
