@@ -236,9 +236,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, check=False, timeout=60)  # fmt: skip
 
 
-def test_usage_mistakes_are_one_line_with_status_2(
-    base: tuple[str, str], tmp_path: os.PathLike[str]
-) -> None:
+def test_usage_mistakes_are_one_line_with_status_2(base: tuple[str, str]) -> None:
     images = base[0]
     res = _cli("restore", "-D", images, "--root", "/etc/hostname", "--detach")
     assert (res.returncode, res.stderr) == (
@@ -247,6 +245,6 @@ def test_usage_mistakes_are_one_line_with_status_2(
     res = _cli("restore", "-D", images, "--root", "/", "--dry-run", "--detach")
     assert (res.returncode, res.stderr) == (
         2, "criu-fw: error: a dry run starts nothing: --detach and a command do not apply\n")
-    gone = 2**22 + 12345  # above pid_max's default: no such process
+    gone = 2**22 + 12345  # above the largest pid_max the kernel allows: no such process
     res = _cli("verify", "-D", images, "-t", str(gone))
     assert (res.returncode, res.stderr) == (2, f"criu-fw: error: no process {gone}\n")
