@@ -164,6 +164,10 @@ class RestoreContext:
     #: the restore builds in; kinds not given are the caller's (see
     #: :mod:`criu_fw.kernel.superblocks`).
     other_namespaces: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``--cgroup-root [CONTROLLER:]PATH``: controller (``""`` for every hierarchy) -> the
+    #: directory of the machine's cgroup hierarchy that a cgroup mount's root comes back at
+    #: (see :func:`criu_fw.restore.plans.cgroup_path`).
+    cgroup_roots: Mapping[str, str] = attrs.field(factory=dict)
     #: The layer through which every mount call goes (a recording one in tests).
     ops: MountOps | None = None
     #: The dumped mount tree being restored (one namespace at a time).

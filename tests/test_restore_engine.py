@@ -19,12 +19,13 @@ import pytest
 from criu_fw import hookimpl
 from criu_fw.context import RestoreContext
 from criu_fw.driver import DriverState, FsDriver
-from criu_fw.errors import MountNotFoundError, RestoreError, SyscallError
+from criu_fw.errors import MountNotFoundError, RestoreError, SyscallError, UsageError
 from criu_fw.kernel.mountinfo import parse, read_mountinfo
 from criu_fw.kernel.mountops import Call, Fd, KernelMountOps, RecordingMountOps
 from criu_fw.model import Dev, Mount, MountTree, Propagation
 from criu_fw.plan import MountPlan, NewSuperblock, PathRef
 from criu_fw.restore import DumpedNamespace, restore
+from criu_fw.restore.plans import cgroup_path
 
 MOUNTINFO = """\
 1 0 8:1 / / rw,relatime - ext4 /dev/sda1 rw
@@ -336,5 +337,53 @@ def test_a_cgroup_whose_directory_is_gone_says_so(tmp_path: os.PathLike[str]) ->
     assert str(err.value) == (
         f"mount 2 at '{base}/cg' (cgroup2, source 'cgroup2'): its root {gone!r} is gone from "
         "this machine's cgroup2 filesystem (a runtime removes a container's cgroup when the "
-        "container stops); create that directory, or restore before removing the container"
+        "container stops); give the container's new cgroup with --cgroup-root PATH, or restore "
+        "before removing the container"
     )
+
+
+@pytest.mark.privileged
+def test_cgroup_root_gives_the_cgroup_mounts_a_new_directory(tmp_path: os.PathLike[str]) -> None:
+    """With --cgroup-root, the cgroup mounts of a removed container come back rooted at the
+    directory given (here the hierarchy's top, which always exists); a directory that does
+    not exist is named."""
+    base = str(tmp_path)
+    gone = f"/criu-fw-test-gone-{os.getpid()}"
+    root = Mount(1, 0, Dev(8, 1), "/", "/", "ext4", "/dev/sda1", ("rw", "relatime"), ("rw",))
+    cg = Mount(2, 1, Dev(0, 4998), gone, f"{base}/cg", "cgroup2", "cgroup2",
+               ("rw", "nosuid", "relatime"), ("rw",))
+    sub = Mount(3, 1, Dev(0, 4998), f"{gone}/sub", f"{base}/sub", "cgroup2", "cgroup2",
+                ("rw", "nosuid", "relatime"), ("rw",))
+    ns = DumpedNamespace.of(1, MountTree.from_mounts([root, cg]))
+    res = restore("/x", root="/", namespaces=[ns], cgroup_roots={"cgroup2": "/"},
+                  command=["sh", "-c", f"test -e {base}/cg/cgroup.procs && "
+                           f"! test -e {base}/cg/cgroup.freeze"])  # only a child cgroup has it
+    assert res.exit_code == 0
+    missing = f"/criu-fw-test-missing-{os.getpid()}"
+    with pytest.raises(RestoreError) as err:
+        restore("/x", root="/", detach=True, cgroup_roots={"": missing},
+                namespaces=[DumpedNamespace.of(1, MountTree.from_mounts([root, cg, sub]))])
+    assert str(err.value).endswith(
+        f"{missing!r} (from --cgroup-root) does not exist in this machine's cgroup2 "
+        "hierarchy; create the cgroup first"
+    )
+    with pytest.raises(UsageError, match="PATH must be an absolute path"):
+        restore("/x", root="/", detach=True, cgroup_roots={"": "a/../b"}, namespaces=[ns])
+
+
+def test_cgroup_path_maps_the_top_cgroup_per_hierarchy() -> None:
+    """The shortest root of a hierarchy in the namespace is the container's cgroup: it and
+    what is below it move to the new directory; a controller-specific PATH wins."""
+    def cg(mnt_id: int, minor: int, root: str, opts: tuple[str, ...]) -> Mount:
+        return Mount(mnt_id, 1, Dev(0, minor), root, f"/c{mnt_id}", "cgroup", "cgroup",
+                     ("ro",), ("rw", *opts))
+    top = Mount(1, 0, Dev(8, 1), "/", "/", "ext4", "/dev/sda1", ("rw",), ("rw",))
+    mem, mem_sub = cg(2, 30, "/pod/c1", ("memory",)), cg(3, 30, "/pod/c1/app", ("memory",))
+    sysd = cg(4, 31, "/pod/c1", ("name=systemd",))
+    tree = MountTree.from_mounts([top, mem, mem_sub, sysd])
+    roots = {"": "/new", "name=systemd": "/sd"}
+    assert cgroup_path(mem, tree, roots) == "/new"
+    assert cgroup_path(mem_sub, tree, roots) == "/new/app"
+    assert cgroup_path(sysd, tree, roots) == "/sd"
+    assert cgroup_path(mem_sub, tree, {}) == "/pod/c1/app"
+    assert cgroup_path(top, tree, roots) == "/"

@@ -40,6 +40,18 @@ def split_externals(values: tuple[str, ...]) -> tuple[dict[str, str], dict[str, 
     return mounts, devices
 
 
+def _cgroup_roots(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        controller, sep, path = value.partition(":")
+        if value.startswith("/") or not sep:
+            controller, path = "", value
+        if controller in out:
+            raise click.UsageError(f"--cgroup-root {value!r}: {controller or 'PATH'} given twice")
+        out[controller] = path
+    return out
+
+
 @click.command("restore")
 @click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
               help="The image directory written by criu-fw dump.")
@@ -73,6 +85,11 @@ def split_externals(values: tuple[str, ...]) -> tuple[dict[str, str], dict[str, 
                    "left as it is. The holders and the command stay in it.")
 @click.option("--ipcns", metavar="new|PATH",
               help="The same for the IPC namespace (an mqueue).")
+@click.option("--cgroup-root", "cgroup_roots", multiple=True, metavar="[CONTROLLER:]PATH",
+              help="Restore cgroup mounts rooted at PATH of this machine's hierarchy instead "
+                   "of the dumped container's cgroup (a runtime removes it with the "
+                   "container); CONTROLLER (memory, name=systemd, cgroup2...) limits it to "
+                   "the hierarchies with that controller. PATH must exist.")
 @click.option("--dry-run", is_flag=True, help="Print the mount requests, mount nothing.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress lines (shown on a terminal only, on stderr).")
@@ -82,7 +99,8 @@ def restore_cmd(
     ctx: click.Context, image_dir: str, root: str | None, externals: tuple[str, ...],
     allow_host: tuple[str, ...],
     detach: bool, pidfile: str | None, outside_masters: str, netns: str | None,
-    ipcns: str | None, dry_run: bool, quiet: bool, command: tuple[str, ...],
+    ipcns: str | None, cgroup_roots: tuple[str, ...], dry_run: bool, quiet: bool,
+    command: tuple[str, ...],
 ) -> None:
     """Rebuild the dumped mount namespaces in new private namespaces.
 
@@ -99,7 +117,7 @@ def restore_cmd(
         image_dir, root=root, externals=mounts, devices=devices, allow_host=allow_host,
         command=list(command) or None, detach=detach, pidfile=pidfile,
         manager=mgr, ops=ops, outside_masters=outside_masters, netns=netns, ipcns=ipcns,
-        progress=progress_lines(quiet or dry_run),
+        progress=progress_lines(quiet or dry_run), cgroup_roots=_cgroup_roots(cgroup_roots),
     )
     if ops is not None:
         for call in ops.calls:

@@ -168,6 +168,7 @@ def restore(
     netns: str | None = None,
     ipcns: str | None = None,
     progress: Callable[[str], None] | None = None,
+    cgroup_roots: Mapping[str, str] | None = None,
 ) -> RestoreResult:
     """Restore every mount namespace dumped in ``image_dir``.
 
@@ -200,6 +201,10 @@ def restore(
         :mod:`criu_fw.kernel.superblocks`). The holders (and ``command``) stay in it.
     :param ipcns: the same for the IPC namespace (an mqueue's superblock).
     :param progress: gets a line per phase (:mod:`criu_fw.progress`).
+    :param cgroup_roots: ``--cgroup-root [CONTROLLER:]PATH`` as ``{CONTROLLER or "": PATH}``:
+        the cgroup mounts come back rooted at PATH of the machine's hierarchy instead of the
+        dumped container's cgroup, which its runtime removed with it (see
+        :func:`~criu_fw.restore.plans.cgroup_path`).
     """
     if command is not None and detach:
         raise UsageError("a command and --detach exclude each other")
@@ -212,6 +217,7 @@ def restore(
     if root is not None and not os.path.isdir(root):
         raise UsageError(f"--root {root!r}: not a directory (the root of the restored tree)")
     granted_dirs, granted_devices = _granted_dirs(allow_host), _granted_devices(devices or {})
+    cgroups = _cgroup_roots(cgroup_roots or {})
     # Checked before the images are read; opened (and checked) again for the child below.
     close_namespaces(open_namespaces(netns=netns, ipcns=ipcns))
     other_namespaces = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
@@ -227,7 +233,7 @@ def restore(
     ctx = RestoreContext(
         image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
         allow_host=granted_dirs, devices=granted_devices,
-        proc_root=proc_root, other_namespaces=other_namespaces,
+        proc_root=proc_root, other_namespaces=other_namespaces, cgroup_roots=cgroups,
     )
     plans: list[tuple[NamespacePlan, list[Step]]] = []
     # Planning allocates a few small objects per mount and frees none of them: the cyclic
@@ -257,6 +263,20 @@ def restore(
     finally:
         if collecting:
             gc.enable()
+
+
+def _cgroup_roots(roots: Mapping[str, str]) -> dict[str, str]:
+    out = {}
+    for controller, path in roots.items():
+        shown = f"{controller}:{path}" if controller else path
+        parts = path.split("/")
+        if not path.startswith("/") or ".." in parts or "\0" in path:
+            raise UsageError(
+                f"--cgroup-root {shown!r}: PATH must be an absolute path in the cgroup "
+                f"hierarchy, without '..'"
+            )
+        out[controller] = "/" + "/".join(p for p in parts if p not in ("", "."))
+    return out
 
 
 def _granted_dirs(dirs: Sequence[str]) -> tuple[str, ...]:

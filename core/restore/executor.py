@@ -339,11 +339,16 @@ class Executor:
                 # directory the mount showed: created by someone else, and gone (a runtime
                 # removes a container's cgroup when it stops). Not made here: it is the
                 # machine's, not the images'.
+                if job.path != m.root:
+                    raise RestoreError(
+                        f"{m.describe()}: {job.path!r} (from --cgroup-root) does not exist in "
+                        f"this machine's {m.fstype} hierarchy; create the cgroup first"
+                    ) from exc
                 raise RestoreError(
                     f"{m.describe()}: its root {m.root!r} is gone from this machine's "
                     f"{m.fstype} filesystem (a runtime removes a container's cgroup when the "
-                    f"container stops); create that directory, or restore before removing "
-                    f"the container"
+                    f"container stops); give the container's new cgroup with --cgroup-root "
+                    f"PATH, or restore before removing the container"
                 ) from exc
             current = _FRESH
             pool.users[job.sb] -= 1

@@ -197,6 +197,41 @@ def _driver(ns: DumpedNamespace, m: Mount, mgr: DriverManager) -> str:
     return owner
 
 
+#: cgroup v1 super options that are not controllers.
+_CGROUP_FLAGS = frozenset({"rw", "ro", "noprefix", "xattr", "cpuset_v2_mode", "clone_children"})
+
+
+def cgroup_controllers(mount: Mount) -> frozenset[str]:
+    """The names ``--cgroup-root CONTROLLER:PATH`` matches for a cgroup mount: its v1
+    controllers (``memory``, ``name=systemd``...), or ``cgroup2`` and ``unified`` for v2."""
+    if mount.fstype == "cgroup2":
+        return frozenset({"cgroup2", "unified"})
+    return frozenset(
+        o for o in mount.super_options
+        if o not in _CGROUP_FLAGS and not o.startswith("release_agent=")
+    )
+
+
+def cgroup_path(mount: Mount, tree: MountTree, roots: Mapping[str, str]) -> str:
+    """Where in its hierarchy a cgroup mount is restored from: its dumped root, or with
+    ``--cgroup-root`` the new directory in place of the namespace's top cgroup.
+
+    A runtime gives a restored container a new cgroup (the old one went with the container):
+    the mounts of one hierarchy whose roots were ``B`` and ``B/sub`` (``B`` the shortest root
+    of that hierarchy in the namespace) come back at ``PATH`` and ``PATH/sub``. A
+    ``CONTROLLER:PATH`` applies to the hierarchies with that controller, a plain ``PATH`` to
+    the others."""
+    if mount.fstype not in ("cgroup", "cgroup2") or not roots:
+        return mount.root
+    names = cgroup_controllers(mount)
+    new = next((roots[c] for c in sorted(names) if c in roots), roots.get(""))
+    if new is None:
+        return mount.root
+    base = min((m.root for m in tree.by_dev(mount.dev)), key=len)
+    rel = _under(mount.root, base)
+    return new if rel is None or rel == "/" else _join(new, rel)
+
+
 def _host_job(src: HostSource, mount: Mount) -> MountJob:
     return MountJob(mount, None, src.path, base=src.base, follow=src.follow)
 
@@ -271,7 +306,7 @@ def plan_namespace(
             # Made by an earlier namespace: the same superblock (or host directory) again.
             e_ns, e_mount, e_job = earlier
             if e_job.sb is not None:
-                jobs[m.mnt_id] = MountJob(m, e_job.sb, m.root)
+                jobs[m.mnt_id] = MountJob(m, e_job.sb, cgroup_path(m, tree, ctx.cgroup_roots))
             elif (rel := _under(m.root, e_mount.root)) is not None:
                 jobs[m.mnt_id] = e_job.below(rel, m)
             else:
@@ -284,7 +319,7 @@ def plan_namespace(
         if first is not None:
             fj = jobs.get(first.mnt_id)
             if fj is not None and fj.sb is not None:
-                jobs[m.mnt_id] = MountJob(m, fj.sb, m.root)
+                jobs[m.mnt_id] = MountJob(m, fj.sb, cgroup_path(m, tree, ctx.cgroup_roots))
             elif fj is not None and (rel := _under(m.root, first.root)) is not None:
                 jobs[m.mnt_id] = fj.below(rel, m)
             elif first.mnt_id in binds:
@@ -318,7 +353,8 @@ def plan_namespace(
             for key, value in plan.params:
                 if isinstance(value, ExternalRef):
                     host_source(value, m, ctx, what=f"{key} directory")  # refused here, early
-            jobs[m.mnt_id] = MountJob(m, new_sb(m, plan), m.root)
+            path = cgroup_path(m, tree, ctx.cgroup_roots)
+            jobs[m.mnt_id] = MountJob(m, new_sb(m, plan), path)
         elif isinstance(plan, BindExternal):
             jobs[m.mnt_id] = _host_job(host_source(plan.source, m, ctx), m)
         else:

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import attrs
-from criu_fw.driver import Dev, DumpContext, StashKey
+from criu_fw.driver import Dev, DumpContext, MountTree, StashKey
 
 from .hidden import TreeIndex
 from .options import Role
@@ -45,6 +45,9 @@ class OverlayIndex:
     positions: dict[int, dict[int, int]] = attrs.field(factory=dict)
     #: mounts by mountpoint and by root per namespace, for hidden and moved layers.
     trees: dict[int, TreeIndex] = attrs.field(factory=dict)
+    #: The dumper's own mount table (its namespace is the host's), read once when an overlay
+    #: needs it: where else its superblock is mounted.
+    host_mounts: MountTree | None = None
 
     def add(self, ns_id: int, overlay_mnt_id: int, state: OverlayState) -> None:
         for layer in state.layers:

@@ -121,6 +121,7 @@ class LayerResolver:
         positions: dict[int, int] | None = None,
         index: TreeIndex | None = None,
         hidden: HiddenViews | None = None,
+        host_bases: tuple[str, ...] = (),
     ) -> None:
         self.overlay = overlay
         self.tree = tree
@@ -130,6 +131,8 @@ class LayerResolver:
         self.positions = positions if positions is not None else _positions(tree)
         self.index = index
         self.hidden = hidden
+        #: Host directories relative layer strings are tried against (see parse.py).
+        self.host_bases = host_bases
         self._ovl_fd: int | None = None
         self._origin = origin_xattr(())
 
@@ -356,9 +359,17 @@ class LayerResolver:
             finally:
                 probe.close()  # idempotent; the search may stop before it was looked at
         for text in spec.spellings():
-            probe = self._probe_host(spec, text)
-            if probe is not None:
-                usable |= counts(probe, (yield probe))
+            paths = [text] if text.startswith("/") else [
+                posixpath.join(base, text) for base in self.host_bases
+            ]
+            for path in paths:
+                probe = self._probe_host(spec, path)
+                if probe is None:
+                    continue
+                try:
+                    usable |= counts(probe, (yield probe))
+                finally:
+                    probe.close()
         if usable or self.index is None:
             return
         # Nothing usable so far (an unchecked directory, e.g. an empty upper, is usable: the

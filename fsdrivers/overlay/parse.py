@@ -6,12 +6,14 @@ import contextlib
 import os
 
 from criu_fw.driver import DumpContext, DumpError, Mount, MountTree
+from criu_fw.kernel.mountinfo import read_mountinfo
 
 from .hidden import HiddenViews, TreeIndex
 from .index import OverlayIndex, index_of
 from .layers import LayerResolver, OverlayLayerError, ResolvedLayer, open_views
 from .misreport import KINDS, probe
 from .options import OverlayOptionError, OverlayOptions, parse_options
+from .paths import ancestors_or_self
 from .placement import reachable
 from .state import OverlayState
 from .walk import RootView
@@ -78,6 +80,7 @@ def _resolve(
     if tree_index is None:
         tree_index = index.trees[tree.ns_id] = TreeIndex.of(tree)
     view, host = open_views(root, host_root)
+    bases = _host_bases(mount, index, ctx) if host is not None and _relative(options) else ()
     hidden = HiddenViews(pid, tree, ctx)
     try:
         resolver = LayerResolver(
@@ -89,6 +92,7 @@ def _resolve(
             positions=positions,
             index=tree_index,
             hidden=hidden,
+            host_bases=bases,
         )
         layers: tuple[ResolvedLayer, ...]
         try:
@@ -111,6 +115,32 @@ def _resolve(
         new_api=options.new_api,
         external_key=ext,
     )
+
+
+def _relative(options: OverlayOptions) -> bool:
+    return any(not text.startswith("/") for spec in options.layers for text in spec.spellings())
+
+
+def _host_bases(mount: Mount, index: OverlayIndex, ctx: DumpContext) -> tuple[str, ...]:
+    """Host directories that relative layer strings may be relative to: the directories
+    above every other place this overlay's superblock is mounted in the dumper's namespace.
+
+    containers/storage mounts with layers relative to its graph root (``l/ID``, ``ID/diff``)
+    once absolute ones would pass the 4 KiB option limit; it mounts the overlay at
+    ``GRAPH/ID/merged`` on the host too, so ``GRAPH`` is two levels up. Each candidate is still
+    checked against the overlay's own files before it is taken."""
+    if index.host_mounts is None:
+        try:
+            index.host_mounts = read_mountinfo("self", ctx.proc_root)
+        except (OSError, ValueError):
+            return ()
+    out: dict[str, None] = {}
+    for other in index.host_mounts.by_dev(mount.dev):
+        if other.fstype != mount.fstype or other.root != "/":
+            continue
+        for base in ancestors_or_self(other.mountpoint):
+            out.setdefault(base, None)
+    return tuple(out)
 
 
 def _probe(
