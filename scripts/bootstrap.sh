@@ -21,8 +21,11 @@ command -v mksquashfs >/dev/null 2>&1 || need_apt+=(squashfs-tools)
 command -v mkfs.erofs >/dev/null 2>&1 || need_apt+=(erofs-utils)
 # A static shell for the container-like test namespaces and the demo (no libraries to copy).
 { command -v busybox >/dev/null 2>&1 || test -x /bin/busybox; } || need_apt+=(busybox-static)
-# A real container runtime for the runtime round-trip tests (tests/test_runtime_runc.py).
+# Real container runtimes for the runtime round-trip tests (tests/test_runtime_oci.py,
+# tests/test_runtime_podman.py): runc, crun, and podman with its overlay storage.
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+command -v crun >/dev/null 2>&1 || need_apt+=(crun)
+command -v podman >/dev/null 2>&1 || need_apt+=(podman)
 # Debian's own python3 creates virtual environments only with python3-venv installed.
 "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -352,7 +352,14 @@ def plan_namespace(
             granted_device(plan, m, ctx)
             for key, value in plan.params:
                 if isinstance(value, ExternalRef):
-                    host_source(value, m, ctx, what=f"{key} directory")  # refused here, early
+                    # Refused here, early: not granted, or gone.
+                    src = host_source(value, m, ctx, what=f"{key} directory")
+                    if not os.path.isdir(src.shown):
+                        raise RestoreError(
+                            f"{m.describe()}: its {key} directory {src.shown!r} is not on this "
+                            f"machine (a runtime deletes a container's layers when it removes "
+                            f"the container: restore before removing it)"
+                        )
             path = cgroup_path(m, tree, ctx.cgroup_roots)
             jobs[m.mnt_id] = MountJob(m, new_sb(m, plan), path)
         elif isinstance(plan, BindExternal):
