@@ -315,3 +315,26 @@ def test_undo_leaves_what_was_swapped_for_a_link(tmp_path: Path, canary: Path) -
     assert (top / "x").is_symlink()  # the name now holds a link: not what was made, kept
     # What was made inside x went, through x's own descriptor, wherever x was moved.
     assert os.listdir(top / "moved") == []
+
+
+def test_volatile_overlay_work_directory_left_marked(tmp_path: Path) -> None:
+    """A volatile overlay leaves work/incompat/volatile in its work directory and the kernel
+    refuses to mount that directory again with a bare EINVAL; the restore names the marker
+    and what to do, before mounting anything."""
+    host = tmp_path / "layers"
+    ovl, state = _overlay(host)
+    state = OverlayState(state.layers, features=(("volatile", None),))
+    for d in ("u", "sub", "w/work/incompat/volatile"):
+        (host / d).mkdir(parents=True, exist_ok=True)
+    tree = MountTree((root(), ovl), 1)
+    ns = DumpedNamespace.of(1, tree, drivers={2: "overlay"}, states={2: state})
+    with pytest.raises(RestoreError) as err:
+        restore("/nonexistent", namespaces=[ns], detach=True, allow_host=[str(host)])
+    assert str(err.value) == (
+        f"mount 2 at '/ovl' (overlay, source 'overlay'): driver 'overlay': the work directory "
+        f"'{host}/w' holds "
+        "work/incompat/volatile, left by the volatile overlay (still mounted, or unmounted or "
+        "crashed since); the kernel refuses to mount it again. Stop the source container; if "
+        f"its upper directory is known to be complete, remove "
+        f"'{host}/w/work/incompat/volatile'"
+    )

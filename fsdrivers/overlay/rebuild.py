@@ -11,6 +11,8 @@ mountinfo (``lowerdir+=/lower``), and dumping those again resolves to the same l
 
 from __future__ import annotations
 
+import os
+
 from criu_fw.driver import (
     BindExternal,
     ExternalRef,
@@ -41,6 +43,26 @@ def _ref(layer: ResolvedLayer) -> ParamValue:
     return PathRef(layer.mnt_id, layer.path)
 
 
+def _check_volatile(mount: Mount, state: OverlayState, ctx: RestoreContext) -> None:
+    """A volatile overlay leaves ``work/incompat/volatile`` in its work directory, and the
+    kernel refuses that directory to any later overlay with a bare EINVAL (the reason goes to
+    the kernel log only): say it here, where the work directory is a host path to look at."""
+    if not any(k == "volatile" or (k, v) == ("fsync", "volatile") for k, v in state.features):
+        return
+    for work in state.role(Role.WORK):
+        if work.mnt_id is not None:
+            continue
+        marker = os.path.join(work.path, "work", "incompat", "volatile")
+        if os.path.lexists(marker):
+            raise RestoreError(
+                f"{mount.describe()}: the work directory {work.path!r} holds "
+                f"work/incompat/volatile, left by the volatile overlay (still mounted, or "
+                f"unmounted or crashed since); the kernel refuses to mount it again. Stop the "
+                f"source container; if its upper directory is known to be complete, remove "
+                f"{marker!r}"
+            )
+
+
 def rebuild_overlay(mount: Mount, state: OverlayState, ctx: RestoreContext) -> MountPlan:
     if state.external_key is not None:
         return BindExternal(ExternalRef(key=state.external_key))
@@ -58,6 +80,7 @@ def rebuild_overlay(mount: Mount, state: OverlayState, ctx: RestoreContext) -> M
     for layer in (*lowers, *data, *state.role(Role.UPPER), *state.role(Role.WORK)):
         params.append((_OPTION[layer.spec.role], _ref(layer)))
     params.extend(state.features)
+    _check_volatile(mount, state, ctx)
     if state.readonly:
         params.append(("ro", None))
     # mount(2)/fsconfig source: what the dump showed ("overlay", or "none" for a new-API mount
