@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,12 +25,43 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(skip_crit)
 
 
+def _mountpoint(line: str) -> str:
+    return line.split(" ")[2]
+
+
+def leaked(before: list[str], after: list[str], watched: tuple[str, ...]) -> list[str]:
+    """What a test may have done to the caller's mount table, ignoring what other processes
+    of a busy machine do meanwhile (containers starting and stopping mount and unmount at
+    their own new paths): a mount added or removed under a directory the tests use, or a
+    mount that appeared on a mountpoint that already had one (a reconfigured /sys, a mount
+    stacked on the host's /dev)."""
+    old, new = Counter(before), Counter(after)
+    points = {_mountpoint(line) for line in before}
+
+    def ours(line: str) -> bool:
+        return _mountpoint(line).startswith(watched)
+
+    added = [f"+ {x}" for x in new - old if ours(x) or _mountpoint(x) in points]
+    removed = [f"- {x}" for x in old - new if ours(x)]
+    return sorted(added + removed)
+
+
+@pytest.fixture(scope="session")
+def _watched(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    tmp = tempfile.gettempdir()
+    return (
+        f"{tmp_path_factory.getbasetemp()}/",  # tmp_path of every test of this run
+        f"{tmp}/criu-fw-",  # scenario directories, restore work directories
+        f"{os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}/",  # the checkout
+    )
+
+
 @pytest.fixture(autouse=True)
-def _host_mounts_unchanged() -> Iterator[None]:
+def _host_mounts_unchanged(_watched: tuple[str, ...]) -> Iterator[None]:
     before = host_mount_table()
     yield
-    after = host_mount_table()
-    assert after == before, "the test changed the caller's mount table"
+    changed = leaked(before, host_mount_table(), _watched)
+    assert not changed, "the test changed the caller's mount table:\n" + "\n".join(changed)
 
 
 @pytest.fixture(autouse=True, scope="session")
