@@ -21,6 +21,23 @@ from .api.base import DriverState
 from .model import Mount, MountTree
 
 
+@attrs.frozen
+class DeletedRoot:
+    """A bind whose root file or directory was unlinked after it was mounted
+    (:attr:`~criu_fw.model.Mount.root_deleted`): what the restore makes again at the same path
+    of the rebuilt source filesystem, binds, and unlinks again (as CRIU does)."""
+
+    #: ``st_mode``: a directory or a regular file, with its permission bits.
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    #: A regular file that still has another name: that name, from its filesystem's root.
+    link: str | None = None
+    #: A regular file without another name: the image (of the image directory) holding its
+    #: bytes, raw.
+    content: str | None = None
+
+
 class MountRecord(NamedTuple):
     """What the dump knows of one mount (a named tuple, like :class:`~criu_fw.model.Mount`:
     made in C, once per mount of a 100,000-mount dump)."""
@@ -35,6 +52,8 @@ class MountRecord(NamedTuple):
     external: str | None = None
     #: The image (a file of the image directory) holding its filesystem's content.
     content: str | None = None
+    #: Its root was unlinked: what to make again for the bind.
+    deleted: DeletedRoot | None = None
 
 
 @attrs.frozen
@@ -65,17 +84,20 @@ class DumpedNamespace:
         states: Mapping[int, DriverState | None] | None = None,
         external: Mapping[int, str] | None = None,
         content: Mapping[int, str] | None = None,
+        deleted: Mapping[int, DeletedRoot] | None = None,
     ) -> DumpedNamespace:
         """A namespace from a tree and what is known per mount id (a program that builds a
         tree to restore, a test); an id that is not a mount of ``tree`` is a ValueError."""
         d, s, e, c = drivers or {}, states or {}, external or {}, content or {}
+        gone = deleted or {}
         known = {m.mnt_id for m in tree}
-        for what, ids in (("drivers", d), ("states", s), ("external", e), ("content", c)):
+        for what, ids in (("drivers", d), ("states", s), ("external", e), ("content", c),
+                          ("deleted", gone)):
             stray = sorted(set(ids) - known)
             if stray:
                 raise ValueError(f"{what} names mount id(s) {stray} not in namespace {ns_id}")
         records = {
-            i: MountRecord(m, d.get(i), s.get(i), e.get(i), c.get(i))
+            i: MountRecord(m, d.get(i), s.get(i), e.get(i), c.get(i), gone.get(i))
             for m in tree
             for i in (m.mnt_id,)
         }

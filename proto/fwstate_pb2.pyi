@@ -80,6 +80,7 @@ class fw_mount(_message.Message):
     EXTERNAL_KEY_FIELD_NUMBER: _builtins.int
     CONTENT_IMAGE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    DELETED_ROOT_FIELD_NUMBER: _builtins.int
     mnt_id: _builtins.int
     fstype: _builtins.bytes
     """full name: "ext4", "fuse.sshfs" """
@@ -112,6 +113,10 @@ class fw_mount(_message.Message):
         a state type with this message's full name.
         """
 
+    @_builtins.property
+    def deleted_root(self) -> Global___fw_deleted_root:
+        """root_deleted: how to make the unlinked file or directory again for the bind."""
+
     def __init__(
         self,
         *,
@@ -130,13 +135,16 @@ class fw_mount(_message.Message):
         external_key: _builtins.str | None = ...,
         content_image: _builtins.str | None = ...,
         state: _any_pb2.Any | None = ...,
+        deleted_root: Global___fw_deleted_root | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_image", b"_content_image", "_external_key", b"_external_key", "_mountpoint", b"_mountpoint", "_propagate_from", b"_propagate_from", "_root", b"_root", "_source", b"_source", "_unique_id", b"_unique_id", "content_image", b"content_image", "external_key", b"external_key", "mountpoint", b"mountpoint", "propagate_from", b"propagate_from", "root", b"root", "source", b"source", "state", b"state", "unique_id", b"unique_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_image", b"_content_image", "_deleted_root", b"_deleted_root", "_external_key", b"_external_key", "_mountpoint", b"_mountpoint", "_propagate_from", b"_propagate_from", "_root", b"_root", "_source", b"_source", "_unique_id", b"_unique_id", "content_image", b"content_image", "deleted_root", b"deleted_root", "external_key", b"external_key", "mountpoint", b"mountpoint", "propagate_from", b"propagate_from", "root", b"root", "source", b"source", "state", b"state", "unique_id", b"unique_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_image", b"_content_image", "_external_key", b"_external_key", "_mountpoint", b"_mountpoint", "_propagate_from", b"_propagate_from", "_root", b"_root", "_source", b"_source", "_unique_id", b"_unique_id", "content_image", b"content_image", "driver", b"driver", "external_key", b"external_key", "fstype", b"fstype", "mnt_id", b"mnt_id", "mount_options", b"mount_options", "mountpoint", b"mountpoint", "propagate_from", b"propagate_from", "root", b"root", "root_deleted", b"root_deleted", "source", b"source", "state", b"state", "super_options", b"super_options", "unbindable", b"unbindable", "unique_id", b"unique_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_image", b"_content_image", "_deleted_root", b"_deleted_root", "_external_key", b"_external_key", "_mountpoint", b"_mountpoint", "_propagate_from", b"_propagate_from", "_root", b"_root", "_source", b"_source", "_unique_id", b"_unique_id", "content_image", b"content_image", "deleted_root", b"deleted_root", "driver", b"driver", "external_key", b"external_key", "fstype", b"fstype", "mnt_id", b"mnt_id", "mount_options", b"mount_options", "mountpoint", b"mountpoint", "propagate_from", b"propagate_from", "root", b"root", "root_deleted", b"root_deleted", "source", b"source", "state", b"state", "super_options", b"super_options", "unbindable", b"unbindable", "unique_id", b"unique_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__content_image: _TypeAlias = _typing.Literal["content_image"]  # noqa: Y015
     _WhichOneofArgType__content_image: _TypeAlias = _typing.Literal["_content_image", b"_content_image"]  # noqa: Y015
+    _WhichOneofReturnType__deleted_root: _TypeAlias = _typing.Literal["deleted_root"]  # noqa: Y015
+    _WhichOneofArgType__deleted_root: _TypeAlias = _typing.Literal["_deleted_root", b"_deleted_root"]  # noqa: Y015
     _WhichOneofReturnType__external_key: _TypeAlias = _typing.Literal["external_key"]  # noqa: Y015
     _WhichOneofArgType__external_key: _TypeAlias = _typing.Literal["_external_key", b"_external_key"]  # noqa: Y015
     _WhichOneofReturnType__mountpoint: _TypeAlias = _typing.Literal["mountpoint"]  # noqa: Y015
@@ -152,6 +160,8 @@ class fw_mount(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__content_image) -> _WhichOneofReturnType__content_image | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__deleted_root) -> _WhichOneofReturnType__deleted_root | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__external_key) -> _WhichOneofReturnType__external_key | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mountpoint) -> _WhichOneofReturnType__mountpoint | None: ...
@@ -165,6 +175,53 @@ class fw_mount(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__unique_id) -> _WhichOneofReturnType__unique_id | None: ...
 
 Global___fw_mount: _TypeAlias = fw_mount  # noqa: Y015
+
+@_typing.final
+class fw_deleted_root(_message.Message):
+    """A bind whose root was unlinked after it was mounted (mountinfo's "//deleted"). The restore
+    makes it again at the same path in the rebuilt source filesystem, binds it, and unlinks it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    GID_FIELD_NUMBER: _builtins.int
+    LINK_FIELD_NUMBER: _builtins.int
+    CONTENT_IMAGE_FIELD_NUMBER: _builtins.int
+    mode: _builtins.int
+    """st_mode: a directory or a regular file, permissions"""
+    uid: _builtins.int
+    gid: _builtins.int
+    link: _builtins.bytes
+    """A regular file that still has another name (a hard link): that name, from the root of
+    its filesystem; the restore links to it, so both stay one file.
+    """
+    content_image: _builtins.str
+    """A regular file without another name: its bytes, raw, in this image of the directory."""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.int = ...,
+        uid: _builtins.int = ...,
+        gid: _builtins.int = ...,
+        link: _builtins.bytes | None = ...,
+        content_image: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_content_image", b"_content_image", "_link", b"_link", "content_image", b"content_image", "link", b"link"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_content_image", b"_content_image", "_link", b"_link", "content_image", b"content_image", "gid", b"gid", "link", b"link", "mode", b"mode", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__content_image: _TypeAlias = _typing.Literal["content_image"]  # noqa: Y015
+    _WhichOneofArgType__content_image: _TypeAlias = _typing.Literal["_content_image", b"_content_image"]  # noqa: Y015
+    _WhichOneofReturnType__link: _TypeAlias = _typing.Literal["link"]  # noqa: Y015
+    _WhichOneofArgType__link: _TypeAlias = _typing.Literal["_link", b"_link"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__content_image) -> _WhichOneofReturnType__content_image | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__link) -> _WhichOneofReturnType__link | None: ...
+
+Global___fw_deleted_root: _TypeAlias = fw_deleted_root  # noqa: Y015
 
 @_typing.final
 class fw_entry(_message.Message):

@@ -20,7 +20,7 @@ from criu_fw.images import IMG_COMMON, MAGIC, write_image
 from criu_fw.images.mounts import write_mount_namespace
 from criu_fw.model import Dev, Mount, MountTree
 from criu_fw.proto import core_pb2, inventory_pb2
-from criu_fw.records import DumpedNamespace
+from criu_fw.records import DeletedRoot, DumpedNamespace
 
 NS = 7
 U32 = struct.Struct("<I")
@@ -56,6 +56,7 @@ def write_dir(
     states: Mapping[int, DriverState | None] = {},
     external: Mapping[int, str] = {},
     content: Mapping[int, str] = {},
+    deleted: Mapping[int, DeletedRoot] = {},
     ns_id: int = NS,
 ) -> str:
     """An image directory holding ``mounts`` as namespace ``ns_id`` (the root namespace);
@@ -64,7 +65,8 @@ def write_dir(
     if drivers is None:
         drivers = {m.mnt_id: manager().owner(m.fstype) for m in mounts}
     dumped = DumpedNamespace.of(ns_id, MountTree(tuple(mounts)), drivers=drivers, states=states,
-                                external=external, content=content)  # fmt: skip
+                                external=external, content=content,
+                                deleted=deleted)  # fmt: skip
     write_mount_namespace(image_dir, dumped)
     write_inventory(image_dir, ns_id)
     return image_dir

@@ -46,6 +46,7 @@ from criu_fw.images.check import (
 from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.model import Dev, Mount
 from criu_fw.proto import mnt_pb2, overlay_pb2
+from criu_fw.records import DeletedRoot
 
 OVL = Mount(4, 1, Dev(0, 40), "/", "/ovl", "overlay", "overlay", ("rw",),
             ("rw", "lowerdir=/l", "upperdir=/u", "workdir=/w"))  # fmt: skip
@@ -299,6 +300,30 @@ def test_a_deleted_bind_root_is_legitimate(tmp_path: Path) -> None:
     d = write_dir(str(tmp_path / "bad"), (ROOT, A, gone._replace(root="/file//deleted")))
     refused(restore(d), f"{paths(d)[0]}: entry 0: mount 3: root '/file//deleted' has an empty "
                         "component")  # fmt: skip
+
+
+@pytest.mark.parametrize(("deleted", "why"), [
+    (DeletedRoot(0o20644), "deleted root mode 0o20644 is not a directory's or a regular file's"),
+    (DeletedRoot(0o100644, link="/../etc/shadow"),
+     "deleted root link '/../etc/shadow' has a '.' or '..' component"),
+    (DeletedRoot(0o40755, link="/keep"),
+     "a deleted root link is for a regular file, to another of its names"),
+    (DeletedRoot(0o100644, content="../../etc/passwd"),
+     "deleted root content image '../../etc/passwd' is not fw-deleted-<ns>-<mount>.img"),
+])
+def test_a_deleted_root_record_is_checked(tmp_path: Path, deleted: DeletedRoot, why: str) -> None:
+    """What the restore would make again in a rebuilt filesystem: only a directory or a
+    regular file, linked only to a clean path, its bytes only from an image of its own."""
+    gone = B._replace(root="/file", mountpoint="/a/f", root_deleted=True)
+    mounts = (ROOT, A, gone)
+    d = write_dir(str(tmp_path), mounts, deleted={3: deleted})
+    refused(restore(d), f"{paths(d)[1]}: entry {fw_entry(mounts, 3)}: mount 3: {why}")
+
+
+def test_a_deleted_root_record_needs_a_deleted_root(tmp_path: Path) -> None:
+    d = write_dir(str(tmp_path), BASE, deleted={3: DeletedRoot(0o40755)})
+    refused(restore(d), f"{paths(d)[1]}: entry {fw_entry(BASE, 3)}: mount 3: a deleted root "
+                        "recorded for a mount whose root was not deleted")  # fmt: skip
 
 
 def test_other_texts(tmp_path: Path) -> None:

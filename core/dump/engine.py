@@ -48,8 +48,9 @@ from ..images.process import (
 from ..model import Dev, Mount, MountTree
 from ..progress import Progress, count
 from ..proto import fdinfo_pb2, fs_pb2
-from ..records import DumpedNamespace, MountRecord
+from ..records import DeletedRoot, DumpedNamespace, MountRecord
 from .consistency import MountWatch, Recheck
+from .deleted import deleted_roots
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
 from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
@@ -103,6 +104,8 @@ class _Attempt:
     n_files: int = 0
     n_maps: int = 0
     ghosts: Ghosts | None = None
+    #: Binds of deleted files and directories (see .deleted), by namespace and mount id.
+    deleted: dict[int, dict[int, DeletedRoot]] = attrs.field(factory=dict)
 
 
 def dump(
@@ -238,6 +241,10 @@ def _read_consistent(
             try:
                 t1 = time.perf_counter()
                 _files(fs, attempt, router, procs)
+                if fs.live:
+                    attempt.deleted = deleted_roots(
+                        namespaces, set(ctx.external_mounts), proc_root, tmp
+                    )
                 t2 = time.perf_counter()
                 report(f"read {count(attempt.n_files, 'open file')}, "
                        f"{count(attempt.n_maps, 'file mapping')}")
@@ -500,9 +507,10 @@ def _dumped(a: _Attempt, ns_id: int, tree: MountTree) -> DumpedNamespace:
     # constructor is Python, a tenth of the mount images' writing at 10,000 mounts.
     new, record = tuple.__new__, MountRecord
     get_state, get_ext, get_content = states.get, external.get, content.get
+    get_deleted = a.deleted.get(ns_id, {}).get
     records = {
         m.mnt_id: new(record, (m, drivers[m.mnt_id], get_state(m.mnt_id), get_ext(m.mnt_id),
-                               get_content(m.mnt_id)))
+                               get_content(m.mnt_id), get_deleted(m.mnt_id)))
         for m in tree
     }
     return DumpedNamespace(ns_id, tree, records)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO, Literal
@@ -33,7 +35,7 @@ from ..fstypes import CRIU_FSTYPES
 from ..kernel import MS_SHARED, MS_SLAVE, MS_UNBINDABLE
 from ..model import MS_NOATIME, MS_RELATIME, MS_STRICTATIME, Dev, Mount, MountTree, Propagation
 from ..proto import fwstate_pb2, mnt_pb2
-from ..records import DumpedNamespace, MountRecord
+from ..records import DeletedRoot, DumpedNamespace, MountRecord
 from . import KINDS, criu_text, is_exact_utf8, iter_image, text_of, write_serialized
 from . import check as imagecheck
 
@@ -131,6 +133,7 @@ def _fw_mount(
     state: DriverState | None,
     external_key: str | None,
     content: str | None,
+    deleted: DeletedRoot | None = None,
 ) -> fwstate_pb2.fw_mount:
     fw = fwstate_pb2.fw_mount(
         mnt_id=mount.mnt_id,
@@ -153,6 +156,13 @@ def _fw_mount(
         fw.content_image = content
     if state is not None:
         fw.state.Pack(state.to_message())
+    if deleted is not None:
+        d = fw.deleted_root
+        d.mode, d.uid, d.gid = deleted.mode, deleted.uid, deleted.gid
+        if deleted.link is not None:
+            d.link = os.fsencode(deleted.link)
+        if deleted.content is not None:
+            d.content_image = deleted.content
     return fw
 
 
@@ -246,8 +256,8 @@ class _EntryWriter:
             ext, cont = rec.external, rec.content
             mnt_id = m.mnt_id
             assert driver is not None  # checked by write_mount_namespace
-            if state is not None or m.unique_id is not None or not fast:
-                c, f = scratch(m, driver, state, ext, cont)
+            if state is not None or m.unique_id is not None or not fast or rec.deleted:
+                c, f = scratch(m, driver, state, ext, cont, rec.deleted)
                 add_criu(c)
                 add_fw(f)
                 continue
@@ -332,9 +342,10 @@ class _EntryWriter:
 
     @staticmethod
     def _scratch(
-        m: Mount, driver: str, state: DriverState | None, ext: str | None, content: str | None
+        m: Mount, driver: str, state: DriverState | None, ext: str | None, content: str | None,
+        deleted: DeletedRoot | None = None,
     ) -> tuple[bytes, bytes]:
-        fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, state, ext, content))
+        fw = fwstate_pb2.fw_entry(mount=_fw_mount(m, driver, state, ext, content, deleted))
         return criu_entry_bytes(m, ext), fw.SerializeToString()
 
 
@@ -454,6 +465,7 @@ def read_mount_namespace(
     states: dict[int, DriverState | None] = {}
     external: dict[int, str] = {}
     content: dict[int, str] = {}
+    deleted: dict[int, DeletedRoot] = {}
     header: fwstate_pb2.fw_header | None = None
     for n, entry in enumerate(iter_image(fw_path, fwstate_pb2.fw_entry, kind="FW_MNTS")):
         which = entry.WhichOneof("kind")
@@ -487,6 +499,11 @@ def read_mount_namespace(
             external[fw.mnt_id] = ext
         if cont is not None:
             content[fw.mnt_id] = cont
+        if fw.HasField("deleted_root"):
+            gone = _deleted_root(fw.deleted_root, mount)
+            if isinstance(gone, str):
+                raise ImageError(fw_path, f"mount {fw.mnt_id}: {gone}", n)
+            deleted[fw.mnt_id] = gone
         if fw.HasField("state"):
             states[fw.mnt_id] = _unpack_state(fw_path, n, fw, mgr)
         else:
@@ -513,8 +530,37 @@ def read_mount_namespace(
         raise ImageError(mnts_path, f"mount {mnt_id}: {why}", criu_entry[mnt_id])
     return DumpedNamespace.of(
         ns_id, MountTree(tuple(mounts), header.kernel_ns_id), drivers=drivers, states=states,
-        external=external, content=content,
+        external=external, content=content, deleted=deleted,
     )
+
+
+def _deleted_root(d: fwstate_pb2.fw_deleted_root, mount: Mount) -> DeletedRoot | str:
+    """The recorded deleted root, or why it cannot be one (images are untrusted)."""
+    if not mount.root_deleted:
+        return "a deleted root recorded for a mount whose root was not deleted"
+    kind = stat.S_IFMT(d.mode)
+    if kind not in (stat.S_IFDIR, stat.S_IFREG) or d.mode & ~(kind | 0o7777):
+        return f"deleted root mode {d.mode:#o} is not a directory's or a regular file's"
+    link = content = None
+    if d.HasField("link"):
+        link = text_of(d.link)
+        why = imagecheck.path_problem("deleted root link", link)
+        if why is not None or kind != stat.S_IFREG or link == "/":
+            return why or "a deleted root link is for a regular file, to another of its names"
+    if d.HasField("content_image"):
+        content = d.content_image
+        if kind != stat.S_IFREG or not _DELETED_NAME.fullmatch(content) or link is not None:
+            return f"deleted root content image {content!r} is not fw-deleted-<ns>-<mount>.img"
+    return DeletedRoot(d.mode, d.uid, d.gid, link, content)
+
+
+#: The name the dump gives a deleted root's bytes (see :func:`deleted_root_image`).
+_DELETED_NAME = re.compile(r"fw-deleted-\d{1,20}-\d{1,10}\.img")
+
+
+def deleted_root_image(ns_id: int, mnt_id: int) -> str:
+    """The image holding the bytes of a bind's deleted root file."""
+    return f"fw-deleted-{ns_id}-{mnt_id}.img"
 
 
 def _criu_alone(image_dir: str) -> bool:

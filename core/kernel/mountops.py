@@ -216,6 +216,18 @@ class MountOps:
         mount at absolute host ``path`` when ``src`` is None."""
         raise NotImplementedError
 
+    def recreate(
+        self, src: int, path: str, mode: int, owner: tuple[int, int], *,
+        link: str | None = None, content: int | None = None,
+    ) -> tuple[int, Callable[[], None]]:
+        """A detached bind of a file or directory made again at ``path`` inside handle
+        ``src`` (a bind whose root had been deleted): a directory, a hard link to ``link`` (a
+        path inside ``src``), or a file with the bytes read from descriptor ``content``;
+        missing parent directories are made too. Returns the handle and what unlinks it all
+        again, to be called once the bind is attached (the kernel refuses to attach a
+        detached mount whose root is already unlinked: ENOENT)."""
+        raise NotImplementedError
+
     def clone_host(self, base: str, path: str, *, follow: bool = False) -> int:
         """A detached copy of the host directory ``path`` inside ``base``, a directory the
         operator gave (``--root``, ``--external``, ``--allow-host``): resolved beneath it,
@@ -275,6 +287,44 @@ class MountOps:
 
     def close(self, handle: int) -> None:
         raise NotImplementedError
+
+
+def _make(
+    parent: int, name: str, mode: int, owner: tuple[int, int], link: str | None,
+    content: int | None, top: int,
+) -> str:
+    """Make the file or directory ``name`` in ``parent`` (see :meth:`MountOps.recreate`);
+    returns the name used: another one in the same directory when a new file took the old
+    name since (the bind's root then shows that name)."""
+    for attempt in (name, f".criu-fw-deleted.{os.getpid()}.{name}"[:255]):
+        try:
+            if stat.S_ISDIR(mode):
+                os.mkdir(attempt, 0o700, dir_fd=parent)
+                os.chown(attempt, *owner, dir_fd=parent, follow_symlinks=False)
+                os.chmod(attempt, stat.S_IMODE(mode), dir_fd=parent, follow_symlinks=False)
+            elif link is not None:
+                src = confine.open_beneath(top, link)
+                try:
+                    # linkat through the descriptor: the file itself, not a name to re-resolve.
+                    os.link(f"/proc/self/fd/{src}", attempt, dst_dir_fd=parent,
+                            follow_symlinks=True)
+                finally:
+                    os.close(src)
+            else:
+                fd = os.open(attempt, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=parent)
+                try:
+                    if content is not None:
+                        while os.sendfile(fd, content, None, 1 << 20):
+                            pass
+                    os.fchown(fd, *owner)
+                    os.fchmod(fd, stat.S_IMODE(mode))
+                finally:
+                    os.close(fd)
+            return attempt
+        except FileExistsError:
+            continue
+    raise SyscallError("recreate", errno.EEXIST, name, "taken, and so is the other name")
 
 
 class RecordingMountOps(MountOps):
@@ -339,6 +389,14 @@ class RecordingMountOps(MountOps):
         h = self._new()
         self.calls.append(Call("clone", handle=h, other=src, path=path))
         return h
+
+    def recreate(
+        self, src: int, path: str, mode: int, owner: tuple[int, int], *,
+        link: str | None = None, content: int | None = None,
+    ) -> tuple[int, Callable[[], None]]:
+        h = self._new()
+        self.calls.append(Call("recreate", handle=h, other=src, path=path))
+        return h, lambda: None
 
     def clone_host(self, base: str, path: str, *, follow: bool = False) -> int:
         h = self._new()
@@ -740,6 +798,58 @@ class KernelMountOps(MountOps):
             return kernel.open_tree("", flags | kernel.AT_EMPTY_PATH, dirfd=fd)
         finally:
             os.close(fd)
+
+    def recreate(
+        self, src: int, path: str, mode: int, owner: tuple[int, int], *,
+        link: str | None = None, content: int | None = None,
+    ) -> tuple[int, Callable[[], None]]:
+        parts = confine.components(path)
+        if not parts:
+            raise SyscallError("recreate", errno.EINVAL, path, "a filesystem's root")
+        held: list[int] = []
+        made: list[tuple[int, str]] = []  # directories made on the way, to remove again
+        cur, name = src, None
+
+        def remove() -> None:
+            try:
+                if name is not None:
+                    if stat.S_ISDIR(mode):
+                        os.rmdir(name, dir_fd=cur)
+                    else:
+                        os.unlink(name, dir_fd=cur)
+                for parent, made_name in reversed(made):
+                    with contextlib.suppress(OSError):  # a mountpoint made in it since
+                        os.rmdir(made_name, dir_fd=parent)
+            finally:
+                for fd in held:
+                    os.close(fd)
+                held.clear()
+
+        try:
+            for part in parts[:-1]:
+                try:
+                    nxt = confine.open_beneath(cur, part)
+                except SyscallError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+                    os.mkdir(part, 0o700, dir_fd=cur)
+                    made.append((cur, part))
+                    nxt = confine.open_beneath(cur, part)
+                held.append(nxt)
+                cur = nxt
+            name = _make(cur, parts[-1], mode, owner, link, content, src)
+            fd = confine.open_beneath(cur, name)
+            try:
+                h = kernel.open_tree(
+                    "", kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC | kernel.AT_EMPTY_PATH,
+                    dirfd=fd,
+                )
+            finally:
+                os.close(fd)
+        except BaseException:
+            remove()
+            raise
+        return h, remove
 
     def clone_host(self, base: str, path: str, *, follow: bool = False) -> int:
         fd = os.open(base, os.O_PATH | os.O_CLOEXEC)

@@ -31,7 +31,7 @@ import logging
 import os
 import resource
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .. import kernel
 from ..api.hooks import on_mount
@@ -148,6 +148,8 @@ class Executor:
         self._ahead_content: list[SuperblockJob] = []
         self._working_ahead = False
         self._made: set[int] = set()  # keys of the superblocks created so far
+        #: Mounts of deleted roots made again: what unlinks each once it is attached.
+        self._unlink_after: dict[int, Callable[[], None]] = {}
         # Mounts kept only for their propagation (set last) may give their handle back once
         # more than a quarter of the descriptors are held so, and be opened again by path
         # then: at 100,000 mounts, 3 in 10 with peers or masters outgrew a hard limit of
@@ -212,6 +214,10 @@ class Executor:
 
     def cancel(self) -> None:
         """Stop the content jobs still running (the restore failed)."""
+        for remove in self._unlink_after.values():
+            with contextlib.suppress(OSError):
+                remove()
+        self._unlink_after.clear()
         pending, self.pending = self.pending, {}
         for _, job in pending.values():
             job.cancel()
@@ -331,8 +337,16 @@ class Executor:
         else:
             pool = self.pool
             try:
-                h = self.ops.clone(pool.handle[job.sb], job.path)
+                if job.deleted is not None:
+                    h = self._recreate(job, pool.handle[job.sb])
+                else:
+                    h = self.ops.clone(pool.handle[job.sb], job.path)
             except SyscallError as exc:
+                if exc.errno == errno.ENOENT and m.root_deleted:
+                    raise RestoreError(
+                        f"{m.describe()}: its root {m.root!r} was deleted before the dump, "
+                        f"and the images do not say how to make it again"
+                    ) from exc
                 if exc.errno != errno.ENOENT or self.ops.owns(pool.handle[job.sb]):
                     raise
                 # A superblock this restore did not make (a cgroup hierarchy) lacks the
@@ -359,6 +373,27 @@ class Executor:
         if not self.plan.tree.children(m):
             self._set_attrs(m)
 
+    def _recreate(self, job: MountJob, src: int) -> int:
+        """A bind of a deleted file or directory: made again in the rebuilt filesystem,
+        cloned, unlinked (see :mod:`criu_fw.dump.deleted`)."""
+        gone = job.deleted
+        assert gone is not None
+        if not self.ops.owns(src):
+            raise RestoreError(
+                f"{job.mount.describe()}: its root was deleted, and its filesystem is this "
+                f"machine's, not made by this restore: nothing is created in it"
+            )
+        content = self.ctx.open_image(gone.content) if gone.content is not None else None
+        try:
+            h, remove = self.ops.recreate(
+                src, job.path, gone.mode, (gone.uid, gone.gid), link=gone.link, content=content
+            )
+        finally:
+            if content is not None:
+                os.close(content)
+        self._unlink_after[job.mount.mnt_id] = remove
+        return h
+
     def _set_attrs(self, m: Mount) -> None:
         want = mount_attrs(m)
         if (
@@ -382,6 +417,9 @@ class Executor:
             parent = self.plan.tree.get(m.parent_id)
             rel = _relative(m.mountpoint, parent.mountpoint)
             self.ops.attach(h, self.handle[parent.mnt_id], rel)
+            remove = self._unlink_after.pop(m.mnt_id, None)
+            if remove is not None:
+                remove()  # attached: its root is unlinked again, as it was dumped
             self._release(parent.mnt_id)
             if m.mnt_id in self._propagation_only:
                 self._keep_or_give_back(m)

@@ -30,7 +30,7 @@ from ..images import check as imagecheck
 from ..kernel.mountops import host_join
 from ..model import Dev, Mount, MountTree
 from ..plan import BindExternal, BindFrom, ExternalRef, LoopFile, MountPlan, NewSuperblock, PathRef
-from ..records import DumpedNamespace
+from ..records import DeletedRoot, DumpedNamespace
 from .grants import HostSource, granted_device, host_source
 
 log = logging.getLogger("criu_fw.restore")
@@ -64,6 +64,8 @@ class MountJob:
     base: str | None = None
     #: Whether ``path`` may run through ``base``'s own links (only under ``--allow-host``).
     follow: bool = False
+    #: The mount's root was deleted: made again at ``path`` in ``sb`` for the bind.
+    deleted: DeletedRoot | None = None
 
     @property
     def host_path(self) -> str:
@@ -368,6 +370,17 @@ def plan_namespace(
             binds[m.mnt_id] = plan.source
 
     _resolve_binds(tree, jobs, binds)
+    for rec in ns.records.values():
+        if rec.deleted is not None:
+            made = jobs[rec.mount.mnt_id]
+            if made.sb is None:
+                raise RestoreError(
+                    f"{rec.mount.describe()}: its root {rec.mount.root!r} was deleted, and its "
+                    f"filesystem is not one this restore makes (it comes from "
+                    f"{made.host_path!r}); a deleted file or directory is made again only in "
+                    f"a filesystem rebuilt from the images"
+                )
+            jobs[rec.mount.mnt_id] = attrs.evolve(made, deleted=rec.deleted)
     for dev, first in first_of_dev.items():
         job = jobs.get(first.mnt_id)
         if job is not None and dev not in shared.first:
