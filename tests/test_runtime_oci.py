@@ -37,6 +37,13 @@ mkdir -p $R/bin $R/proc $R/sys $R/dev $R/tmp $R/etc
 cp "$(command -v busybox || echo /bin/busybox)" $R/bin/busybox
 for c in sh sleep cat; do ln -s busybox $R/bin/$c; done
 GRANT="--external mnt[$R]:$R"
+if [ "$KIND" = shared-host ]; then
+    # A host whose mounts are shared (systemd's default), the container's root a slave of
+    # them, and the host's /sys/fs/cgroup bound in: its cgroup mounts are slaves of the
+    # host's. Shared only inside this private namespace: nothing reaches the machine's.
+    mount --make-rshared /
+    GRANT="$GRANT --allow-host /sys/fs/cgroup"
+fi
 if [ "$KIND" = overlay ]; then
     # The container root is an overlay on directories of the host: the restore needs them
     # granted (--allow-host), as a runtime's storage would be.
@@ -47,7 +54,7 @@ if [ "$KIND" = overlay ]; then
 fi
 cd $T/bundle
 $RT spec
-RT=$RT python3 - <<'P'
+RT=$RT KIND=$KIND python3 - <<'P'
 import json, os
 s = json.load(open("config.json"))
 s["process"]["terminal"] = False
@@ -55,6 +62,10 @@ if os.environ["RT"] == "crun":
     s["process"].pop("rlimits", None)
     s["linux"].pop("resources", None)
 s["process"]["args"] = ["sh", "-c", "echo kept > /dev/shm/data; exec sleep 1000"]
+if os.environ["KIND"] == "shared-host":
+    s["linux"]["rootfsPropagation"] = "rslave"
+    s["mounts"].append({"destination": "/sys/fs/cgroup", "type": "bind",
+                        "source": "/sys/fs/cgroup", "options": ["rbind", "ro"]})
 json.dump(s, open("config.json", "w"))
 P
 trap '$RT --root $T/state delete -f $ID >/dev/null 2>&1 || true' EXIT
@@ -79,8 +90,19 @@ def _table(text: str) -> list[tuple[str, str, str, str]]:
     return sorted(rows)
 
 
-@pytest.mark.parametrize("runtime", ["runc", "crun"])
-@pytest.mark.parametrize("root", ["directory", "overlay"])
+def _masters(text: str) -> list[tuple[str, str]]:
+    """Each mount's mountpoint and the peer group it is a slave of, if any."""
+    out = []
+    for line in text.splitlines():
+        f = line.split(" - ", 1)[0].split()
+        out += [(f[4], tag) for tag in f[6:] if tag.startswith("master:")]
+    return sorted(out)
+
+
+@pytest.mark.parametrize(("runtime", "root"), [
+    ("runc", "directory"), ("runc", "overlay"), ("runc", "shared-host"),
+    ("crun", "directory"), ("crun", "overlay"),
+])
 def test_container_round_trips(tmp_path: Path, root: str, runtime: str) -> None:
     cid = f"criu-fw-test-{uuid.uuid4().hex[:12]}"
     res = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", SCRIPT, "sh",
@@ -98,6 +120,11 @@ def test_container_round_trips(tmp_path: Path, root: str, runtime: str) -> None:
     # sysfs stays read-only, and the tmpfs content came back.
     assert ("/sys", "/", "sysfs", "ro,nosuid,nodev,noexec,relatime") in after
     assert shm == "kept\n"
+    # Slaves of the host's mounts stay slaves of the same host mounts (--external-auto
+    # records them as external; the restore binds them from the host and follows them).
+    assert _masters(restored_table) == _masters((tmp_path / "before").read_text())
+    if root == "shared-host":
+        assert "/sys/fs/cgroup/memory" in dict(_masters(restored_table))
     # The container root is what the case set up (the table above holds it either way).
     root_type = [row[2] for row in after if row[0] == "/"]
     assert (root_type == ["overlay"]) == (root == "overlay")

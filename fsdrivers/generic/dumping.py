@@ -56,6 +56,8 @@ class _Superblocks:
     roots: dict[Dev, set[str]]
     #: (dev, root) of the mounts declared external with ``--external mnt[MOUNTPOINT]:KEY``.
     declared: set[tuple[Dev, str]]
+    #: The peer groups of the dumped mounts: a master not among them is outside the dump.
+    shared: set[int] = attrs.field(factory=set)
 
 
 _SB_KEY: StashKey[_Superblocks] = StashKey("generic.superblocks")
@@ -78,12 +80,15 @@ def _superblocks(ctx: DumpContext) -> _Superblocks:
     if sb is None:
         roots: dict[Dev, set[str]] = {}
         declared: set[tuple[Dev, str]] = set()
+        shared: set[int] = set()
         for tree in ctx.trees.values():
             for m in tree.mounts:
                 roots.setdefault(m.dev, set()).add(m.root)
                 if m.mountpoint in ctx.externals:
                     declared.add((m.dev, m.root))
-        sb = _Superblocks(roots, declared)
+                if m.propagation.shared is not None:
+                    shared.add(m.propagation.shared)
+        sb = _Superblocks(roots, declared, shared)
         ctx.stash[_SB_KEY] = sb
     return sb
 
@@ -187,6 +192,15 @@ class GenericDump:
             ctx.mark_external(tree.ns_id, mount.mnt_id, declared)
             return None
         root = entry_root(ctx, mount)
+        if ctx.auto_external and self._host_slave(mount, ctx):
+            # A slave of a mount outside the dump (the machine's cgroup hierarchies or its
+            # /sys/fs/cgroup tmpfs, bound into a container on a host with shared
+            # propagation): a new instance could not be that mount's slave again; the host
+            # mount itself can be bound and followed (--outside-masters host).
+            key = host_path(ctx, mount, tree)
+            if key is not None:
+                ctx.mark_external(tree.ns_id, mount.mnt_id, key)
+                return None
         if _self_restorable(mount, root):
             if _on_block_device(mount) and mount.root == "/":
                 return blockdev.record(mount, ctx, tree.ns_id)
@@ -207,6 +221,11 @@ class GenericDump:
         decided[group] = key
         ctx.mark_external(tree.ns_id, mount.mnt_id, key)
         return None
+
+    @staticmethod
+    def _host_slave(mount: Mount, ctx: DumpContext) -> bool:
+        master = mount.propagation.master
+        return master is not None and master not in _superblocks(ctx).shared
 
     @hookimpl
     def dump_content(self, mount: Mount, path: str, ctx: DumpContext) -> str | None:
