@@ -12,18 +12,27 @@ from __future__ import annotations
 import errno as _errno
 import os
 
+#: The exit statuses of every ``criu-fw`` command (docs/cli.md): success; differences found
+#: (verify only); a usage mistake (bad option or argument, no such process); a failure
+#: (a dump or restore that failed, a bad image, a system call or driver that failed); a bug.
+EXIT_OK = 0
+EXIT_DIFFERENCES = 1
+EXIT_USAGE = 2
+EXIT_FAILURE = 3
+EXIT_INTERNAL = 70
+
 
 class CriuFwError(Exception):
     """Base of every error criu-fw raises on purpose."""
 
     #: Exit status the CLI uses for this kind of error.
-    exit_code: int = 1
+    exit_code: int = EXIT_FAILURE
 
 
 class UsageError(CriuFwError, ValueError):
     """The caller asked for something that cannot work (bad option, bad argument)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class MountinfoError(CriuFwError, ValueError):
@@ -83,6 +92,11 @@ class DriverLoadError(DriverError, ImportError):
 
 class DumpError(CriuFwError, RuntimeError):
     """A checkpoint could not be taken; nothing was published."""
+
+
+class DumpRefusedError(DumpError, UsageError):
+    """A dump refused for what it was asked (``-t`` of a kernel thread or of the dumper's
+    own ancestor, an ``--external`` that names no mount): a usage mistake, exit status 2."""
 
 
 class RestoreError(CriuFwError, RuntimeError):

@@ -25,7 +25,12 @@ def read_tree(
     try:
         ns_id = os.stat(os.path.join(proc_root, str(pid), "ns", "mnt")).st_ino
     except FileNotFoundError:
-        raise UsageError(f"no process {pid} (no {proc_root}/{pid}/ns/mnt)") from None
+        from .kernel.mountinfo import process_gone
+
+        why = process_gone(pid, proc_root)
+        if why is None or why.startswith("no process"):
+            why = f"no process {pid} (no {proc_root}/{pid}/ns/mnt)"
+        raise UsageError(why) from None
     except PermissionError:
         ns_id = 0  # mountinfo may still be readable (a sandbox's pid 1); statmount is not
     if reader == "mountinfo":

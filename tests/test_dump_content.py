@@ -140,7 +140,7 @@ def test_unreadable_proc_entry_is_one_line(tmp_path: Path) -> None:
         [sys.executable, "-m", "criu_fw.cli", "dump", "-t", "100", "-D", str(tmp_path / "img"),
          "--proc-root", str(proc)], capture_output=True, text=True,
     )
-    assert res.returncode == 1
+    assert res.returncode == 3
     assert res.stderr == f"criu-fw: error: cannot read {proc}/100/maps: EISDIR (Is a directory)\n"
     assert sorted(os.listdir(tmp_path)) == ["proc"]
 

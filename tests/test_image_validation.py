@@ -58,7 +58,7 @@ def restore(image_dir: str | Path) -> subprocess.CompletedProcess[str]:
 
 def refused(res: subprocess.CompletedProcess[str], line: str) -> None:
     """The user sees exactly ``criu-fw: error: LINE`` and a failing exit status."""
-    assert (res.returncode, res.stdout, res.stderr) == (1, "", f"criu-fw: error: {line}\n")
+    assert (res.returncode, res.stdout, res.stderr) == (3, "", f"criu-fw: error: {line}\n")
 
 
 def test_good_images_restore_dry(tmp_path: Path) -> None:

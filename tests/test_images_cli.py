@@ -1,4 +1,4 @@
-"""``criu-fw show IMAGE``: JSON like crit show; a bad image is one error line and exit 1."""
+"""``criu-fw show IMAGE``: JSON like crit show; a bad image is one error line and exit 3."""
 
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ def test_show_bad_image_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "pstree.img"
     path.write_bytes(b"\x19CVT\x30\x30\x27\x50\x10\x00\x00\x00abc")
     res = CliRunner().invoke(main, ["show", str(path)])
-    assert res.exit_code == 1
+    assert res.exit_code == 3
     assert res.stderr == (f"criu-fw: error: {path}: entry 0: truncated payload (3 of 16 bytes)\n")
     res = CliRunner().invoke(main, ["show", str(tmp_path / "none.img")])
     assert (res.exit_code, res.stderr) == (
-        1,
+        3,
         f"criu-fw: error: {tmp_path}/none.img: no such image file\n",
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +19,7 @@ import click
 from .. import __version__
 from ..api.loader import DriverConfig, DriverManager, load_drivers
 from ..api.tracing import Tracer
-from ..errors import CriuFwError
+from ..errors import EXIT_FAILURE, EXIT_INTERNAL, CriuFwError
 
 
 def _one_line(exc: BaseException) -> str:
@@ -27,7 +28,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 class Group(click.Group):
-    """Turns every criu-fw error into one line and an exit status (traceback: ``--debug``)."""
+    """Turns every criu-fw error into one line and the exit status of its kind (docs/cli.md:
+    2 a usage mistake, 3 a failure, 70 a bug; the traceback with ``--debug``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -36,7 +38,14 @@ class Group(click.Group):
             # `criu-fw tree | head`: the reader left; stop quietly, as a SIGPIPE'd tool would.
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
-            sys.exit(141)
+            sys.exit(128 + signal.SIGPIPE)
+        except KeyboardInterrupt:
+            # As a shell reports a command that SIGINT ended (click's own answer is status 1,
+            # which verify uses for "differences found").
+            if ctx.meta.get("criu_fw.debug"):
+                raise
+            click.echo("criu-fw: interrupted", err=True)
+            sys.exit(128 + signal.SIGINT)
         except CriuFwError as exc:
             if ctx.meta.get("criu_fw.debug"):
                 raise
@@ -46,7 +55,7 @@ class Group(click.Group):
             if ctx.meta.get("criu_fw.debug"):
                 raise
             click.echo(f"criu-fw: error: {_one_line(exc)}", err=True)
-            sys.exit(1)
+            sys.exit(EXIT_FAILURE)
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:
@@ -58,10 +67,17 @@ class Group(click.Group):
                 "(run with --debug for the traceback)",
                 err=True,
             )
-            sys.exit(70)
+            sys.exit(EXIT_INTERNAL)
 
 
-@click.group(cls=Group)
+_EPILOG = (
+    "Exit status: 0 success; 1 differences found (verify); 2 a usage mistake (bad option "
+    "or argument, no such process); 3 a failure (dump, restore, a bad image); 70 a bug; "
+    "128+N ended by signal N; restore -- CMD: CMD's status. See docs/cli.md."
+)
+
+
+@click.group(cls=Group, epilog=_EPILOG)
 @click.version_option(__version__, prog_name="criu-fw")
 @click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
 @click.option("--prefer", "prefer", multiple=True, metavar="FSTYPE=DRIVER",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
 
-from ..errors import UsageError
+from ..errors import EXIT_DIFFERENCES, UsageError
+from ..kernel.mountinfo import process_gone
 from ..restore.verify import verify, verify_namespaces
 from .base import driver_manager
 
@@ -31,7 +31,8 @@ def parse_trees(values: tuple[str, ...], ns_id: int | None) -> dict[int | None, 
 
 
 @click.command("verify")
-@click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR")
+@click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
+              help="The image directory written by criu-fw dump.")
 @click.option("-t", "--tree", "trees", required=True, multiple=True, metavar="[NS_ID=]PID",
               help="A process in the namespace to check; repeat as NS_ID=PID to check several "
                    "namespaces together (shared superblocks and peer groups across them).")
@@ -50,8 +51,9 @@ def verify_cmd(
     when they match (mount ids, peer-group ids and device numbers do not count)."""
     pids = parse_trees(trees, ns_id)
     for pid in pids.values():
-        if not os.path.exists(f"/proc/{pid}"):
-            raise UsageError(f"no process {pid}")
+        why = process_gone(pid)
+        if why is not None:
+            raise UsageError(why)
     mgr = driver_manager(ctx)
     if len(pids) == 1:
         ((key, pid),) = pids.items()
@@ -68,5 +70,5 @@ def verify_cmd(
         click.echo(line)
     if result.differences:
         click.echo(f"verify: {len(result.differences)} difference(s)", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_DIFFERENCES)
     click.echo(f"verify: OK, {result.matched} mounts match")

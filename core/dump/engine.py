@@ -33,7 +33,7 @@ from ..api.base import DriverState
 from ..api.hooks import in_context
 from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import DumpContext
-from ..errors import CriuFwError, DriverError, DumpError
+from ..errors import CriuFwError, DriverError, DumpError, DumpRefusedError
 from ..images.mounts import mount_image_names, write_mount_namespace
 from ..images.process import (
     ProcessImages,
@@ -300,8 +300,10 @@ def _check_externals(externals: Mapping[str, str], namespaces: list[Namespace]) 
     known = {m.mountpoint for ns in namespaces for m in ns.tree.mounts}
     for mp, key in externals.items():
         if mp not in known:
-            raise DumpError(f"--external mnt[{mp}]:{key}: no mount at {mp!r} in the dumped "
-                            "mount namespaces (give the mountpoint as the processes see it)")
+            raise DumpRefusedError(
+                f"--external mnt[{mp}]:{key}: no mount at {mp!r} in the dumped mount "
+                "namespaces (give the mountpoint as the processes see it)"
+            )
 
 
 def _clear(tmp: str) -> None:

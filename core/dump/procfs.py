@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import os
 
-from ..errors import DumpError
+from ..errors import DumpError, UsageError
 
 
 class ProcessGoneError(DumpError, ProcessLookupError):
@@ -25,6 +25,22 @@ class ProcessGoneError(DumpError, ProcessLookupError):
         where = f" (while reading {what})" if what else ""
         super().__init__(f"process {pid} does not exist or vanished during the dump{where}")
         self.pid = pid
+
+
+class NoSuchProcessError(ProcessGoneError, UsageError):
+    """The process to dump is not there (or has exited) before the dump starts: a usage
+    mistake (exit status 2), where one that vanishes during the dump is a failure."""
+
+    def __init__(self, pid: int, proc_root: str = "/proc") -> None:
+        from ..kernel.mountinfo import process_gone
+
+        ProcessGoneError.__init__(self, pid)
+        live = os.path.realpath(proc_root) == "/proc"
+        self.args = ((process_gone(pid, proc_root) if live else None)
+                     or f"no process {pid}" + ("" if live else f" in {proc_root}"),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ProcReadError(DumpError, OSError):

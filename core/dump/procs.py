@@ -19,8 +19,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from ..errors import DumpError
-from .procfs import ProcessGoneError, ProcFS
+from ..errors import DumpError, DumpRefusedError
+from .procfs import NoSuchProcessError, ProcessGoneError, ProcFS
 from .watchdog import Watchdog
 
 log = logging.getLogger("criu_fw.dump")
@@ -199,10 +199,12 @@ def check_target(fs: ProcFS, root_pid: int, me: int) -> None:
     dumper itself or one of its ancestors (``-t $$`` would stop the calling shell, ``-t 1``
     everything), or a kernel thread (SIGSTOP does nothing to it)."""
     if root_pid == me:
-        raise DumpError(f"process {root_pid} is the dumper itself")
+        raise DumpRefusedError(f"process {root_pid} is the dumper itself")
     if stat_flags(fs, root_pid) & PF_KTHREAD:
-        raise DumpError(f"process {root_pid} ({read_stat(fs, root_pid).comm}) is a kernel "
-                        "thread: it has no mounts, files or mappings of its own to dump")
+        raise DumpRefusedError(
+            f"process {root_pid} ({read_stat(fs, root_pid).comm}) is a kernel thread: it has "
+            "no mounts, files or mappings of its own to dump"
+        )
     pid, seen = me, set()
     while pid > 0 and pid not in seen:
         seen.add(pid)
@@ -211,7 +213,7 @@ def check_target(fs: ProcFS, root_pid: int, me: int) -> None:
         except DumpError:
             return  # an ancestor exited meanwhile: nothing above it can be in the tree
         if pid == root_pid:
-            raise DumpError(
+            raise DumpRefusedError(
                 f"the dumper (pid {me}) is inside the tree of process {root_pid} (one of "
                 "its ancestors), which would stop the dumper too; dump it from outside"
             )
@@ -220,7 +222,7 @@ def check_target(fs: ProcFS, root_pid: int, me: int) -> None:
 def collect_tree(fs: ProcFS, root_pid: int, freezer: Freezer) -> list[Process]:
     """The tree rooted at ``root_pid``, parents before children, frozen on a live system."""
     if not fs.exists(root_pid):
-        raise ProcessGoneError(root_pid)
+        raise NoSuchProcessError(root_pid, fs.root)
     me = os.getpid()
     stats: dict[int, ProcStat] = {root_pid: read_stat(fs, root_pid)}
     order = [root_pid]

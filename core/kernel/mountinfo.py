@@ -237,6 +237,22 @@ def _root(field: bytes) -> tuple[str, bool] | None:
     return os.fsdecode(root), deleted
 
 
+def process_gone(pid: int | str, proc_root: str = "/proc") -> str | None:
+    """Why process ``pid`` has no mount table to read, in a line naming it (no such process,
+    or one that has exited and not been reaped: a zombie keeps its /proc directory but no
+    namespace); None when it is there."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat"), "rb") as f:
+            state = f.read().rpartition(b")")[2][1:2]
+    except FileNotFoundError:
+        return f"no process {pid}"
+    except OSError:
+        return None  # there, but not ours to read: the caller's own read says why
+    if state in (b"Z", b"X"):
+        return f"process {pid} has exited (its parent has not reaped it): it has no mounts"
+    return None
+
+
 def read_mountinfo(pid: int | str = "self", proc_root: str = "/proc", ns_id: int = 0) -> MountTree:
     """The mount tree of a process's mount namespace, as its mountinfo shows it."""
     path = os.path.join(proc_root, str(pid), "mountinfo")

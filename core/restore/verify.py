@@ -441,16 +441,16 @@ def verify_namespaces(
     the images, each on its own and together (superblocks and peer groups shared across
     namespaces; see :func:`compare_namespaces`). With more than one namespace every line
     starts with ``mount namespace ID: ``."""
-    from ..errors import ImageError
+    from ..errors import UsageError
     from ..images.mounts import read_mount_namespace
-    from ..kernel.mountinfo import read_mountinfo
+    from ..kernel.mountinfo import process_gone, read_mountinfo
     from .engine import image_namespaces
 
     _, ids = image_namespaces(image_dir)
     for ns_id in pids:
         if ns_id not in ids:
-            raise ImageError(image_dir, f"no mount namespace {ns_id} in the images (has "
-                             f"{', '.join(map(str, ids))})")
+            raise UsageError(f"--ns {ns_id}: no mount namespace {ns_id} in {image_dir} (it "
+                             f"has {', '.join(map(str, ids))})")
     mgr = resolve_manager(manager, plugins, config)
     sides: list[Side] = []
     problems: list[str] = []
@@ -463,7 +463,14 @@ def verify_namespaces(
                           if m.propagation.shared is not None)
             continue
         pid = pids[ns_id]
-        live = read_mountinfo(pid)
+        try:
+            live = read_mountinfo(pid)
+        except OSError:
+            # Exited meanwhile (a zombie's mountinfo is EINVAL): the process, not an errno.
+            why = process_gone(pid)
+            if why is None:
+                raise
+            raise UsageError(why) from None
         dumped_states = {
             i: r.state for i, r in dumped.records.items() if r.state is not None
         }
