@@ -39,9 +39,10 @@ def parse_external(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--leave-stopped", is_flag=True, help="Keep the processes stopped afterwards.")
 @click.option("--root", default=None, metavar="DIR",
               help="The container's root directory, for drivers that read files' identities.")
-@click.option("--proc-root", default="/proc", show_default=True,
+@click.option("--proc-root", default="/proc", show_default=True, metavar="DIR",
               help="Read /proc from here (a recorded tree: nothing is frozen or entered).")
-@click.option("--sys-root", default="/sys", show_default=True, help="Read /sys from here.")
+@click.option("--sys-root", default="/sys", show_default=True, metavar="DIR",
+              help="Read /sys from here.")
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress lines (shown on a terminal only, on stderr).")
 @click.pass_context

@@ -9,7 +9,7 @@ from .base import driver_manager
 
 
 @click.command("tree")
-@click.option("-t", "--task", "pid", type=int, default=None, metavar="PID",
+@click.option("-t", "--tree", "--task", "pid", type=int, default=None, metavar="PID",
               help="The process whose mount namespace is shown (default: criu-fw itself).")
 @click.option("--reader", type=click.Choice(READERS), default="mountinfo", show_default=True,
               help="Read /proc/PID/mountinfo, or use listmount/statmount (adds unique ids).")
