@@ -202,6 +202,9 @@ class DriverManager:
         self.conflicts: dict[str, tuple[str, ...]] = {}
         #: Registered plugins that own no fstype (tracing, dry run): name -> object.
         self.wrappers: dict[str, object] = {}
+        #: Blocked names that no installed driver or passed plugin has (a typo blocks
+        #: nothing): sorted, for the caller to warn about.
+        self.unknown_blocked: tuple[str, ...] = ()
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -234,12 +237,15 @@ class DriverManager:
                               version=version)
                 continue
             self._add(ep.name, obj, dist, version)
+        names = {ep.name for ep, _, _ in found}
         for obj in plugins:
             name = str(getattr(obj, "name", None) or type(obj).__name__)
+            names.add(name)
             if self.pm.is_blocked(name):
                 continue
             # The caller's own objects: a mistake in them is the caller's bug, never skipped.
             self._add(name, obj, PASSED_BY_CALLER, "", strict=True)
+        self.unknown_blocked = tuple(sorted(self.config.blocked - names))
         self._build_registry()
         return self
 
@@ -367,6 +373,14 @@ class DriverManager:
             names = self.conflicts["*"]
             raise DriverConflictError("*", names[0], names[1])
         if self._fallback is None:
+            if FALLBACK_DRIVER in self.config.blocked:
+                # Said plainly: the usual cause is the user's own --block-driver generic.
+                raise DriverError(
+                    FALLBACK_DRIVER,
+                    f"no driver for fstype {fstype!r}: the fallback driver {FALLBACK_DRIVER!r}, "
+                    "which handles every fstype no other driver claims, is blocked "
+                    "(--block-driver or CRIU_FW_BLOCK_DRIVERS) and no other fallback is loaded",
+                )
             raise DriverError(
                 FALLBACK_DRIVER, f"no driver for fstype {fstype!r} and no fallback loaded"
             )

@@ -95,6 +95,7 @@ def main(
 ) -> None:
     """Checkpoint/restore of mount namespaces, open files and file mappings."""
     ctx.meta["criu_fw.debug"] = debug
+    ctx.meta["criu_fw.blocked"] = blocked
     plugins: list[object] = []
     if trace:
         plugins.append(Tracer(emit=lambda line: click.echo(f"criu-fw: {line}", err=True),
@@ -122,6 +123,16 @@ def driver_manager(ctx: click.Context, report: bool = True) -> DriverManager:
         )
         for problem in mgr.problems if report else ():
             click.echo(f"criu-fw: warning: {problem}", err=True)
+        for name in mgr.unknown_blocked:
+            # A typo blocks nothing: said, not silently ignored.
+            given = ctx.find_root().meta.get("criu_fw.blocked", ())
+            where = f"--block-driver {name}" if name in given else (
+                f"{name} in CRIU_FW_BLOCK_DRIVERS")
+            click.echo(
+                f"criu-fw: warning: {where}: no driver named {name!r} is installed, so it "
+                f"blocks nothing (loaded: {', '.join(sorted(mgr.drivers)) or 'none'})",
+                err=True,
+            )
         ctx.meta["criu_fw.manager"] = mgr
     assert isinstance(mgr, DriverManager)
     return mgr

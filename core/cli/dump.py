@@ -7,21 +7,29 @@ import re
 import click
 
 from ..dump import dump
+from ..errors import UsageError
 from .base import driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<mp>/[^\]]*)\]:(?P<key>.+)$")
 
 
 def parse_external(values: tuple[str, ...]) -> dict[str, str]:
-    """``mnt[MOUNTPOINT]:KEY`` (CRIU's spelling) -> {mountpoint: key}."""
-    out = {}
+    """``mnt[MOUNTPOINT]:KEY`` (CRIU's spelling) -> {mountpoint: key}; one mountpoint given
+    two keys is refused (which one the restore should look for is not for us to pick)."""
+    out: dict[str, str] = {}
     for v in values:
         m = _EXTERNAL.match(v)
         if m is None:
             raise click.BadParameter(
                 f"expected mnt[MOUNTPOINT]:KEY, got {v!r}", param_hint="--external"
             )
-        out[m.group("mp")] = m.group("key")
+        mp, key = m.group("mp"), m.group("key")
+        if out.get(mp, key) != key:
+            raise UsageError(
+                f"--external {v}: mountpoint {mp} is already given key {out[mp]!r}; "
+                "give each mount one key"
+            )
+        out[mp] = key
     return out
 
 
@@ -65,3 +73,10 @@ def dump_cmd(
     )
     for (ns_id, mnt_id), key in sorted(res.external.items()):
         click.echo(f"external: namespace {ns_id} mount {mnt_id} -> {key}")
+    skipped = sum(res.skipped_fds.values())
+    if skipped:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in res.skipped_fds.items())
+        click.echo(
+            f"skipped {skipped} fd(s) that are no file of a mount ({kinds}): the process "
+            "checkpointer's to restore, not in the images"
+        )

@@ -87,6 +87,9 @@ class DumpResult:
     #: the images are written), write (process images); frozen: how long the dumped
     #: processes were stopped (from the first stop to their resume, all attempts).
     timings: Mapping[str, float]
+    #: fds left out because they are no file of a mount (pipes, sockets, anonymous inodes,
+    #: FIFOs: the process checkpointer's), by kind: {"pipe": 2, "socket": 1}.
+    skipped_fds: Mapping[str, int] = attrs.field(factory=dict)
 
 
 @attrs.define
@@ -103,6 +106,7 @@ class _Attempt:
     files: list[fdinfo_pb2.file_entry] = attrs.field(factory=list)
     n_files: int = 0
     n_maps: int = 0
+    skipped_fds: dict[str, int] = attrs.field(factory=dict)
     ghosts: Ghosts | None = None
     #: Binds of deleted files and directories (see .deleted), by namespace and mount id.
     deleted: dict[int, dict[int, DeletedRoot]] = attrs.field(factory=dict)
@@ -185,6 +189,7 @@ def dump(
         content_images=tuple(sorted({n for c in attempt.content.values() for n in c.values()})),
         attempts=tries,
         timings=timings,
+        skipped_fds=dict(sorted(attempt.skipped_fds.items())),
     )
 
 
@@ -232,6 +237,7 @@ def _read_consistent(
                 ctx.ns_pids[ns.ns_id] = ns.pid
             router = Router(mgr, ctx)
             _mounts(attempt, router)
+            _check_external_keys(ctx)
             mounts = sum(len(ns.tree) for ns in namespaces)
             report(f"read {count(mounts, 'mount')} of {count(len(namespaces), 'namespace')}")
             # The mount images are created now and written after the content archives: right
@@ -304,6 +310,26 @@ def _check_externals(externals: Mapping[str, str], namespaces: list[Namespace]) 
                 f"--external mnt[{mp}]:{key}: no mount at {mp!r} in the dumped mount "
                 "namespaces (give the mountpoint as the processes see it)"
             )
+
+
+def _check_external_keys(ctx: DumpContext) -> None:
+    """Two different mounts (another filesystem, or another directory of it) recorded under
+    one key would both be bound from the one path the restore maps that key to: refused,
+    naming both. Mounts of the same directory may share a key (one source, several places)."""
+    seen: dict[str, tuple[int, Mount]] = {}
+    for (ns_id, mnt_id), key in ctx.external_mounts.items():
+        m = ctx.trees[ns_id].get(mnt_id)
+        first = seen.setdefault(key, (ns_id, m))
+        other = first[1]
+        if (other.dev, other.root) == (m.dev, m.root):
+            continue
+        where = [f"{x.mountpoint} ({x.fstype} {x.dev}, root {x.root})" for x in (other, m)]
+        declared = other.mountpoint in ctx.externals and m.mountpoint in ctx.externals
+        error = DumpRefusedError if declared else DumpError
+        raise error(
+            f"external key {key!r} names two different mounts, {where[0]} and {where[1]}; "
+            "the restore would bind one path to both: give each its own key"
+        )
 
 
 def _clear(tmp: str) -> None:
@@ -467,6 +493,7 @@ def _files(fs: ProcFS, a: _Attempt, router: Router, procs: list[Process]) -> Non
         # A process killed meanwhile reads as one with no files: make sure it was not.
         fs.check_alive(proc.pid, "its files and mappings")
         a.procs.append(pi)
+    a.skipped_fds = dict(reader.skipped)
 
 
 _SPECIAL = {FD_CWD: "cwd", FD_ROOT: "root", FD_EXE: "exe"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as st
+from collections import Counter
 
 from ..errors import DumpError
 from ..files import FileIdentity, OpenFile
@@ -49,12 +50,25 @@ def parse_fdinfo(data: bytes) -> tuple[int, int, int | None]:
     return pos, flags, mnt_id
 
 
+def fd_kind(target: str) -> str:
+    """What an fd that is no file of a mount is, from its link: ``socket:[12]`` -> socket,
+    ``pipe:[3]`` -> pipe, ``anon_inode:[eventfd]`` -> eventfd, ``net:[4026531840]`` -> net."""
+    kind, _, rest = target.partition(":")
+    if kind == "anon_inode":
+        kind = rest.strip("[]") or kind
+    return kind[:32] or "unknown"
+
+
 class FileReader:
-    """Reads the files of processes under one ProcFS (live: with stat and statx)."""
+    """Reads the files of processes under one ProcFS (live: with stat and statx).
+
+    fds that are no file of a mount (pipes, sockets, anonymous inodes, FIFOs) are left to
+    the process checkpointer; :attr:`skipped` counts them by kind, for the dump's summary."""
 
     def __init__(self, fs: ProcFS, live: bool) -> None:
         self.fs = fs
         self.live = live
+        self.skipped: Counter[str] = Counter()
 
     def _identity(self, path: str) -> tuple[FileIdentity | None, int, int]:
         """(identity, size, mode) by stat'ing through a /proc magic link."""
@@ -78,7 +92,8 @@ class FileReader:
                     continue  # closed meanwhile (only possible when not frozen)
                 raise self._fail(pid, f"fd/{name}", exc) from exc
             if not target.startswith("/"):
-                continue  # socket:[..], pipe:[..], anon_inode:..
+                self.skipped[fd_kind(target)] += 1  # socket:[..], pipe:[..], anon_inode:..
+                continue
             try:
                 ifd = os.open(f"{info_dir}/{name}", os.O_RDONLY)
                 try:
@@ -99,7 +114,9 @@ class FileReader:
                 except OSError as exc:
                     raise self._fail(pid, f"fd/{name}", exc) from exc
                 if st.S_IFMT(mode) not in _KEEP:
-                    continue  # a FIFO or socket that has a path
+                    # A FIFO or socket that has a path.
+                    self.skipped["fifo" if st.S_ISFIFO(mode) else "socket"] += 1
+                    continue
             out.append(OpenFile(pid, fd, path, flags, pos, mnt_id, size, mode, identity, deleted))
         out.sort(key=lambda f: f.fd)
         return out
