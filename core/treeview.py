@@ -8,7 +8,7 @@ escaped (``\\x0a``, ``\\xff``), so one mount is always one line.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from .errors import CriuFwError, UsageError
 from .model import Mount, MountTree
@@ -55,16 +55,19 @@ def shown(text: str) -> str:
     return "".join(out)
 
 
-def _walk(tree: MountTree) -> Iterator[tuple[str, Mount]]:
-    """(tree-drawing prefix, mount), parents first, like findmnt."""
+def walk(tree: MountTree) -> Iterator[tuple[str, str, Mount]]:
+    """(tree-drawing prefix, drawing for lines hung below the mount, mount), parents first,
+    like findmnt. The second lets a caller list things under a mount (``criu-fw show
+    --files``) with the tree's lines going on past them to its children."""
     stack: list[tuple[Mount, str, bool, bool]] = [
         (m, "", i == len(tree.roots) - 1, True) for i, m in enumerate(tree.roots)
     ][::-1]
     while stack:
         m, indent, last, top = stack.pop()
-        yield ("" if top else indent + ("└─" if last else "├─")), m
         kids = tree.children(m)
         child_indent = "" if top else indent + ("  " if last else "│ ")
+        below = child_indent + ("│ " if kids else "  ")
+        yield ("" if top else indent + ("└─" if last else "├─")), below, m
         for i in range(len(kids) - 1, -1, -1):
             stack.append((kids[i], child_indent, i == len(kids) - 1, False))
 
@@ -72,7 +75,7 @@ def _walk(tree: MountTree) -> Iterator[tuple[str, Mount]]:
 def rows(tree: MountTree, owner: Callable[[str], str]) -> list[tuple[str, ...]]:
     """One row per mount: the COLUMNS, TARGET already carrying the tree drawing."""
     out: list[tuple[str, ...]] = []
-    for prefix, m in _walk(tree):
+    for prefix, _, m in walk(tree):
         try:
             driver = owner(m.fstype)
         except CriuFwError as exc:  # a contested fstype is shown, not fatal here
@@ -83,11 +86,19 @@ def rows(tree: MountTree, owner: Callable[[str], str]) -> list[tuple[str, ...]]:
     return out
 
 
-def render(tree: MountTree, owner: Callable[[str], str]) -> list[str]:
-    """The tree as aligned text lines, a header first."""
-    table = [COLUMNS, *rows(tree, owner)]
-    widths = [max(len(r[c]) for r in table) for c in range(len(COLUMNS) - 1)]
+def align(table: Sequence[Sequence[str]]) -> list[str]:
+    """Rows of cells as lines, each column as wide as its widest cell (the last one not
+    padded: no trailing blanks)."""
+    if not table:
+        return []
+    ncols = len(table[0])
+    widths = [max(len(r[c]) for r in table) for c in range(ncols - 1)]
     return [
         "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1]
         for r in table
     ]
+
+
+def render(tree: MountTree, owner: Callable[[str], str]) -> list[str]:
+    """The tree as aligned text lines, a header first."""
+    return align([COLUMNS, *rows(tree, owner)])

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING, Any
 
-from ..dump.maps import Vma
-from ..dump.procs import Process
+import attrs
+
 from ..files import OpenFile
 from ..proto import (
     core_pb2,
@@ -25,6 +26,10 @@ from ..proto import (
     vma_pb2,
 )
 from . import criu_text, write_image
+
+if TYPE_CHECKING:  # the dump imports this module: its types only, no import cycle
+    from ..dump.maps import Vma
+    from ..dump.procs import Process
 
 O_CLOEXEC = 0o2000000
 FD_CLOEXEC = 1
@@ -143,3 +148,153 @@ def write_inventory(image_dir: str, root: ProcessImages) -> None:
         lsmtype=inventory_pb2.NO_LSM,
     )
     write_image(os.path.join(image_dir, "inventory.img"), "INVENTORY", [inv])
+
+
+# --------------------------------------------------------------------------------------------
+# reading (criu-fw show): what each dumped process has open or mapped, on which mount
+
+#: CRIU's VMA status bits of a file mapping (criu/include/image.h).
+_VMA_FILE = (1 << 6) | (1 << 7)
+
+
+@attrs.frozen
+class DumpedFile:
+    """One file a dumped process has open, has as cwd, root or exe, or maps."""
+
+    pid: int
+    #: ``fd``, ``cwd``, ``root``, ``exe`` or ``map``.
+    use: str
+    path: str
+    #: The mount the file is on (kernel mount id in the process's namespace); None: none.
+    mnt_id: int | None
+    #: open(2) flags (a mapping: O_RDONLY or O_RDWR, as CRIU records it).
+    flags: int
+    #: CRIU's file type (``REG``; a directory written by CRIU may hold PIPE, UNIXSK, ...,
+    #: whose path is empty here).
+    type: str = "REG"
+    fd: int | None = None
+    pos: int = 0
+    size: int | None = None
+    #: A mapping: how many memory areas map the file.
+    areas: int = 1
+    #: Deleted while open: ``remap-fpath.img`` remaps it (to a ghost file with its bytes).
+    deleted: bool = False
+
+
+@attrs.frozen
+class DumpedProcess:
+    """One process of ``pstree.img`` with the files its images name."""
+
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    threads: tuple[int, ...]
+    #: Its mount namespace (``ids-<pid>.img``), None where the image does not say.
+    mnt_ns: int | None
+    #: fds (listed once per fd table: see :attr:`fd_table_of`), cwd, root, exe, mappings.
+    files: tuple[DumpedFile, ...]
+    #: The process whose fd table this one shares (its fds are listed there), or None.
+    fd_table_of: int | None = None
+
+
+def _file_type(value: int) -> str:
+    ev = fdinfo_pb2.fd_types.DESCRIPTOR.values_by_number.get(value)
+    return ev.name if ev is not None else str(value)
+
+
+def read_processes(image_dir: str) -> list[DumpedProcess]:
+    """The processes of an image directory (``pstree.img`` order) with their files, read
+    and checked as untrusted: a missing image the others need, an id that names no entry
+    of ``files.img`` or a pid given twice is an ImageError naming the file (and entry). A
+    directory without ``pstree.img`` has no processes."""
+    from ..errors import ImageError
+    from . import iter_image, read_image, text_of
+
+    pstree_path = os.path.join(image_dir, "pstree.img")
+    if not os.path.lexists(pstree_path):
+        return []
+    pstree = read_image(pstree_path, pstree_pb2.pstree_entry, kind="PSTREE")
+    files_path = os.path.join(image_dir, "files.img")
+    files: dict[int, fdinfo_pb2.file_entry] = {}
+    if os.path.lexists(files_path):
+        for n, e in enumerate(iter_image(files_path, fdinfo_pb2.file_entry, kind="FILES")):
+            if e.id in files:
+                raise ImageError(files_path, f"file id {e.id} appears twice", n)
+            files[e.id] = e
+
+    remapped: set[int] = set()
+    remap_path = os.path.join(image_dir, "remap-fpath.img")
+    if os.path.lexists(remap_path):
+        from ..proto import remap_pb2
+
+        remapped = {e.orig_id for e in iter_image(remap_path, remap_pb2.remap_file_path_entry)}
+
+    def one(path: str, kind: str, message: type[Any]) -> Any:
+        if not os.path.lexists(path):
+            return None
+        entries = read_image(path, message, kind=kind)
+        if len(entries) != 1:
+            raise ImageError(path, f"expected one entry, found {len(entries)}")
+        return entries[0]
+
+    def named(pid: int, use: str, file_id: int, where: str, n: int | None,
+              fd: int | None = None) -> DumpedFile:
+        e = files.get(file_id)
+        if e is None:
+            what = use if fd is None else f"fd {fd}"
+            raise ImageError(where, f"{what} of process {pid}: file id {file_id} is not in "
+                             "files.img", n)  # fmt: skip
+        if not e.HasField("reg"):
+            return DumpedFile(pid, use, "", None, 0, _file_type(e.type), fd)
+        r = e.reg
+        return DumpedFile(
+            pid, use, text_of(r.name), None if r.mnt_id < 0 else r.mnt_id, r.flags,
+            _file_type(e.type), fd, r.pos, r.size if r.HasField("size") else None,
+            deleted=file_id in remapped,
+        )
+
+    out: list[DumpedProcess] = []
+    seen: set[int] = set()
+    tables: dict[int, int] = {}  # files_id -> the first process with that fd table
+    for n, p in enumerate(pstree):
+        pid = p.pid
+        if pid <= 0 or pid in seen:
+            why = "appears twice" if pid in seen else "is not a process id"
+            raise ImageError(pstree_path, f"pid {pid} {why}", n)
+        seen.add(pid)
+        ids_path = os.path.join(image_dir, f"ids-{pid}.img")
+        ids = one(ids_path, "IDS", core_pb2.task_kobj_ids_entry)
+        if ids is None:
+            raise ImageError(ids_path, f"missing: process {pid} of pstree.img has no ids image")
+        mnt_ns = ids.mnt_ns_id if ids.HasField("mnt_ns_id") else None
+        found: list[DumpedFile] = []
+        shares = tables.get(ids.files_id) if ids.HasField("files_id") else None
+        if ids.HasField("files_id") and shares is None:
+            tables[ids.files_id] = pid
+            fdinfo_path = os.path.join(image_dir, f"fdinfo-{ids.files_id}.img")
+            if os.path.lexists(fdinfo_path):
+                for k, fi in enumerate(iter_image(fdinfo_path, fdinfo_pb2.fdinfo_entry,
+                                                  kind="FDINFO")):  # fmt: skip
+                    found.append(named(pid, "fd", fi.id, fdinfo_path, k, fi.fd))
+        fs_path = os.path.join(image_dir, f"fs-{pid}.img")
+        fs = one(fs_path, "FS", fs_pb2.fs_entry)
+        if fs is not None:
+            found.append(named(pid, "cwd", fs.cwd_id, fs_path, 0))
+            if fs.HasField("root_id"):
+                found.append(named(pid, "root", fs.root_id, fs_path, 0))
+        mm_path = os.path.join(image_dir, f"mm-{pid}.img")
+        mm = one(mm_path, "MM", mm_pb2.mm_entry)
+        if mm is not None:
+            if mm.HasField("exe_file_id") and mm.exe_file_id:
+                found.append(named(pid, "exe", mm.exe_file_id, mm_path, 0))
+            areas: dict[int, int] = {}
+            for v in mm.vmas:
+                if v.status & _VMA_FILE:
+                    areas[v.shmid] = areas.get(v.shmid, 0) + 1
+            for file_id, count in areas.items():
+                f = named(pid, "map", file_id, mm_path, 0)
+                found.append(attrs.evolve(f, areas=count))
+        out.append(DumpedProcess(pid, p.ppid, p.pgid, p.sid, tuple(p.threads), mnt_ns,
+                                 tuple(found), shares))  # fmt: skip
+    return out
