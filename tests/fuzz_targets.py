@@ -13,7 +13,8 @@ ended. Two ways to make cases, both hypothesis strategies:
   inserted, a span duplicated, a size word overwritten.
 
 The readers (:func:`run_readers`): ``read_image`` of every file by its kind, ``image_to_json``
-(``criu-fw show``), ``image_namespaces`` + ``read_mount_namespace`` of every namespace, and
+(``criu-fw show``), ``image_namespaces`` + ``read_mount_namespace`` of every namespace,
+``criu-fw show DIR`` (:mod:`criu_fw.imageview`: the processes' images too), and
 the planner: ``restore(..., ops=RecordingMountOps())``, a dry run that plans and records
 mount calls without making any. A case passes when each ends in success or in a
 :class:`~criu_fw.errors.CriuFwError` whose text is one line; a reader's must be an
@@ -25,6 +26,7 @@ process growing by more than :data:`MEMORY_LIMIT` bytes.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import resource
@@ -43,6 +45,7 @@ from criu_fw.fsdrivers.overlay.state import OverlayState
 from criu_fw.images import image_to_json, kind_of_filename, read_image, write_image
 from criu_fw.images.check import MAX_OPTION_BYTES, MAX_OPTIONS
 from criu_fw.images.mounts import CRIU_FSTYPES, FORMAT_VERSION, read_mount_namespace
+from criu_fw.imageview import read_image_dir, render, to_dict
 from criu_fw.kernel.mountops import RecordingMountOps
 from criu_fw.model import Dev, Mount, Propagation
 from criu_fw.proto import (
@@ -164,6 +167,13 @@ def _stages(
             read_mount_namespace(image_dir, ns_id, mgr)
 
     yield "read_mount_namespace", namespaces, True
+
+    def show_dir() -> None:
+        view = read_image_dir(image_dir, mgr)
+        render(view, files=True)
+        json.dumps(to_dict(view))
+
+    yield "show DIR", show_dir, True
     yield "plan (restore --dry-run)", lambda: restore(
         image_dir, root=root, externals=externals, ops=RecordingMountOps()
     ), False
