@@ -161,21 +161,28 @@ def dump(
                             dict(externals), auto_external, proc_root, sys_root, root, pid,
                             report,
                         )
+                except BaseException:
+                    freezer.resume()  # a failed dump never leaves them stopped
+                    raise
                 finally:
-                    if leave_stopped:
-                        freezer.leave()
-                    else:
-                        freezer.resume()
                     # What the dumped processes waited for: from the first stop to here.
                     timings["frozen"] = time.perf_counter() - t0
-                report(f"resumed the processes ({timings['frozen']:.2f} s frozen)")
+                if not leave_stopped:
+                    freezer.resume()
+                    report(f"resumed the processes ({timings['frozen']:.2f} s frozen)")
                 t0 = time.perf_counter()
                 _write(tmp, attempt, timings)
                 stage.publish()
                 timings["write"] = time.perf_counter() - t0
                 report(f"wrote the process images into {target}")
+                if leave_stopped:
+                    # Left stopped only once the images are there: a dump that fails
+                    # while writing resumes them (below).
+                    freezer.leave()
             except BaseException:
                 stage.abort()
+                if leave_stopped:
+                    freezer.resume()
                 raise
     finally:
         watchdog.done()
