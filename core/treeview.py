@@ -34,9 +34,16 @@ def read_tree(
     except PermissionError:
         ns_id = 0  # mountinfo may still be readable (a sandbox's pid 1); statmount is not
     if reader == "mountinfo":
-        from .kernel.mountinfo import read_mountinfo
+        from .kernel.mountinfo import process_gone, read_mountinfo
 
-        return read_mountinfo(pid, proc_root, ns_id)
+        try:
+            return read_mountinfo(pid, proc_root, ns_id)
+        except OSError:
+            # Exited since (a zombie's mountinfo is EINVAL): the process, not an errno.
+            why = process_gone(pid, proc_root)
+            if why is None:
+                raise
+            raise UsageError(why) from None
     if reader == "statmount":
         from .kernel import statmount
 
