@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from criu_fw.driver import DumpContext, DumpError, Mount, MountTree
-from criu_fw.kernel.mountinfo import read_mountinfo
+from criu_fw.driver import DumpContext, DumpError, Mount, MountTree, read_mountinfo
 
 from .hidden import HiddenViews, TreeIndex
 from .index import OverlayIndex, index_of
