@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 
@@ -12,6 +11,7 @@ from ..errors import UsageError
 from ..kernel.mountops import RecordingMountOps
 from ..kernel.superblocks import predicted_shared
 from ..restore import restore
+from ..restore.signals import RestoreInterrupted, interruptible
 from .base import driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")
@@ -107,34 +107,46 @@ def restore_cmd(
     With `-- CMD [ARG...]`, run CMD in the restored namespace (root = the restored root, cwd
     /) and exit with its status. With --detach, print the PID of a process inside the restored
     namespace (for nsenter -t PID -m; -m -n -i with --netns/--ipcns) and return. Otherwise
-    print the PID and hold the namespace until interrupted.
+    print the PID and hold the namespace until SIGTERM, SIGHUP, SIGINT or SIGQUIT, which
+    end the holders (status 128+N). While CMD runs, those signals are passed on to it; before
+    the restore is complete, they undo it.
     """
     mgr = driver_manager(ctx)
     asked = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
     ops = RecordingMountOps(shared=predicted_shared(asked)) if dry_run else None
     mounts, devices = split_externals(externals)
-    result = restore(
-        image_dir, root=root, externals=mounts, devices=devices, allow_host=allow_host,
-        command=list(command) or None, detach=detach, pidfile=pidfile,
-        manager=mgr, ops=ops, outside_masters=outside_masters, netns=netns, ipcns=ipcns,
-        progress=progress_lines(quiet or dry_run), cgroup_roots=_cgroup_roots(cgroup_roots),
-    )
-    if ops is not None:
-        for call in ops.calls:
-            click.echo(call.describe())
-        return
-    if command:
-        sys.exit(result.exit_code or 0)
-    click.echo(str(result.pid))
-    for ns_id, pid in result.holders.items():
-        if ns_id != result.root_ns:
-            click.echo(f"{pid} mnt_ns={ns_id}")
-    if detach:
-        return
-    sys.stdout.flush()
+    # One block from the restore to the end of the hold: a signal before the PIDs are out
+    # undoes the restore (an error), one after them ends the holders (the way a hold ends);
+    # with a command, the command gets it.
+    shown = False
     try:
-        os.waitpid(result.pid, 0)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        result.terminate()
+        with interruptible():
+            result = restore(
+                image_dir, root=root, externals=mounts, devices=devices,
+                allow_host=allow_host, command=list(command) or None, detach=detach,
+                pidfile=pidfile, manager=mgr, ops=ops, outside_masters=outside_masters,
+                netns=netns, ipcns=ipcns, progress=progress_lines(quiet or dry_run),
+                cgroup_roots=_cgroup_roots(cgroup_roots),
+            )
+            if ops is not None:
+                for call in ops.calls:
+                    click.echo(call.describe())
+                return
+            if command:
+                sys.exit(result.exit_code or 0)
+            shown = True  # whoever reads the PID may signal at once (echo flushes)
+            click.echo(str(result.pid))
+            for ns_id, pid in result.holders.items():
+                if ns_id != result.root_ns:
+                    click.echo(f"{pid} mnt_ns={ns_id}")
+            if detach:
+                return
+            sys.stdout.flush()
+            ended = result.hold()
+    except RestoreInterrupted as exc:
+        if not shown:
+            raise
+        ended = exc.signum
+    if ended is not None:
+        # Held until a signal, as asked: no error line, the status of a command it ended.
+        sys.exit(128 + ended)

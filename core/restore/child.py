@@ -17,7 +17,9 @@ it in the root namespace (the pipe is close-on-exec: EOF; a failed exec is ``ERR
 
 On any failure the child exits and the holders are killed: the namespaces disappear with them,
 and the caller's namespace is never touched. The host-side directories are empty afterwards
-(the mounts live in namespaces whose roots are no longer under them) and are removed.
+(the mounts live in namespaces whose roots are no longer under them) and are removed. A
+terminating signal is such a failure (:mod:`.signals`): the caller asks the child to stop with
+SIGTERM, on which it undoes its work as after an error, and kills it if it takes too long.
 
 Network and IPC namespaces (``restore(netns=..., ipcns=...)``): the child builds in the
 caller's unless asked otherwise; then, before it builds anything, it unshares new ones
@@ -44,6 +46,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -52,9 +55,12 @@ from .. import kernel
 from ..errors import RestoreError, UsageError
 from ..kernel.mountops import KernelMountOps
 from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
+from .signals import SIGNALS, after_fork, forward_to, held
 
 #: Exit status of a child that failed before it could exec the command.
 CHILD_FAILED = 125
+#: How long a child asked to stop may take to undo its work before it is killed.
+STOP_GRACE = 5.0
 #: What a holder calls itself (``ps -o comm``, /proc/PID/comm).
 HOLDER_NAME = "criu-fw-holder"
 
@@ -305,40 +311,57 @@ def spawn(
     command: Sequence[str] | None,
     detach: bool,
     join: Sequence[NamespaceJoin] = (),
+    holders: dict[int, int] | None = None,
 ) -> Spawned:
     """Fork the child that calls ``build(ops, namespaces)`` (it must end in the root
     namespace, ``ns_ids[0]``), put holders into the namespaces, and return once they are
     complete. Raises :class:`RestoreError` with the child's message when it fails.
 
     ``join``: the network/IPC namespaces to build in (see :func:`open_namespaces`); the
-    holders enter them too."""
-    workdir = tempfile.mkdtemp(prefix="criu-fw-restore-")
-    roots = {ns: os.path.join(workdir, f"root-{k}") for k, ns in enumerate(ns_ids)}
-    scratch = os.path.join(workdir, "scratch")
-    for path in (*roots.values(), scratch):
-        os.mkdir(path)
+    holders enter them too. ``holders``: where each holder's PID goes as soon as it starts
+    (by namespace id; the caller's ``RestoreResult.holders``, which a signal ends, see
+    :mod:`.signals`); one that a failure ends is taken out again.
+
+    With a command, the signals of :mod:`.signals` go to it from its exec on."""
     wanted = list(ns_ids) if command is None else list(ns_ids[1:])
-    holders: dict[int, _Holder] = {}
+    into: dict[int, int] = {} if holders is None else holders
+    started: dict[int, _Holder] = {}
+    workdir = ""
     pid = 0
     report = control = -1
     try:
-        r, w = os.pipe()
-        cr, cw = os.pipe()
+        with held():  # made and named at once: the finally below removes it
+            workdir = tempfile.mkdtemp(prefix="criu-fw-restore-")
+        roots = {ns: os.path.join(workdir, f"root-{k}") for k, ns in enumerate(ns_ids)}
+        scratch = os.path.join(workdir, "scratch")
+        for path in (*roots.values(), scratch):
+            os.mkdir(path)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-            os.close(r)
-            os.close(cw)
-            _child(build, ns_ids, roots, scratch, w, cr, command, join)
-        os.close(w)
-        os.close(cr)
-        report, control = r, cw
+        with held():  # a child whose PID is known, pipe ends the finally closes
+            r, w = os.pipe()
+            report = r
+            cr, cw = os.pipe()
+            control = cw
+            try:
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+                    try:
+                        os.close(r)
+                        os.close(cw)
+                        _child(build, ns_ids, roots, scratch, w, cr, command, join)
+                    finally:
+                        os._exit(CHILD_FAILED)  # never back into the caller's stack
+            finally:
+                os.close(w)
+                os.close(cr)
         # The holders start while the child builds the namespaces (posix_spawn blocks the
         # caller until the exec, and an interpreter takes a while to start): after the fork,
         # so their start overlaps the build and the child holds none of their pipes.
         for ns in wanted:
-            holders[ns] = _start_holder(detach)
+            with held():  # started and recorded at once
+                started[ns] = h = _start_holder(detach)
+                into[ns] = h.pid
         fds: dict[int, int] = {}
         while True:
             line = _read_line(report).decode("utf-8", "replace")
@@ -348,8 +371,9 @@ def spawn(
                 _relog(line)
                 continue
             if not line:
+                status, pid = _reap(pid), 0
                 raise RestoreError(
-                    f"the restoring process died without a report (status {_reap(pid)})"
+                    f"the restoring process died without a report (status {status})"
                 )
             if line.startswith("NS "):
                 _, ns_text, fd_text = line.split()
@@ -357,14 +381,19 @@ def spawn(
             elif line == "READY\n":
                 break
         others = "".join(f"\t/proc/{pid}/ns/{j.kind}" for j in join)
-        for ns, h in holders.items():
+        for ns, h in started.items():
             os.write(h.to, f"/proc/{pid}/fd/{fds[ns]}{others}\n".encode())
-        for ns, h in holders.items():
+        for ns, h in started.items():
             answer = _read_line(h.back).decode("utf-8", "replace").strip()
             if answer != "OK":
                 why = answer[4:] if answer.startswith("ERR ") else "it exited"
                 raise RestoreError(f"the holder of mount namespace {ns} did not start: {why}")
-        os.write(control, b"GO\n")
+        if command is not None:
+            # From GO on, the signals are the command's: one that comes before the exec
+            # ends the child (it has nothing left to undo) as it would end the command.
+            forward_to(pid)
+        with contextlib.suppress(BrokenPipeError):  # it died of one: its status says so
+            os.write(control, b"GO\n")
         rest = os.read(report, 4096).decode("utf-8", "replace")
         if rest.startswith("ERR "):
             raise RestoreError(rest[4:].strip())
@@ -372,25 +401,46 @@ def spawn(
             # End of the report without an error: the child closed it right before its
             # exit, so nothing can fail any more. Its exit (tearing down the copy of the
             # caller's address space) takes a few ms that the caller need not wait for.
-            _reap_later(pid)
-            pid = 0
+            with held():
+                _reap_later(pid)
+                pid = 0
     except BaseException:
-        if pid:
-            _reap(pid)
-        for h in holders.values():
-            _reap(h.pid)
+        forward_to(0)
+        with held():  # the clean-up is not cut short
+            for ns, h in started.items():
+                _reap(h.pid)
+                into.pop(ns, None)
+            if pid:
+                _stop(pid)
         raise
     finally:
-        for fd in (report, control, *(x for h in holders.values() for x in (h.to, h.back))):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
-    return Spawned(pid, {ns: h.pid for ns, h in holders.items()})
+        with held():
+            for fd in (report, control, *(x for h in started.values() for x in (h.to, h.back))):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+    return Spawned(pid, into)
 
 
 def _reap_later(pid: int) -> None:
     threading.Thread(target=os.waitpid, args=(pid, 0), name="criu-fw-reap", daemon=True).start()
+
+
+def _stop(pid: int) -> int:
+    """End the child: SIGTERM first, so that it undoes what it made on the host (mountpoints
+    in a --root tree) and stops its content jobs as after any error (:func:`.signals.after_fork`);
+    SIGKILL when it has not exited after :data:`STOP_GRACE` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE
+    while time.monotonic() < deadline:
+        got, status = os.waitpid(pid, os.WNOHANG)
+        if got:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    return _reap(pid)
 
 
 def _reap(pid: int, kill: bool = True) -> int:
@@ -413,7 +463,7 @@ def _child(
 ) -> None:  # pragma: no cover - child process
     ops = KernelMountOps(scratch, fresh=[j.kind for j in join if j.fresh])
     try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        after_fork()
         logger = logging.getLogger("criu_fw")
         logger.handlers = [_Report(w)]
         logger.propagate = False  # not through the handlers the fork copied
@@ -435,6 +485,11 @@ def _child(
             ops.undo()
             raise
         ops.forget()
+        # Nothing is undone any more: a signal now just ends the child, and the command
+        # gets them as the caller had them (default or ignored).
+        for sig in SIGNALS:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
         # The command (and what it starts) gets the caller's limit, not the builder's.
         kernel.restore_nofile(limit)
         for ns in ns_ids:
@@ -446,6 +501,10 @@ def _child(
         spaces.close()
         if command is not None:
             os.set_inheritable(w, False)
+            # What Python ignores for itself (subprocess's restore_signals): the command
+            # gets the default, as from a shell (`yes | head` ends quietly).
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
             try:
                 os.execvp(command[0], list(command))
             except OSError as exc:

@@ -32,6 +32,7 @@ from .child import KernelNamespaces, NamespaceJoin, close_namespaces, open_names
 from .order import Step, order_steps
 from .outside import close_all, host_masters, open_masters
 from .plans import NamespacePlan, plan_namespaces
+from .signals import RestoreInterrupted, forward_to, interruptible, track, wait_command
 
 #: The newest CRIU inventory image version criu-fw reads (CRIU writes 2).
 INVENTORY_VERSION = 2
@@ -45,6 +46,7 @@ class RestoreResult:
     ``holders`` maps each dumped mount-namespace id to the PID of a process inside its
     restored namespace (with ``command``: the root namespace's entry is the command's PID,
     which has exited by the time ``restore`` returns). ``exit_code`` is the command's.
+    :meth:`terminate` ends the holders; :meth:`hold` keeps them until a signal comes.
     """
 
     root_ns: int
@@ -63,6 +65,22 @@ class RestoreResult:
         for pid in self.holders.values():
             _kill(pid)
         self.holders.clear()
+
+    def hold(self) -> int | None:
+        """Keep the restored namespaces until SIGTERM, SIGHUP, SIGINT or SIGQUIT comes (or
+        the root holder is killed), then end every holder: ``criu-fw restore`` without
+        ``--detach`` or a command. Returns the signal that came (None: the holder ended)."""
+        if not self.holders:
+            return None
+        try:
+            with interruptible():
+                # Not reaped here: terminate() reaps it, and only then may its PID be reused.
+                os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
+        except RestoreInterrupted as exc:
+            return exc.signum
+        finally:
+            self.terminate()
+        return None
 
 
 def _kill(pid: int) -> None:
@@ -180,7 +198,9 @@ def restore(
         to loop devices) may be used; nothing
         else outside the restored namespaces is (see :mod:`criu_fw.restore.grants`).
     :param command: run it in the restored root namespace (root = the restored root, cwd
-        ``/``) and wait for it; ``exit_code`` is its exit status.
+        ``/``) and wait for it; ``exit_code`` is its exit status (128+N when signal N ended
+        it). Meanwhile SIGTERM, SIGHUP, SIGINT and SIGQUIT go to it (see
+        :mod:`criu_fw.restore.signals`).
     :param detach: leave holder processes in the restored namespaces and return at once.
         Without ``command`` and ``detach`` the holders are left too; the caller ends them
         with :meth:`RestoreResult.terminate`.
@@ -205,6 +225,11 @@ def restore(
         the cgroup mounts come back rooted at PATH of the machine's hierarchy instead of the
         dumped container's cgroup, which its runtime removed with it (see
         :func:`~criu_fw.restore.plans.cgroup_path`).
+
+    Called from the main thread, a SIGTERM, SIGHUP, SIGINT or SIGQUIT before the restore is
+    complete undoes it and raises :class:`~criu_fw.restore.signals.RestoreInterrupted`
+    (nothing it started is left). To cover the moments after it returns as well, call it
+    inside :func:`~criu_fw.restore.signals.interruptible`, which ends its holders too.
     """
     if command is not None and detach:
         raise UsageError("a command and --detach exclude each other")
@@ -221,48 +246,52 @@ def restore(
     # Checked before the images are read; opened (and checked) again for the child below.
     close_namespaces(open_namespaces(netns=netns, ipcns=ipcns))
     other_namespaces = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
-    mgr = resolve_manager(manager, plugins, config)
-    if namespaces is None:
-        root_ns, spaces = read_namespaces(image_dir, mgr)
-    else:
-        spaces = list(namespaces)
-        root_ns = spaces[0].ns_id
-    report = Progress(progress)
-    mounts = sum(len(ns.tree) for ns in spaces)
-    report(f"read {count(mounts, 'mount')} of {count(len(spaces), 'namespace')}")
-    ctx = RestoreContext(
-        image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
-        allow_host=granted_dirs, devices=granted_devices,
-        proc_root=proc_root, other_namespaces=other_namespaces, cgroup_roots=cgroups,
-    )
-    plans: list[tuple[NamespacePlan, list[Step]]] = []
-    # Planning allocates a few small objects per mount and frees none of them: the cyclic
-    # collector would only rescan the growing heap (superlinear at 10,000 mounts). The forked
-    # child inherits the setting for its build and re-enables nothing: it execs or exits.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        for plan in plan_namespaces(spaces, mgr, ctx):
-            plans.append((plan, order_steps(plan)))
-        masters = host_masters([p for p, _ in plans], outside_masters)
-        report(f"planned {count(sum(len(s) for _, s in plans), 'step')}")
-        result = RestoreResult(root_ns)
-        fds = open_masters(masters)
-        joins: list[NamespaceJoin] = []
+    # A signal from here on undoes what was started (see .signals); the command gets it.
+    with interruptible():
+        mgr = resolve_manager(manager, plugins, config)
+        if namespaces is None:
+            root_ns, spaces = read_namespaces(image_dir, mgr)
+        else:
+            spaces = list(namespaces)
+            root_ns = spaces[0].ns_id
+        report = Progress(progress)
+        mounts = sum(len(ns.tree) for ns in spaces)
+        report(f"read {count(mounts, 'mount')} of {count(len(spaces), 'namespace')}")
+        ctx = RestoreContext(
+            image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
+            allow_host=granted_dirs, devices=granted_devices,
+            proc_root=proc_root, other_namespaces=other_namespaces, cgroup_roots=cgroups,
+        )
+        plans: list[tuple[NamespacePlan, list[Step]]] = []
+        # Planning allocates a few small objects per mount and frees none of them: the cyclic
+        # collector would only rescan the growing heap (superlinear at 10,000 mounts). The
+        # forked child inherits the setting for its build and re-enables nothing: it execs or
+        # exits.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            joins = open_namespaces(netns=netns, ipcns=ipcns)
-            done = _run(
-                plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds, joins
-            )
-            if command is None:
-                report(f"built {count(mounts, 'mount')}")
-            return done
+            for plan in plan_namespaces(spaces, mgr, ctx):
+                plans.append((plan, order_steps(plan)))
+            masters = host_masters([p for p, _ in plans], outside_masters)
+            report(f"planned {count(sum(len(s) for _, s in plans), 'step')}")
+            result = RestoreResult(root_ns)
+            track(result)
+            fds = open_masters(masters)
+            joins: list[NamespaceJoin] = []
+            try:
+                joins = open_namespaces(netns=netns, ipcns=ipcns)
+                done = _run(
+                    plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds, joins
+                )
+                if command is None:
+                    report(f"built {count(mounts, 'mount')}")
+                return done
+            finally:
+                close_namespaces(joins)
+                close_all(fds)
         finally:
-            close_namespaces(joins)
-            close_all(fds)
-    finally:
-        if collecting:
-            gc.enable()
+            if collecting:
+                gc.enable()
 
 
 def _cgroup_roots(roots: Mapping[str, str]) -> dict[str, str]:
@@ -322,16 +351,21 @@ def _run(
     def build(kops: KernelMountOps, spaces: KernelNamespaces) -> None:
         build_all(plans, kops, mgr, ctx, spaces, chroot=True, outside=outside)
 
+    # The holders go into the result as each starts: a signal cannot leave one unknown.
     spawned = spawn(
-        build, [p.ns_id for p, _ in plans], command=command, detach=detach, join=joins
+        build, [p.ns_id for p, _ in plans], command=command, detach=detach, join=joins,
+        holders=result.holders,
     )
-    result.holders.update(spawned.holders)
     if command is not None:
         pid = spawned.pid
         try:
-            _, status = os.waitpid(pid, 0)
+            # spawn() forwards the signals to the command from its exec on (.signals); they
+            # stop going there before it is reaped, when its PID could become another's.
+            wait_command(pid)
         finally:
+            forward_to(0)
             result.terminate()
+        _, status = os.waitpid(pid, 0)
         result.holders[root_ns] = pid
         code = os.waitstatus_to_exitcode(status)
         result.exit_code = code if code >= 0 else 128 - code
