@@ -54,6 +54,7 @@ from .deleted import deleted_roots
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
 from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
+from .lock import dump_lock
 from .maps import MapsReader
 from .namespaces import FilesystemViews, Namespace, find_namespaces
 from .procfs import ProcFS
@@ -138,6 +139,30 @@ def dump(
     """
     target = os.path.abspath(image_dir)
     fs = ProcFS(proc_root)
+    with dump_lock(pid, proc_root, log.warning) if fs.live else contextlib.nullcontext():
+        return _dump(
+            pid, target, fs, plugins=plugins, config=config, externals=externals,
+            auto_external=auto_external, leave_stopped=leave_stopped, proc_root=proc_root,
+            sys_root=sys_root, root=root, manager=manager, progress=progress,
+        )
+
+
+def _dump(
+    pid: int,
+    target: str,
+    fs: ProcFS,
+    *,
+    plugins: Iterable[object],
+    config: DriverConfig | None,
+    externals: Mapping[str, str],
+    auto_external: bool,
+    leave_stopped: bool,
+    proc_root: str,
+    sys_root: str,
+    root: str | None,
+    manager: DriverManager | None,
+    progress: Callable[[str], None] | None,
+) -> DumpResult:
     # Started first: whatever the dumper does from here, a SIGKILL is undone.
     watchdog = Watchdog()
     try:
