@@ -42,11 +42,13 @@ def test_t_is_the_tree_in_dump_verify_and_tree() -> None:
 
 
 def test_every_option_says_what_it_takes_and_does() -> None:
-    for command in ("dump", "verify", "tree", "show"):
+    for command in ("dump", "verify", "tree", "show", "restore"):
         for spelling, text in _options(command).items():
             assert "TEXT" not in spelling and "INTEGER" not in spelling, (command, spelling)
             assert text.strip(), f"{command} {spelling}: no help text"
     dump = _options("dump")
     assert "--proc-root DIR" in dump and "--sys-root DIR" in dump
+    # A directory is DIR in every command (restore's --root said PATH).
+    assert "--root DIR" in dump and "--root DIR" in _options("restore")
     assert _options("verify")["-D, --images-dir DIR"].startswith(
         "The image directory written by criu-fw dump.")

@@ -25,19 +25,30 @@ def parse_externals(values: tuple[str, ...]) -> dict[str, str]:
 
 def split_externals(values: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
     """``--external`` values: ``mnt[KEY]:PATH`` as {KEY: PATH} and ``dev[MAJ:MIN]:DEVICE``
-    as {"MAJ:MIN": DEVICE}."""
+    as {"MAJ:MIN": DEVICE}. A key or device given two different paths is refused: which one
+    the restore should use is not for us to pick (the last one won, unsaid)."""
     mounts: dict[str, str] = {}
     devices: dict[str, str] = {}
     for v in values:
         m = _EXTERNAL.match(v)
         if m is not None:
-            mounts[m.group("key")] = m.group("path")
+            _add(mounts, m.group("key"), m.group("path"), v, "key")
             continue
         d = _DEVICE.match(v)
         if d is None:
             raise UsageError(f"--external {v!r}: expected mnt[KEY]:PATH or dev[MAJ:MIN]:DEVICE")
-        devices[f"{int(d.group('major'))}:{int(d.group('minor'))}"] = d.group("path")
+        dev = f"{int(d.group('major'))}:{int(d.group('minor'))}"
+        _add(devices, dev, d.group("path"), v, "device")
     return mounts, devices
+
+
+def _add(out: dict[str, str], key: str, path: str, given: str, what: str) -> None:
+    if out.get(key, path) != path:
+        raise UsageError(
+            f"--external {given}: {what} {key} is already mapped to {out[key]!r}; give each "
+            f"{what} one path"
+        )
+    out[key] = path
 
 
 def _cgroup_roots(values: tuple[str, ...]) -> dict[str, str]:
@@ -55,7 +66,7 @@ def _cgroup_roots(values: tuple[str, ...]) -> dict[str, str]:
 @click.command("restore")
 @click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
               help="The image directory written by criu-fw dump.")
-@click.option("--root", metavar="PATH",
+@click.option("--root", metavar="DIR",
               help="Directory to use as the root where the root mount cannot be rebuilt. "
                    "Mountpoints missing in its tree are created there (on that filesystem); "
                    "they stay after a restore that succeeds and are removed after one that "

@@ -45,8 +45,10 @@ _SB_FLAGS = ((0x10, "sync"), (0x4, "sync"), (0x40, "mand"), (0x80, "dirsync"),
 
 def root_task_namespace(image_dir: str) -> int | None:
     """The mount namespace of the dump's root task (``pstree.img``'s first process, its
-    ``ids-<pid>.img``), or None where those images are missing. CRIU's
-    ``inventory.root_ids`` are the dumper's own namespaces, not the dumped tree's."""
+    ``ids-<pid>.img``), or None where there are no process images (a directory of mount
+    images alone). CRIU's ``inventory.root_ids`` are the dumper's own namespaces, not the
+    dumped tree's. A ``pstree.img`` whose root task has no ids image is a damaged set,
+    refused as ``show`` and ``verify`` refuse it (not read around)."""
     pstree = os.path.join(image_dir, "pstree.img")
     if not os.path.lexists(pstree):
         return None
@@ -55,7 +57,8 @@ def root_task_namespace(image_dir: str) -> int | None:
         raise ImageError(pstree, "no process: the dump's root task is missing")
     ids_path = os.path.join(image_dir, f"ids-{first.pid}.img")
     if not os.path.lexists(ids_path):
-        return None
+        raise ImageError(ids_path,
+                         f"missing: process {first.pid} of pstree.img has no ids image")
     ids = read_image(ids_path, core_pb2.task_kobj_ids_entry, kind="IDS")
     if len(ids) != 1 or not ids[0].HasField("mnt_ns_id"):
         raise ImageError(ids_path, "expected one entry with a mount namespace id")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import re
 import signal
@@ -29,10 +30,13 @@ from ..proto import inventory_pb2
 from ..records import DumpedNamespace
 from .build import SameNamespace, build_all
 from .child import KernelNamespaces, NamespaceJoin, close_namespaces, open_namespaces, spawn
+from .grants import Grants
 from .order import Step, order_steps
 from .outside import close_all, host_masters, open_masters
 from .plans import NamespacePlan, plan_namespaces
 from .signals import RestoreInterrupted, forward_to, interruptible, track, wait_command
+
+log = logging.getLogger("criu_fw.restore")
 
 #: The newest CRIU inventory image version criu-fw reads (CRIU writes 2).
 INVENTORY_VERSION = 2
@@ -150,6 +154,11 @@ def image_namespaces(image_dir: str) -> tuple[int, list[int]]:
     elif not inv.HasField("root_ids") or not inv.root_ids.HasField("mnt_ns_id"):
         raise ImageError(inventory, "no root mount namespace id (root_ids.mnt_ns_id)")
     else:
+        # Mount images alone (the library's writer, or a dump whose process images were
+        # left behind) are a whole restore's input: it rebuilds mount namespaces only, and
+        # criu-fw's inventory names the dumped root task's namespace.
+        log.info("%s: no process images (pstree.img); the root mount namespace is "
+                 "inventory.img's", image_dir)
         root = inv.root_ids.mnt_ns_id
     if root not in ids:
         raise ImageError(
@@ -242,6 +251,7 @@ def restore(
     if root is not None and not os.path.isdir(root):
         raise UsageError(f"--root {root!r}: not a directory (the root of the restored tree)")
     granted_dirs, granted_devices = _granted_dirs(allow_host), _granted_devices(devices or {})
+    granted_externals = _granted_externals(externals or {})
     cgroups = _cgroup_roots(cgroup_roots or {})
     # Checked before the images are read; opened (and checked) again for the child below.
     close_namespaces(open_namespaces(netns=netns, ipcns=ipcns))
@@ -258,7 +268,7 @@ def restore(
         mounts = sum(len(ns.tree) for ns in spaces)
         report(f"read {count(mounts, 'mount')} of {count(len(spaces), 'namespace')}")
         ctx = RestoreContext(
-            image_dir=image_dir, root=root, externals=dict(externals or {}), ops=ops,
+            image_dir=image_dir, root=root, externals=granted_externals, ops=ops,
             allow_host=granted_dirs, devices=granted_devices,
             proc_root=proc_root, other_namespaces=other_namespaces, cgroup_roots=cgroups,
         )
@@ -272,6 +282,7 @@ def restore(
         try:
             for plan in plan_namespaces(spaces, mgr, ctx):
                 plans.append((plan, order_steps(plan)))
+            _say_unused(granted_externals, granted_devices)
             masters = host_masters([p for p, _ in plans], outside_masters)
             report(f"planned {count(sum(len(s) for _, s in plans), 'step')}")
             result = RestoreResult(root_ns)
@@ -319,7 +330,7 @@ def _granted_dirs(dirs: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _granted_devices(devices: Mapping[str, str]) -> dict[str, str]:
+def _granted_devices(devices: Mapping[str, str]) -> Grants:
     for dev, path in devices.items():
         try:
             mode = os.stat(path).st_mode
@@ -327,7 +338,28 @@ def _granted_devices(devices: Mapping[str, str]) -> dict[str, str]:
             raise UsageError(f"--external dev[{dev}]:{path}: {exc.strerror}") from None
         if not stat.S_ISBLK(mode):
             raise UsageError(f"--external dev[{dev}]:{path}: not a block device")
-    return dict(devices)
+    return Grants(devices)
+
+
+def _granted_externals(externals: Mapping[str, str]) -> Grants:
+    """Every ``--external mnt[KEY]:PATH`` must be there, used or not: checked before the
+    images are read, so that a dry run fails as the restore would."""
+    for key, path in externals.items():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            raise UsageError(f"--external mnt[{key}]:{path}: {exc.strerror}") from None
+    return Grants(externals)
+
+
+def _say_unused(externals: Grants, devices: Grants) -> None:
+    """A mapping that no mount of the images looked up (once every one was planned)."""
+    for key, path in externals.unused():
+        log.warning("--external mnt[%s]:%s: no mount in the images has the key %r; it is not "
+                    "used", key, path, key)
+    for dev, path in devices.unused():
+        log.warning("--external dev[%s]:%s: no filesystem in the images was on device %s; it "
+                    "is not used", dev, path, dev)
 
 
 def _run(

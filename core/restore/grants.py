@@ -4,7 +4,7 @@ Images are untrusted; the operator's command line is trusted. A path outside the
 being built is used only through one of these grants:
 
 * ``--external mnt[KEY]:PATH``: the external mount dumped under KEY comes from PATH;
-* ``--root PATH``: the root mount (and binds of directories below it) comes from PATH;
+* ``--root DIR``: the root mount (and binds of directories below it) comes from DIR;
 * ``--allow-host DIR``: host directories that images name by path (overlay layers of a
   container root on the host's storage, mounts ``--external-auto`` recorded by their host
   path) may be used when they lie below DIR. The restore may bind them, and an overlay
@@ -22,16 +22,61 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 
 import attrs
 
 from ..context import RestoreContext
-from ..errors import RestoreError
+from ..errors import RestoreError, SyscallError
+from ..kernel import confine
 from ..kernel.mountops import BackingFileError, host_join, open_loop_file
 from ..model import Mount
 from ..plan import ExternalRef, LoopFile, NewSuperblock
 
 log = logging.getLogger("criu_fw.restore")
+
+
+class Grants(Mapping[str, str]):
+    """``--external`` mappings (a key or a device -> a path here) that note which ones the
+    restore looked up: one that no mount of the images uses is said (a mistyped key maps
+    nothing, and the mount it was meant for fails later with "no mapping", or not at all).
+
+    Reading a mapping by its key (``[]``, ``get``, ``in``) is a use; going over all of them
+    (``values()``, ``items()``) is not: whoever picks one of them that way calls
+    :meth:`use`."""
+
+    def __init__(self, given: Mapping[str, str]) -> None:
+        self._given = dict(given)
+        self.used: set[str] = set()
+
+    def __getitem__(self, key: str) -> str:
+        value = self._given[key]
+        self.used.add(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._given)
+
+    def __len__(self) -> int:
+        return len(self._given)
+
+    def values(self) -> ValuesView[str]:
+        return self._given.values()
+
+    def items(self) -> ItemsView[str, str]:
+        return self._given.items()
+
+    def use(self, key: str) -> None:
+        self.used.add(key)
+
+    def unused(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self._given.items() if k not in self.used]
+
+
+def note_use(grants: Mapping[str, str], key: str) -> None:
+    """Count ``key`` of ``grants`` as used (a plain mapping counts nothing)."""
+    if isinstance(grants, Grants):
+        grants.use(key)
 
 
 @attrs.frozen
@@ -93,6 +138,25 @@ def host_source(
     )
 
 
+def check_there(src: HostSource, mount: Mount, what: str = "external mount") -> None:
+    """Resolve an outside source now, in the caller, as the building child will (beneath its
+    granted directory): one that is not there fails the restore before anything is made,
+    and a dry run the same way (it resolves nothing itself)."""
+    try:
+        base = os.open(src.base, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"{mount.describe()}: {what} {src.shown!r}: {exc.strerror}") from None
+    try:
+        if confine.components(src.path):  # else the base itself, which may be a file
+            resolve = confine.GRANTED if src.follow else confine.STRICT
+            os.close(confine.open_beneath(base, src.path, resolve))
+    except SyscallError as exc:
+        why = exc.detail or exc.strerror
+        raise RestoreError(f"{mount.describe()}: {what} {src.shown!r}: {why}") from None
+    finally:
+        os.close(base)
+
+
 def needs_device(fstype: str, source: str, proc_root: str = "/proc") -> bool:
     """Whether the kernel mounts ``fstype`` from a block device named by ``source``: listed
     without ``nodev`` in /proc/filesystems, or not listed (a module not loaded yet) with a
@@ -131,7 +195,9 @@ def granted_device(plan: NewSuperblock, mount: Mount, ctx: RestoreContext) -> No
         return
     if not needs_device(plan.fstype, plan.source, ctx.proc_root):
         return
-    if plan.source in ctx.devices.values():
+    granted = next((dev for dev, path in ctx.devices.items() if path == plan.source), None)
+    if granted is not None:
+        note_use(ctx.devices, granted)
         return
     dev = f"{mount.dev.major}:{mount.dev.minor}"
     raise RestoreError(

@@ -31,7 +31,7 @@ from ..kernel.mountops import host_join
 from ..model import Dev, Mount, MountTree
 from ..plan import BindExternal, BindFrom, ExternalRef, LoopFile, MountPlan, NewSuperblock, PathRef
 from ..records import DeletedRoot, DumpedNamespace
-from .grants import HostSource, granted_device, host_source
+from .grants import HostSource, check_there, granted_device, host_source
 
 log = logging.getLogger("criu_fw.restore")
 
@@ -294,6 +294,7 @@ def plan_namespace(
         ext_key = ns.record(m.mnt_id).external
         if ext_key is not None:
             src = host_source(ExternalRef(key=ext_key), m, ctx)
+            check_there(src, m)
             path = src.shown
             if tree.children(m) and os.path.exists(path) and not os.path.isdir(path):
                 raise RestoreError(
@@ -342,7 +343,7 @@ def plan_namespace(
                 if ctx.root is None:
                     raise RestoreError(
                         f"{m.describe()}: the root mount cannot be rebuilt from the images; "
-                        f"give --root PATH"
+                        f"give --root DIR"
                     )
                 jobs[m.mnt_id] = MountJob(m, None, "/", base=ctx.root)
                 continue
@@ -365,7 +366,9 @@ def plan_namespace(
             path = cgroup_path(m, tree, ctx.cgroup_roots)
             jobs[m.mnt_id] = MountJob(m, new_sb(m, plan), path)
         elif isinstance(plan, BindExternal):
-            jobs[m.mnt_id] = _host_job(host_source(plan.source, m, ctx), m)
+            src = host_source(plan.source, m, ctx)
+            check_there(src, m)
+            jobs[m.mnt_id] = _host_job(src, m)
         else:
             binds[m.mnt_id] = plan.source
 
