@@ -3,7 +3,9 @@
 
 A scenario (a private mount namespace of a child process) with ``--mounts`` mounts, a few
 tmpfs holding files, is dumped once to time a whole dump; then ``--kills`` dumps of it are
-each killed with SIGKILL after a seeded random delay within that time. After each kill:
+each killed with SIGKILL after a seeded random delay between the end of Python's start-up
+(``criu-fw --version``, timed too) and the end of that time, so that the kills land in the
+dump itself. After each kill:
 
 * every process of the scenario runs again (none left stopped; the watchdog resumes them);
 * the image directory is either absent or a complete dump (``criu-fw show DIR`` reads it), and
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     base = Path(tempfile.mkdtemp(prefix="criu-fw-kill-dump-"))
     failures: list[str] = []
-    whole = 0.0
+    whole = start = 0.0
     try:
         with NamespaceScenario(scenario_script(args.mounts), timeout=120) as scn:
             t0 = time.monotonic()
@@ -139,15 +141,19 @@ def main(argv: list[str] | None = None) -> int:
                             "--root", "/"], check=True, capture_output=True)
             whole = time.monotonic() - t0
             shutil.rmtree(base / "full")
+            t0 = time.monotonic()
+            subprocess.run([*CLI, "--version"], check=True, capture_output=True)
+            start = min(time.monotonic() - t0, whole)
             for n in range(args.kills):
-                delay = rng.uniform(0, whole)
+                delay = rng.uniform(start, whole)
                 got = one_kill(scn, base, delay, n)
                 failures += got
                 for line in got:
                     print(line, flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"kill_dump: {args.kills} kills of a {whole:.2f} s dump of {args.mounts} mounts "
+    print(f"kill_dump: {args.kills} kills from {start:.2f} s to {whole:.2f} s into a dump of "
+          f"{args.mounts} mounts "
           f"(seed {args.seed}): {args.kills - len({f.split(':')[0] for f in failures})} left "
           f"nothing behind, {len(failures)} problem(s)")
     return 1 if failures else 0
