@@ -24,8 +24,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import stat
 import struct
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Final
 
 import attrs
@@ -103,9 +104,16 @@ class Made:
 
 
 class Maker:
-    """Creates missing mountpoints inside trees, keeping what it made for :meth:`undo`."""
+    """Creates missing mountpoints inside trees, keeping what it made for :meth:`undo`.
 
-    def __init__(self) -> None:
+    ``guard``: a context in which each entry is made and recorded, so that nothing cuts the
+    two apart (the restore's :func:`~criu_fw.restore.signals.held`: a signal turned into an
+    exception waits for its end; an entry made but not recorded would never be undone)."""
+
+    def __init__(
+        self, guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext
+    ) -> None:
+        self.guard = guard
         self.made: list[Made] = []
         #: One held descriptor per directory something was made in, by identity.
         self._parents: dict[tuple[int, int], int] = {}
@@ -141,6 +149,10 @@ class Maker:
                 os.close(cur)
 
     def _make(self, parent: int, name: str, is_dir: bool) -> None:
+        with self.guard():
+            self._make_recorded(parent, name, is_dir)
+
+    def _make_recorded(self, parent: int, name: str, is_dir: bool) -> None:
         if is_dir:
             os.mkdir(name, 0o755, dir_fd=parent)
         else:
@@ -157,18 +169,29 @@ class Maker:
         self.made.append(Made(held, name, st.st_dev, st.st_ino, is_dir))
 
     def undo(self) -> None:
-        """Remove what was made (deepest first), only where it is still what was made."""
+        """Remove what was made (deepest first), only where it is still what was made.
+
+        Something may still be mounted on it, in a namespace other than the caller's: a
+        restored one that a holder keeps alive, or one whose root mount was detached with
+        its children connected. The parent's descriptor is a mount of that namespace, so a
+        stat through it sees the mount on top; the directory's own entry (readdir's inode)
+        then says whether it is ours, and rmdir, which looks at the entry and not what is
+        mounted on it, removes it (detaching those mounts: no mountpoint of the caller's)."""
+        listings: dict[int, dict[str, int]] = {}
         for m in reversed(self.made):
             try:
                 st = os.stat(m.name, dir_fd=m.parent, follow_symlinks=False)
-                if (st.st_dev, st.st_ino) != (m.dev, m.ino):
+                ours = (st.st_dev, st.st_ino) == (m.dev, m.ino)
+                if not ours and os.fstat(m.parent).st_dev == m.dev:
+                    ours = _entry_inode(m.parent, m.name, listings) == m.ino
+                if not ours:
                     continue  # replaced since: not ours any more
-                if stat.S_ISDIR(st.st_mode):
+                if m.is_dir:
                     os.rmdir(m.name, dir_fd=m.parent)
-                elif not m.is_dir:
+                else:
                     os.unlink(m.name, dir_fd=m.parent)
             except OSError:
-                continue  # something is mounted on it, or it is not empty: leave it
+                continue  # it is not empty, or it is a mountpoint of ours: leave it
         self.forget()
 
     def forget(self) -> None:
@@ -178,3 +201,18 @@ class Maker:
                 os.close(fd)
         self._parents.clear()
         self.made.clear()
+
+
+def _entry_inode(parent: int, name: str, listings: dict[int, dict[str, int]]) -> int | None:
+    """The inode number of ``name``'s own entry in the directory ``parent`` (an O_PATH
+    descriptor), whatever is mounted on it; each directory is read once."""
+    listing = listings.get(parent)
+    if listing is None:
+        # Reopened through its magic link: the same directory, readable, no path walked.
+        fd = os.open(f"/proc/self/fd/{parent}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with os.scandir(fd) as it:
+                listing = listings[parent] = {e.name: e.inode() for e in it}
+        finally:
+            os.close(fd)
+    return listing.get(name)

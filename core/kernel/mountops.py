@@ -54,6 +54,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 
 import attrs
 
@@ -571,9 +572,13 @@ class KernelMountOps(MountOps):
     the new mount API cannot create is mounted there, cloned detached, and unmounted again).
     ``fresh``: the kinds of namespace (``net``, ``ipc``) the restore made itself, whose keyed
     superblocks (sysfs, mqueue) are its own even when the kernel hands back an existing one.
+    ``guard``: what each mountpoint is made and recorded in (see :class:`.confine.Maker`).
     """
 
-    def __init__(self, scratch: str | None = None, *, fresh: Iterable[str] = ()) -> None:
+    def __init__(
+        self, scratch: str | None = None, *, fresh: Iterable[str] = (),
+        guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+    ) -> None:
         self.scratch = scratch
         #: Devices (st_dev of their root) of the superblocks this layer created: the only
         #: ones it reconfigures.
@@ -587,7 +592,7 @@ class KernelMountOps(MountOps):
         self._exclusive: bool | None = None
         #: Mountpoints this restore created in existing trees (a --root directory), so a
         #: failed restore removes exactly those.
-        self.maker = confine.Maker()
+        self.maker = confine.Maker(guard)
         #: Descriptors of the loop devices this restore attached, held until it ends: each
         #: clears itself on its last close, so it must outlive the making of its superblock.
         self.loops: list[int] = []
