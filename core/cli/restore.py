@@ -150,6 +150,9 @@ def restore_cmd(
             for ns_id, pid in result.holders.items():
                 if ns_id != result.root_ns:
                     click.echo(f"{pid} mnt_ns={ns_id}")
+            # The PIDs are out (echo flushes): the restore is the user's. Killed before
+            # this, criu-fw leaves nothing (the builder undoes, the watchdog ends holders).
+            result.settle()
             if detach:
                 return
             sys.stdout.flush()

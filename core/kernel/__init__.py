@@ -160,6 +160,17 @@ def pidfd_open(pid: int) -> int:
     )
 
 
+PR_SET_PDEATHSIG: Final = 1
+
+
+def parent_death_signal(signum: int) -> None:
+    """PR_SET_PDEATHSIG: ``signum`` (0: none) comes when the parent *thread* that forked this
+    process ends (a thread of a live process counts), not only the whole parent; kept
+    across exec (not for set-user-ID programs)."""
+    _check(_libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), 0, 0, 0), "prctl",
+           detail="PR_SET_PDEATHSIG")
+
+
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(SYS_pivot_root, _fs(new_root), _fs(put_old)), "pivot_root", new_root)
 

@@ -41,6 +41,7 @@ import errno
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -56,6 +57,7 @@ from ..errors import RestoreError, UsageError
 from ..kernel.mountops import KernelMountOps
 from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
 from .signals import SIGNALS, after_fork, forward_to, held
+from .watchdog import RestoreWatchdog, close_inherited
 
 #: Exit status of a child that failed before it could exec the command.
 CHILD_FAILED = 125
@@ -191,9 +193,13 @@ class _Report(logging.Handler):
         self.fd = fd
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.fd < 0:
+            return  # the report is closed: the caller has what it needs
         try:
             text = " ".join(record.getMessage().split())
             os.write(self.fd, f"LOG {record.levelno} {record.name} {text}\n".encode())
+        except OSError:
+            pass  # the caller is gone (EPIPE): it reads nothing any more
         except Exception:  # logging must not break the restore
             self.handleError(record)
 
@@ -312,6 +318,8 @@ def spawn(
     detach: bool,
     join: Sequence[NamespaceJoin] = (),
     holders: dict[int, int] | None = None,
+    watchdog: RestoreWatchdog | None = None,
+    builders: list[Builder] | None = None,
 ) -> Spawned:
     """Fork the child that calls ``build(ops, namespaces)`` (it must end in the root
     namespace, ``ns_ids[0]``), put holders into the namespaces, and return once they are
@@ -320,24 +328,29 @@ def spawn(
     ``join``: the network/IPC namespaces to build in (see :func:`open_namespaces`); the
     holders enter them too. ``holders``: where each holder's PID goes as soon as it starts
     (by namespace id; the caller's ``RestoreResult.holders``, which a signal ends, see
-    :mod:`.signals`); one that a failure ends is taken out again.
+    :mod:`.signals`); one that a failure ends is taken out again. ``watchdog``: told of the
+    work directory, the holders and the command (see :mod:`.watchdog`).
 
+    Without a command, the child stays until the restore is handed over: it goes into
+    ``builders`` (a :class:`Builder`), which keeps what it made on the host or undoes it.
     With a command, the signals of :mod:`.signals` go to it from its exec on."""
     wanted = list(ns_ids) if command is None else list(ns_ids[1:])
     into: dict[int, int] = {} if holders is None else holders
+    waiting: list[Builder] = [] if builders is None else builders
     started: dict[int, _Holder] = {}
     workdir = ""
     pid = 0
     report = control = -1
     try:
         with held():  # made and named at once: the finally below removes it
-            workdir = tempfile.mkdtemp(prefix="criu-fw-restore-")
+            workdir = _workdir(watchdog)
         roots = {ns: os.path.join(workdir, f"root-{k}") for k, ns in enumerate(ns_ids)}
         scratch = os.path.join(workdir, "scratch")
         for path in (*roots.values(), scratch):
             os.mkdir(path)
         sys.stdout.flush()
         sys.stderr.flush()
+        caller = os.getpid()
         with held():  # a child whose PID is known, pipe ends the finally closes
             r, w = os.pipe()
             report = r
@@ -347,14 +360,17 @@ def spawn(
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
                     try:
+                        close_inherited()
                         os.close(r)
                         os.close(cw)
-                        _child(build, ns_ids, roots, scratch, w, cr, command, join)
+                        _child(build, ns_ids, roots, scratch, w, cr, command, join, caller)
                     finally:
                         os._exit(CHILD_FAILED)  # never back into the caller's stack
             finally:
                 os.close(w)
                 os.close(cr)
+            if watchdog is not None:
+                watchdog.builder(pid)
         # The holders start while the child builds the namespaces (posix_spawn blocks the
         # caller until the exec, and an interpreter takes a while to start): after the fork,
         # so their start overlaps the build and the child holds none of their pipes.
@@ -362,6 +378,8 @@ def spawn(
             with held():  # started and recorded at once
                 started[ns] = h = _start_holder(detach)
                 into[ns] = h.pid
+                if watchdog is not None:
+                    watchdog.holder(h.pid)
         fds: dict[int, int] = {}
         while True:
             line = _read_line(report).decode("utf-8", "replace")
@@ -390,7 +408,10 @@ def spawn(
                 raise RestoreError(f"the holder of mount namespace {ns} did not start: {why}")
         if command is not None:
             # From GO on, the signals are the command's: one that comes before the exec
-            # ends the child (it has nothing left to undo) as it would end the command.
+            # ends the child (it has nothing left to undo) as it would end the command. The
+            # watchdog lets it run on too, then.
+            if watchdog is not None:
+                watchdog.command(pid)
             forward_to(pid)
         with contextlib.suppress(BrokenPipeError):  # it died of one: its status says so
             os.write(control, b"GO\n")
@@ -398,12 +419,11 @@ def spawn(
         if rest.startswith("ERR "):
             raise RestoreError(rest[4:].strip())
         if command is None:
-            # End of the report without an error: the child closed it right before its
-            # exit, so nothing can fail any more. Its exit (tearing down the copy of the
-            # caller's address space) takes a few ms that the caller need not wait for.
+            # End of the report without an error: nothing can fail any more. The child waits
+            # to be told whether to keep what it made; the caller's result tells it.
             with held():
-                _reap_later(pid)
-                pid = 0
+                waiting.append(Builder(pid, control))
+                pid, control = 0, -1
     except BaseException:
         forward_to(0)
         with held():  # the clean-up is not cut short
@@ -424,6 +444,53 @@ def spawn(
     return Spawned(pid, into)
 
 
+def _workdir(watchdog: RestoreWatchdog | None) -> str:
+    """``$TMPDIR/criu-fw-restore-XXXXXXXX``, made after the watchdog was told its name (a
+    caller killed in between leaves nothing it does not know of)."""
+    top = tempfile.gettempdir()
+    while True:
+        path = os.path.join(top, f"criu-fw-restore-{secrets.token_hex(6)}")
+        if watchdog is not None:
+            watchdog.tmp(path)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue  # another's: the next name (the watchdog removes only the last)
+        return path
+
+
+@attrs.define
+class Builder:
+    """The building child of a restore without a command, once the holders are in: it keeps
+    what it made on the host (mountpoints in a ``--root`` tree) when told to (:meth:`keep`,
+    the restore handed over) and removes it when its control pipe closes without that
+    (:meth:`undo`: the restore was ended before; or its caller died)."""
+
+    pid: int
+    control: int
+
+    def keep(self) -> None:
+        if self.control < 0:
+            return
+        with held():
+            with contextlib.suppress(OSError):  # it died: what it made is left as it was
+                os.write(self.control, b"KEEP\n")
+            self._close()
+            _reap_later(self.pid)
+
+    def undo(self) -> None:
+        if self.control < 0:
+            return
+        with held():
+            self._close()  # end of file: it undoes and exits
+            _wait_for(self.pid)
+
+    def _close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.control)
+        self.control = -1
+
+
 def _reap_later(pid: int) -> None:
     threading.Thread(target=os.waitpid, args=(pid, 0), name="criu-fw-reap", daemon=True).start()
 
@@ -434,6 +501,11 @@ def _stop(pid: int) -> int:
     SIGKILL when it has not exited after :data:`STOP_GRACE` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
+    return _wait_for(pid)
+
+
+def _wait_for(pid: int) -> int:
+    """Wait :data:`STOP_GRACE` seconds for the child to exit, then kill it."""
     deadline = time.monotonic() + STOP_GRACE
     while time.monotonic() < deadline:
         got, status = os.waitpid(pid, os.WNOHANG)
@@ -451,6 +523,12 @@ def _reap(pid: int, kill: bool = True) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def _expect(control: int, word: bytes) -> None:  # pragma: no cover - child process
+    """The caller's next word; anything else (end of file: it gave up, or died) fails."""
+    if _read_line(control) != word:
+        raise RestoreError("the restore was given up before it was complete")
+
+
 def _child(
     build: Callable[[KernelMountOps, KernelNamespaces], None],
     ns_ids: Sequence[int],
@@ -460,12 +538,19 @@ def _child(
     control: int,
     command: Sequence[str] | None,
     join: Sequence[NamespaceJoin] = (),
+    caller: int = 0,
 ) -> None:  # pragma: no cover - child process
-    ops = KernelMountOps(scratch, fresh=[j.kind for j in join if j.fresh])
+    ops = KernelMountOps(scratch, fresh=[j.kind for j in join if j.fresh], guard=held)
     try:
         after_fork()
+        # Until the restore is complete, the caller's death (SIGKILL) is a SIGTERM here: the
+        # same undo as after a signal. Its thread, in fact; it waits in spawn() meanwhile.
+        kernel.parent_death_signal(signal.SIGTERM)
+        if os.getppid() != caller:
+            raise RestoreError("the restore's caller is gone")  # died before the prctl
         logger = logging.getLogger("criu_fw")
-        logger.handlers = [_Report(w)]
+        report = _Report(w)
+        logger.handlers = [report]
         logger.propagate = False  # not through the handlers the fork copied
         kernel.enter_private_namespace()
         # Before anything is built: superblocks keyed by these namespaces are made in them.
@@ -474,47 +559,57 @@ def _child(
         limit = kernel.raise_nofile()
         try:
             build(ops, spaces)
+            for ns in ns_ids:
+                os.write(w, f"NS {ns} {spaces.fds[ns]}\n".encode())
+            os.write(w, b"READY\n")
+            _expect(control, b"GO\n")
+            if command is None:
+                # Nothing can fail any more: the caller goes on (end of the report). What
+                # was made stays only when the restore is handed over (Builder.keep); the
+                # caller's death or end before that undoes it as a failure would.
+                os.close(w)
+                w = report.fd = -1
+                _expect(control, b"KEEP\n")
         except BaseException:
-            # Mountpoints made in a --root tree are on the caller's filesystem: remove them
-            # from the base namespace, where nothing is mounted on them (removing a
-            # mountpoint of another namespace detaches what is mounted there).
-            kernel.setns(spaces.base, kernel.CLONE_NEWNS)
-            # The restored namespaces go first (nothing else holds them yet): their mounts
-            # come off the mountpoints made, so undo sees those directories themselves.
-            spaces.release()
-            ops.undo()
+            # A signal now would cut the undo short: it is acted on at its end.
+            with held():
+                # Mountpoints made in a --root tree are on the caller's filesystem: remove
+                # them from the base namespace, where nothing is mounted on them (removing a
+                # mountpoint of another namespace detaches what is mounted there).
+                kernel.setns(spaces.base, kernel.CLONE_NEWNS)
+                # The restored namespaces go first (nothing else holds them yet, or holders
+                # about to be killed): their mounts come off the mountpoints made, so undo
+                # sees those directories themselves.
+                spaces.release()
+                ops.undo()
             raise
         ops.forget()
+        if command is None:
+            os._exit(0)
         # Nothing is undone any more: a signal now just ends the child, and the command
-        # gets them as the caller had them (default or ignored).
+        # gets them as the caller had them (default or ignored); its life is its own.
+        kernel.parent_death_signal(0)
         for sig in SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, signal.SIG_DFL)
         # The command (and what it starts) gets the caller's limit, not the builder's.
         kernel.restore_nofile(limit)
-        for ns in ns_ids:
-            os.write(w, f"NS {ns} {spaces.fds[ns]}\n".encode())
-        os.write(w, b"READY\n")
-        if _read_line(control) != b"GO\n":
-            os._exit(CHILD_FAILED)  # the caller gave up
         os.close(control)
         spaces.close()
-        if command is not None:
-            os.set_inheritable(w, False)
-            # What Python ignores for itself (subprocess's restore_signals): the command
-            # gets the default, as from a shell (`yes | head` ends quietly).
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-                signal.signal(sig, signal.SIG_DFL)
-            try:
-                os.execvp(command[0], list(command))
-            except OSError as exc:
-                raise RestoreError(
-                    f"cannot run {command[0]!r} in the restored namespace: {exc.strerror}"
-                ) from exc
-        os.close(w)
+        os.set_inheritable(w, False)
+        # What Python ignores for itself (subprocess's restore_signals): the command gets
+        # the default, as from a shell (`yes | head` ends quietly).
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            os.execvp(command[0], list(command))
+        except OSError as exc:
+            raise RestoreError(
+                f"cannot run {command[0]!r} in the restored namespace: {exc.strerror}"
+            ) from exc
     except BaseException as exc:
         try:
-            os.write(w, f"ERR {_one_line(exc)}\n".encode())
+            if w >= 0:
+                os.write(w, f"ERR {_one_line(exc)}\n".encode())
         finally:
             os._exit(CHILD_FAILED)
-    os._exit(0)

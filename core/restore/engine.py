@@ -29,12 +29,20 @@ from ..progress import Progress, count
 from ..proto import inventory_pb2
 from ..records import DumpedNamespace
 from .build import SameNamespace, build_all
-from .child import KernelNamespaces, NamespaceJoin, close_namespaces, open_namespaces, spawn
+from .child import (
+    Builder,
+    KernelNamespaces,
+    NamespaceJoin,
+    close_namespaces,
+    open_namespaces,
+    spawn,
+)
 from .grants import Grants
 from .order import Step, order_steps
 from .outside import close_all, host_masters, open_masters
 from .plans import NamespacePlan, plan_namespaces
 from .signals import RestoreInterrupted, forward_to, interruptible, track, wait_command
+from .watchdog import RestoreWatchdog
 
 log = logging.getLogger("criu_fw.restore")
 
@@ -51,6 +59,11 @@ class RestoreResult:
     restored namespace (with ``command``: the root namespace's entry is the command's PID,
     which has exited by the time ``restore`` returns). ``exit_code`` is the command's.
     :meth:`terminate` ends the holders; :meth:`hold` keeps them until a signal comes.
+
+    Until it is handed over (:meth:`settle`: when ``restore`` returns, or at the end of the
+    caller's :func:`~criu_fw.restore.signals.interruptible` block), ending it undoes the
+    restore: the building child removes the mountpoints it made in a ``--root`` tree, and a
+    caller killed meanwhile leaves nothing either (:mod:`.watchdog`).
     """
 
     root_ns: int
@@ -58,22 +71,47 @@ class RestoreResult:
     exit_code: int | None = None
     #: The mount requests of a dry run (``ops=RecordingMountOps()``), per namespace.
     ops: MountOps | None = None
+    #: Ends the holders (and the work directory) if this process dies before the restore
+    #: is handed over, or, without ``detach``, before the holders are ended.
+    watchdog: RestoreWatchdog | None = attrs.field(default=None, repr=False, eq=False)
+    detach: bool = attrs.field(default=False, repr=False, eq=False)
+    #: The building child, waiting to keep or undo what it made (see :class:`.child.Builder`).
+    builders: list[Builder] = attrs.field(factory=list, repr=False, eq=False)
 
     @property
     def pid(self) -> int:
         """The PID in the restored root namespace (0 for a dry run)."""
         return self.holders.get(self.root_ns, 0)
 
+    def settle(self) -> None:
+        """Hand the restore over: what it made stays (mountpoints in a ``--root`` tree),
+        and the holders of a detached restore outlive this process (``criu-fw restore
+        --detach`` calls it once their PIDs are printed)."""
+        for b in self.builders:
+            b.keep()
+        self.builders.clear()
+        if self.detach and self.watchdog is not None:
+            self.watchdog.done()
+
     def terminate(self) -> None:
-        """Kill every holder process (by PID) and reap it."""
-        for pid in self.holders.values():
+        """Kill every holder process (by PID) and reap it; before :meth:`settle`, undo the
+        restore as well."""
+        for ns_id, pid in self.holders.items():
+            if ns_id == self.root_ns and self.exit_code is not None:
+                continue  # the command, reaped already: its PID may be another's by now
             _kill(pid)
         self.holders.clear()
+        for b in self.builders:
+            b.undo()
+        self.builders.clear()
+        if self.watchdog is not None:
+            self.watchdog.done()
 
     def hold(self) -> int | None:
         """Keep the restored namespaces until SIGTERM, SIGHUP, SIGINT or SIGQUIT comes (or
         the root holder is killed), then end every holder: ``criu-fw restore`` without
         ``--detach`` or a command. Returns the signal that came (None: the holder ended)."""
+        self.settle()
         if not self.holders:
             return None
         try:
@@ -258,51 +296,59 @@ def restore(
     other_namespaces = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
     # A signal from here on undoes what was started (see .signals); the command gets it.
     with interruptible():
-        mgr = resolve_manager(manager, plugins, config)
-        if namespaces is None:
-            root_ns, spaces = read_namespaces(image_dir, mgr)
-        else:
-            spaces = list(namespaces)
-            root_ns = spaces[0].ns_id
-        report = Progress(progress)
-        mounts = sum(len(ns.tree) for ns in spaces)
-        report(f"read {count(mounts, 'mount')} of {count(len(spaces), 'namespace')}")
-        ctx = RestoreContext(
-            image_dir=image_dir, root=root, externals=granted_externals, ops=ops,
-            allow_host=granted_dirs, devices=granted_devices,
-            proc_root=proc_root, other_namespaces=other_namespaces, cgroup_roots=cgroups,
-        )
-        plans: list[tuple[NamespacePlan, list[Step]]] = []
-        # Planning allocates a few small objects per mount and frees none of them: the cyclic
-        # collector would only rescan the growing heap (superlinear at 10,000 mounts). The
-        # forked child inherits the setting for its build and re-enables nothing: it execs or
-        # exits.
-        collecting = gc.isenabled()
-        gc.disable()
+        # The watchdog first: it starts up while the images are read and planned.
+        result = RestoreResult(0, watchdog=None if ops else RestoreWatchdog(), detach=detach)
+        tracked = track(result)
         try:
-            for plan in plan_namespaces(spaces, mgr, ctx):
-                plans.append((plan, order_steps(plan)))
-            _say_unused(granted_externals, granted_devices)
-            masters = host_masters([p for p, _ in plans], outside_masters)
-            report(f"planned {count(sum(len(s) for _, s in plans), 'step')}")
-            result = RestoreResult(root_ns)
-            track(result)
-            fds = open_masters(masters)
-            joins: list[NamespaceJoin] = []
+            mgr = resolve_manager(manager, plugins, config)
+            if namespaces is None:
+                root_ns, spaces = read_namespaces(image_dir, mgr)
+            else:
+                spaces = list(namespaces)
+                root_ns = spaces[0].ns_id
+            result.root_ns = root_ns
+            report = Progress(progress)
+            mounts = sum(len(ns.tree) for ns in spaces)
+            report(f"read {count(mounts, 'mount')} of {count(len(spaces), 'namespace')}")
+            ctx = RestoreContext(
+                image_dir=image_dir, root=root, externals=granted_externals, ops=ops,
+                allow_host=granted_dirs, devices=granted_devices,
+                proc_root=proc_root, other_namespaces=other_namespaces, cgroup_roots=cgroups,
+            )
+            plans: list[tuple[NamespacePlan, list[Step]]] = []
+            # Planning allocates a few small objects per mount and frees none of them: the
+            # cyclic collector would only rescan the growing heap (superlinear at 10,000
+            # mounts). The forked child inherits the setting for its build and re-enables
+            # nothing: it execs or exits.
+            collecting = gc.isenabled()
+            gc.disable()
             try:
-                joins = open_namespaces(netns=netns, ipcns=ipcns)
-                done = _run(
-                    plans, result, mgr, ctx, ops, command, detach, pidfile, root_ns, fds, joins
-                )
-                if command is None:
-                    report(f"built {count(mounts, 'mount')}")
-                return done
+                for plan in plan_namespaces(spaces, mgr, ctx):
+                    plans.append((plan, order_steps(plan)))
+                _say_unused(granted_externals, granted_devices)
+                masters = host_masters([p for p, _ in plans], outside_masters)
+                report(f"planned {count(sum(len(s) for _, s in plans), 'step')}")
+                fds = open_masters(masters)
+                joins: list[NamespaceJoin] = []
+                try:
+                    joins = open_namespaces(netns=netns, ipcns=ipcns)
+                    done = _run(plans, result, mgr, ctx, ops, command, detach, pidfile,
+                                root_ns, fds, joins)
+                    if command is None:
+                        report(f"built {count(mounts, 'mount')}")
+                finally:
+                    close_namespaces(joins)
+                    close_all(fds)
             finally:
-                close_namespaces(joins)
-                close_all(fds)
-        finally:
-            if collecting:
-                gc.enable()
+                if collecting:
+                    gc.enable()
+        except BaseException:
+            # What spawn() left running is ended, and the watchdog told it need do nothing.
+            result.terminate()
+            raise
+        if not tracked:
+            done.settle()  # no block of the caller's (another thread): handed over now
+        return done
 
 
 def _cgroup_roots(roots: Mapping[str, str]) -> dict[str, str]:
@@ -386,7 +432,7 @@ def _run(
     # The holders go into the result as each starts: a signal cannot leave one unknown.
     spawned = spawn(
         build, [p.ns_id for p, _ in plans], command=command, detach=detach, join=joins,
-        holders=result.holders,
+        holders=result.holders, watchdog=result.watchdog, builders=result.builders,
     )
     if command is not None:
         pid = spawned.pid

@@ -7,8 +7,9 @@ SIGTERM, SIGHUP, SIGINT and SIGQUIT, while the main thread is inside :func:`inte
   blocks of the restore run (the building child is stopped, the holders started so far are
   killed and reaped, the work directory is removed), then every restore that returned inside
   the block is ended too (:func:`track`: the holders of ``criu-fw restore`` holding the
-  namespaces, or printing the PID of ``--detach``), and the block raises
-  :class:`RestoreInterrupted`;
+  namespaces, or printing the PID of ``--detach``; the mountpoints it made in a ``--root``
+  tree are removed unless it was handed over, ``RestoreResult.settle``), and the block
+  raises :class:`RestoreInterrupted`; a block that ends otherwise hands its restores over;
 * while a restore's command runs, are sent on to it (:func:`forward_to`,
   :func:`wait_command`; not a second time when the terminal sent them to it already), and
   the restore returns the command's status as usual.
@@ -17,9 +18,10 @@ The handler raises at whatever Python instruction is running, so the few steps t
 be cut in half (a process started whose PID is not recorded yet, a directory made whose name
 is not) run in :func:`held`, which delays the signal to their end. Only the first signal
 counts: later ones, until the outermost block ends, are ignored so that the clean-up
-finishes (SIGKILL still ends everything at once). A signal ignored when the block began
-(``nohup``) stays ignored; outside the main thread, where Python runs no handler, nothing
-changes.
+finishes (SIGKILL ends the caller at once: then the building child, which dies with it, and
+the watchdog of :mod:`.watchdog` undo what it started). A signal ignored when the block
+began (``nohup``) stays ignored; outside the main thread, where Python runs no handler,
+nothing changes.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ class _Signalled(BaseException):
 
 class Terminable(Protocol):
     def terminate(self) -> None: ...
+
+    def settle(self) -> None: ...
 
 
 @attrs.define
@@ -141,6 +145,9 @@ def _close(old: dict[signal.Signals, Callable[[int, FrameType | None], Any] | in
     pending = 0 if _state.raised else _state.signum
     if pending:
         _end_tracked()
+    # Whatever was not ended is handed over now (a no-op for what was ended).
+    for result in _state.tracked:
+        result.settle()
     _reset()
     if pending:
         signal.raise_signal(pending)
@@ -179,11 +186,15 @@ def held() -> Iterator[None]:
         _raise()
 
 
-def track(result: Terminable) -> None:
+def track(result: Terminable) -> bool:
     """End ``result`` (``terminate()``) if a signal ends the outermost block: its holders
-    were started inside it, and the caller may not have it yet."""
+    were started inside it, and the caller may not have it yet. Otherwise hand it over
+    (``settle()``) when that block ends, however it ends, unless it was before. False
+    outside a block (or the main thread): then the caller settles it itself."""
     if _main() and _state.blocks:
         _state.tracked.append(result)
+        return True
+    return False
 
 
 def forward_to(pid: int) -> None:
