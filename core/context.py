@@ -73,6 +73,12 @@ class DumpContext:
             self._finish(self._background.pop(0))
         self._background.append((job, what))
 
+    def in_worker(self) -> None:
+        """In a content worker forked from the dumper (see :mod:`criu_fw.dump.workers`): the
+        jobs started so far are the dumper's, and this worker runs one at a time."""
+        self._background = []
+        self.workers = 1
+
     def wait_background(self) -> None:
         """Wait for every job :meth:`in_background` took (the core calls this)."""
         try:

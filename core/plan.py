@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 import attrs
 
@@ -163,3 +163,18 @@ class ContentJob(Protocol):
     def cancel(self) -> None:
         """Stop the job and wait for it to be gone (the restore failed); never raises."""
         ...
+
+
+_JOB_TYPES: set[type] = set()
+
+
+def is_content_job(value: object) -> TypeGuard[ContentJob]:
+    """``isinstance(value, ContentJob)``, remembered per type: a Protocol's isinstance walks
+    its members each time (30 us), and a restore asks once per filesystem."""
+    kind = type(value)
+    if kind in _JOB_TYPES:
+        return True
+    if isinstance(value, ContentJob):
+        _JOB_TYPES.add(kind)
+        return True
+    return False

@@ -8,6 +8,9 @@ A driver is any object (usually an instance of
 * optionally ``state_types``: the :class:`DriverState` classes its ``parse_mount`` returns,
 * optionally ``content_fstypes``: the fstypes whose content its ``dump_content`` saves
   (``None``: every fstype it owns),
+* optionally ``parallel_content = True``: its ``dump_content`` may be called in worker
+  processes forked from the dumper, one per CPU (it changes nothing in the context that a
+  later hook needs, except through ``ctx.in_background`` and its result),
 * optionally ``name`` and ``description`` (``criu-fw drivers`` shows them; the entry point's
   name is the one that counts),
 * optionally ``api_version = (MAJOR, MINOR)``: the driver API it was written for (see
@@ -88,7 +91,9 @@ class DriverState(abc.ABC):
 #:
 #: 1.1 added (nothing changed or went away): :class:`~criu_fw.plan.LoopFile` as a
 #: ``NewSuperblock`` source, and :meth:`DriverState.source_identity`.
-API_VERSION: tuple[int, int] = (1, 1)
+#: 1.2 added ``parallel_content`` (a driver on 1.1 ignores it: its content is archived in
+#: the dumper, as before).
+API_VERSION: tuple[int, int] = (1, 2)
 
 
 @runtime_checkable
@@ -122,6 +127,7 @@ class FsDriver:
     fallback: ClassVar[bool] = False
     state_types: ClassVar[tuple[type[DriverState], ...]] = ()
     content_fstypes: ClassVar[tuple[str, ...] | None] = None
+    parallel_content: ClassVar[bool] = False
     description: ClassVar[str] = ""
     api_version: ClassVar[tuple[int, int]] = (1, 0)
 

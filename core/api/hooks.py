@@ -28,7 +28,7 @@ import pluggy
 
 from ..errors import CriuFwError, DriverError
 from ..files import FileMapping, OpenFile
-from ..plan import BindExternal, BindFrom, ContentJob, MountPlan, NewSuperblock
+from ..plan import BindExternal, BindFrom, ContentJob, MountPlan, NewSuperblock, is_content_job
 from .base import DriverState
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ class Hooks:
         self, driver: str, mount: Mount, image: str, path: str, ctx: RestoreContext
     ) -> bool | ContentJob | None:
         got = self._call("restore_content", driver, (mount, image, path, ctx))
-        if got is None or isinstance(got, bool | ContentJob):
+        if got is None or isinstance(got, bool) or is_content_job(got):
             return got
         raise _wrong("restore_content", driver, got, "True, a ContentJob or None")
 

@@ -62,6 +62,7 @@ from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe
 from .staging import Staging, interruptible
 from .watchdog import Watchdog
+from .workers import Pool
 
 log = logging.getLogger("criu_fw.dump")
 
@@ -287,14 +288,24 @@ def _read_consistent(
                 report(f"read {count(attempt.n_files, 'open file')}, "
                        f"{count(attempt.n_maps, 'file mapping')}")
                 # The snapshot: the re-read starts now and runs (the kernel's part, in a
-                # thread) while the content is archived and the mount images are written.
-                check = Recheck(fs, namespaces) if fs.live else None
-                started = time.perf_counter() - t2  # counted with the check
+                # thread) while the content is archived and the mount images are written;
+                # with content, once its workers are forked (no fork after a thread starts).
+                check: Recheck | None = None
+                started = 0.0  # counted with the check
+
+                def start_check(namespaces: list[Namespace] = namespaces) -> None:
+                    nonlocal check, started
+                    if check is None and fs.live:
+                        t = time.perf_counter()
+                        check = Recheck(fs, namespaces)
+                        started = time.perf_counter() - t
+
                 try:
                     if fs.live:
-                        _content(attempt, router)
+                        _content(attempt, router, start_check)
                         archived = {n for c in attempt.content.values() for n in c.values()}
                         report(f"saved the content of {count(len(archived), 'filesystem')}")
+                    start_check()
                     t3 = time.perf_counter()
                     _write_mounts(tmp, attempt, images)
                     t4 = time.perf_counter()
@@ -404,8 +415,9 @@ def _wants_content(router: Router, driver: str, fstype: str) -> bool:
     return wanted is None or fstype in wanted
 
 
-def _content(a: _Attempt, router: Router) -> None:
-    """dump_content once per superblock, through a childless copy of one of its mounts."""
+def _content(a: _Attempt, router: Router, started: Callable[[], None]) -> None:
+    """dump_content once per superblock, through a childless copy of one of its mounts;
+    ``started`` is called once the content workers are forked (or no workers are)."""
     ext = a.ctx.external_mounts
     seen: set[Dev] = set()
     per_ns: dict[int, list[Mount]] = {}
@@ -424,29 +436,43 @@ def _content(a: _Attempt, router: Router) -> None:
         if best is None or (best[0], best[1].mnt_id) in ext:
             continue
         per_ns.setdefault(best[0], []).append(best[1])
+    ctx = a.ctx
+
+    def call(item: tuple[int, Mount, str]) -> str | None:
+        ns_id, m, path = item
+        try:
+            return router.hooks.dump_content(a.drivers[ns_id][m.mnt_id], m, path, ctx)
+        except DriverError as err:
+            raise in_context(err, "dump_content", m.describe(),
+                             f"mount {m.mnt_id}") from err.__cause__
+
     for ns in a.namespaces:
         chosen = per_ns.get(ns.ns_id)
         if not chosen:
             continue
-        # The helper holds a descriptor per filesystem: batches within a quarter of the
-        # hard limit (50,000 tmpfs at 100,000 mounts outgrew a limit of 20,000), one private
-        # copy of the namespace each.
-        batch = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 4)
+        # The helper holds a descriptor per filesystem and raises its soft limit to the hard
+        # one: batches within half of that (50,000 tmpfs at 100,000 mounts outgrew a limit of
+        # 20,000), one private copy of the namespace each.
+        batch = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 2)
         for start in range(0, len(chosen), batch):
             part = chosen[start : start + batch]
             with FilesystemViews(ns.pid, ns.tree, part) as paths:
-                for m, path in zip(part, paths, strict=True):
-                    try:
-                        name = router.hooks.dump_content(
-                            a.drivers[ns.ns_id][m.mnt_id], m, path, a.ctx
-                        )
-                    except DriverError as err:
-                        raise in_context(err, "dump_content", m.describe(),
-                                         f"mount {m.mnt_id}") from err.__cause__
+                drivers = a.drivers[ns.ns_id]
+                items = [(ns.ns_id, m, p) for m, p in zip(part, paths, strict=True)]
+                shared = [it for it in items if _parallel(router, drivers[it[1].mnt_id])]
+                pool = Pool(shared, call, ctx.workers, ctx.in_worker, ctx.wait_background)
+                names = dict(zip((it[1] for it in shared), pool.run(started), strict=True))
+                for it in items:
+                    name = names[it[1]] if it[1] in names else call(it)
                     if name is None:
                         continue
-                    for other_ns, other in all_of[m.dev]:
+                    for other_ns, other in all_of[it[1].dev]:
                         a.content.setdefault(other_ns, {})[other.mnt_id] = name
+    started()
+
+
+def _parallel(router: Router, driver: str) -> bool:
+    return getattr(router.mgr.info(driver).obj, "parallel_content", False) is True
 
 
 def _view_mount(a: _Attempt, mounts: list[tuple[int, Mount]]) -> tuple[int, Mount] | None:

@@ -213,6 +213,14 @@ class Uncoverer:
     def _cover(self, t: int) -> tuple[bytes, int] | None:
         """The first place on ``t``'s mountpoint that shows a mount not of its chain."""
         mps, ids = self.mps[t], self.ids[t]
+        # Most requested mounts are visible: the walk to the mountpoint itself ends on the
+        # mount, one statx instead of one per path component. (A covered one's mountpoint
+        # may not even exist in what covers it: the walk below finds the cover.)
+        try:
+            if _statx_mnt_id(mps[-1]) == ids[-1]:
+                return None
+        except HelperError:
+            pass
         k = 0
         for place in _prefixes(mps[-1]):
             # The chain's mountpoints nest (each below its parent's): advance, never rescan.

@@ -41,7 +41,7 @@ from ..errors import CriuFwError, DriverError, RestoreError, SyscallError
 from ..kernel.mountops import Fd, MountOps, ParamArg
 from ..kernel.superblocks import sharing
 from ..model import Mount
-from ..plan import ContentJob, ExternalRef, LoopFile, PathRef
+from ..plan import ContentJob, ExternalRef, LoopFile, PathRef, is_content_job
 from .grants import host_source
 from .order import CREATE, SB, Step
 from .plans import MountJob, NamespacePlan, SuperblockJob
@@ -147,6 +147,7 @@ class Executor:
         self._ahead: list[SuperblockJob] = []
         self._ahead_content: list[SuperblockJob] = []
         self._working_ahead = False
+        self._fd_budget: int | None = None  # descriptors the work ahead may hold
         self._made: set[int] = set()  # keys of the superblocks created so far
         #: Mounts of deleted roots made again: what unlinks each once it is attached.
         self._unlink_after: dict[int, Callable[[], None]] = {}
@@ -271,7 +272,9 @@ class Executor:
 
             def fill(path: str) -> None:
                 done = self.mgr.hooks.restore_content(sb.driver, sb.mount, image, path, self.ctx)
-                if isinstance(done, ContentJob):
+                if done is True:
+                    return
+                if is_content_job(done):
                     started.append(done)
                 elif not done:
                     raise RestoreError(
@@ -292,7 +295,14 @@ class Executor:
             return  # a superblock made ahead started a job: this loop goes on with it
         self._working_ahead = True
         try:
-            room = (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _open_fds()) // 2
+            held = len(self.pool.handle) + len(self.pending) + len(self.handle)
+            if self._fd_budget is None:
+                # Counted once (a listing of /proc/self/fd per call was 70 us, per superblock
+                # with content); then what this build holds is counted instead.
+                self._fd_budget = (
+                    resource.getrlimit(resource.RLIMIT_NOFILE)[0] - _open_fds()
+                ) // 2 + held
+            room = self._fd_budget - held
             while room > 0:
                 running = sum(not j.done() for _, j in self.pending.values())
                 if not running:

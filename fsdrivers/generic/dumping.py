@@ -184,6 +184,9 @@ class GenericDump:
 
     #: The fstypes whose superblocks get a ``dump_content`` call (the engine reads this).
     content_fstypes: ClassVar[tuple[str, ...] | None] = CONTENT_FSTYPES
+    #: ``dump_content`` reads the filesystem, writes its archive and may leave a GNU tar
+    #: running (``ctx.in_background``): it can run in the dump's content workers.
+    parallel_content: ClassVar[bool] = True
 
     @hookimpl
     def parse_mount(self, mount: Mount, tree: MountTree, ctx: DumpContext) -> DriverState | None:
