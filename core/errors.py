@@ -20,6 +20,12 @@ EXIT_DIFFERENCES = 1
 EXIT_USAGE = 2
 EXIT_FAILURE = 3
 EXIT_INTERNAL = 70
+#: ``restore -- CMD`` only: criu-fw itself failed (whatever the kind: CMD's statuses 1 to 3
+#: must not be taken for criu-fw's), CMD could not be run, CMD was not found (as ``env``,
+#: ``chroot`` and ``timeout`` use them).
+EXIT_COMMAND_TOOL = 125
+EXIT_CANNOT_RUN = 126
+EXIT_NOT_FOUND = 127
 
 
 class CriuFwError(Exception):
@@ -101,6 +107,16 @@ class DumpRefusedError(DumpError, UsageError):
 
 class RestoreError(CriuFwError, RuntimeError):
     """A restore failed; nothing of it stays mounted anywhere."""
+
+
+class CommandNotRunError(RestoreError):
+    """``restore -- CMD``: the namespaces were restored but CMD could not be executed:
+    status 127 when it was not found, 126 when it was found and could not run (as a shell,
+    ``env`` and ``chroot`` say it)."""
+
+    def __init__(self, message: str, not_found: bool) -> None:
+        super().__init__(message)
+        self.exit_code = EXIT_NOT_FOUND if not_found else EXIT_CANNOT_RUN
 
 
 class MountNotFoundError(CriuFwError, KeyError):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from criu_fw.dump import dump
@@ -248,3 +249,46 @@ def test_usage_mistakes_are_one_line_with_status_2(base: tuple[str, str]) -> Non
     gone = 2**22 + 12345  # above the largest pid_max the kernel allows: no such process
     res = _cli("verify", "-D", images, "-t", str(gone))
     assert (res.returncode, res.stderr) == (2, f"criu-fw: error: no process {gone}\n")
+
+
+def _run(
+    base: tuple[str, str], *args: str, images: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["unshare", "--net", "--ipc", "--", sys.executable, "-m", "criu_fw", "restore", "-D",
+         images or base[0], "--root", "/", "--external", f"mnt[data]:{base[1]}/ext", *args],
+        capture_output=True, text=True, check=False,
+    )
+
+
+def test_a_command_exits_with_its_own_status(base: tuple[str, str]) -> None:
+    res = _run(base, "--", "/bin/sh", "-c", "exit 3")
+    assert (res.returncode, res.stderr) == (3, "")
+
+
+def test_a_command_that_cannot_be_found_or_run_is_127_or_126(base: tuple[str, str]) -> None:
+    missing = _run(base, "--", "/no/such/command")
+    assert missing.returncode == 127
+    assert missing.stderr == ("criu-fw: error: '/no/such/command': not found in the restored "
+                              "namespace (No such file or directory)\n")
+    # There, and not something to execute (a directory).
+    plain = _run(base, "--", "/etc")
+    assert plain.returncode == 126
+    assert plain.stderr == ("criu-fw: error: '/etc': cannot run it in the restored namespace "
+                            "(Permission denied)\n")
+
+
+def test_criu_fw_failing_before_the_command_is_125(
+    base: tuple[str, str], tmp_path: Path
+) -> None:
+    images = _copy(base, tmp_path)
+    os.unlink(os.path.join(images, "inventory.img"))
+    res = _run(base, "--", "/bin/sh", "-c", "exit 3", images=images)
+    assert res.returncode == 125
+    assert res.stderr.startswith("criu-fw: error: ") and res.stderr.count("\n") == 1
+    # A usage mistake of criu-fw's too (--root that is not a directory).
+    res = subprocess.run(
+        [sys.executable, "-m", "criu_fw", "restore", "-D", base[0], "--root", "/etc/hostname",
+         "--", "/bin/true"], capture_output=True, text=True, check=False,
+    )
+    assert res.returncode == 125, res.stderr

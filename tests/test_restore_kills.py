@@ -152,6 +152,38 @@ def test_killed_while_building_leaves_nothing(
             proc.wait()
 
 
+def test_its_whole_process_group_killed_while_building_leaves_nothing(
+    tmp_path: Path, reaper: Callable[[], list[int]]
+) -> None:
+    """``kill -9 -PGID`` (a shell's job killed): the building child is in a group of its
+    own, so it outlives the caller and undoes the mountpoints it made in DIR."""
+    images = _images(tmp_path / "img", 200)
+    root, tmp = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    tmp.mkdir()
+    marker = tmp_path / "reached"
+    proc = subprocess.Popen(
+        ["unshare", "--net", "--ipc", "--", sys.executable, "-c", SLEEPY_CLI, str(marker),
+         "restore", "-q", "-D", images, "--root", str(root), "--detach"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp)},
+        start_new_session=True,
+    )
+    try:
+        assert _wait(lambda: marker.exists() or proc.poll() is not None, 30), "never built"
+        assert proc.poll() is None, proc.communicate()
+        assert len(list((root / "k").iterdir())) > 100
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        _wait(lambda: not reaper() and not os.listdir(tmp) and not os.listdir(root), 10)
+        assert reaper() == []
+        assert os.listdir(tmp) == []
+        assert os.listdir(root) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_killed_at_random_points_leaves_nothing() -> None:
     res = subprocess.run([sys.executable, str(SCRIPT), "--kills", "8", "--seed", "3",
                           "--mounts", "300", "--archives", "2"],

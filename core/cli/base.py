@@ -19,7 +19,14 @@ import click
 from .. import __version__
 from ..api.loader import DriverConfig, DriverManager, load_drivers
 from ..api.tracing import Tracer
-from ..errors import EXIT_FAILURE, EXIT_INTERNAL, CriuFwError
+from ..errors import (
+    EXIT_CANNOT_RUN,
+    EXIT_COMMAND_TOOL,
+    EXIT_FAILURE,
+    EXIT_INTERNAL,
+    EXIT_NOT_FOUND,
+    CriuFwError,
+)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -50,12 +57,12 @@ class Group(click.Group):
             if ctx.meta.get("criu_fw.debug"):
                 raise
             click.echo(f"criu-fw: error: {_one_line(exc)}", err=True)
-            sys.exit(exc.exit_code)
+            sys.exit(_status(ctx, exc.exit_code))
         except OSError as exc:
             if ctx.meta.get("criu_fw.debug"):
                 raise
             click.echo(f"criu-fw: error: {_one_line(exc)}", err=True)
-            sys.exit(EXIT_FAILURE)
+            sys.exit(_status(ctx, EXIT_FAILURE))
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except Exception as exc:
@@ -67,13 +74,28 @@ class Group(click.Group):
                 "(run with --debug for the traceback)",
                 err=True,
             )
-            sys.exit(EXIT_INTERNAL)
+            sys.exit(_status(ctx, EXIT_INTERNAL))
+
+
+#: ``ctx.meta`` key: the command runs a user's command (``restore -- CMD``), whose own
+#: statuses criu-fw's must not be taken for.
+RUNS_COMMAND = "criu_fw.runs_command"
+
+
+def _status(ctx: click.Context, code: int) -> int:
+    """``code``, or 125 for criu-fw's own failure under ``restore -- CMD`` (126 and 127 say
+    CMD could not be run or found; 128+N stays a signal's)."""
+    if ctx.meta.get(RUNS_COMMAND) and code < 128 and code not in (EXIT_CANNOT_RUN,
+                                                                   EXIT_NOT_FOUND):
+        return EXIT_COMMAND_TOOL
+    return code
 
 
 _EPILOG = (
     "Exit status: 0 success; 1 differences found (verify); 2 a usage mistake (bad option "
     "or argument, no such process); 3 a failure (dump, restore, a bad image); 70 a bug; "
-    "128+N ended by signal N; restore -- CMD: CMD's status. See docs/cli.md."
+    "128+N ended by signal N; restore -- CMD: CMD's status, or 125 (criu-fw failed), 126 "
+    "(CMD cannot run), 127 (CMD not found). See docs/cli.md."
 )
 
 

@@ -12,7 +12,7 @@ from ..kernel.mountops import RecordingMountOps
 from ..kernel.superblocks import predicted_shared
 from ..restore import restore
 from ..restore.signals import RestoreInterrupted, interruptible
-from .base import driver_manager, progress_lines
+from .base import RUNS_COMMAND, driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")
 _DEVICE = re.compile(r"^dev\[(?P<major>\d+)[:/](?P<minor>\d+)\]:(?P<path>.+)$")
@@ -122,6 +122,7 @@ def restore_cmd(
     end the holders (status 128+N). While CMD runs, those signals are passed on to it; before
     the restore is complete, they undo it.
     """
+    ctx.meta[RUNS_COMMAND] = bool(command)
     mgr = driver_manager(ctx)
     asked = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
     ops = RecordingMountOps(shared=predicted_shared(asked)) if dry_run else None

@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from .. import kernel
-from ..errors import RestoreError, UsageError
+from ..errors import CommandNotRunError, RestoreError, UsageError
 from ..kernel.mountops import KernelMountOps
 from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
 from .signals import SIGNALS, after_fork, forward_to, held
@@ -418,6 +418,8 @@ def spawn(
         rest = os.read(report, 4096).decode("utf-8", "replace")
         if rest.startswith("ERR "):
             raise RestoreError(rest[4:].strip())
+        if rest.startswith("EXEC "):
+            raise CommandNotRunError(rest[7:].strip(), not_found=rest[5] == "1")
         if command is None:
             # End of the report without an error: nothing can fail any more. The child waits
             # to be told whether to keep what it made; the caller's result tells it.
@@ -543,6 +545,12 @@ def _child(
     ops = KernelMountOps(scratch, fresh=[j.kind for j in join if j.fresh], guard=held)
     try:
         after_fork()
+        # A process group of its own while it builds: a SIGKILL of the caller's whole group
+        # (``kill -9 -PGID``, a job killed by its shell) does not reach it, and the caller's
+        # death is then the SIGTERM below: it undoes what it made on the host (mountpoints
+        # in a --root tree), which nothing else can. A command joins the caller's group again.
+        group = os.getpgid(0)
+        os.setpgid(0, 0)
         # Until the restore is complete, the caller's death (SIGKILL) is a SIGTERM here: the
         # same undo as after a signal. Its thread, in fact; it waits in spawn() meanwhile.
         kernel.parent_death_signal(signal.SIGTERM)
@@ -592,8 +600,11 @@ def _child(
         for sig in SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, signal.SIG_DFL)
-        # The command (and what it starts) gets the caller's limit, not the builder's.
+        # The command (and what it starts) gets the caller's limit, not the builder's, and
+        # its process group: the terminal's job, whose signals and input are the command's.
         kernel.restore_nofile(limit)
+        with contextlib.suppress(OSError):
+            os.setpgid(0, group)
         os.close(control)
         spaces.close()
         os.set_inheritable(w, False)
@@ -604,9 +615,11 @@ def _child(
         try:
             os.execvp(command[0], list(command))
         except OSError as exc:
-            raise RestoreError(
-                f"cannot run {command[0]!r} in the restored namespace: {exc.strerror}"
-            ) from exc
+            what = "not found" if exc.errno == errno.ENOENT else "cannot run it"
+            # EXEC, not ERR: the caller's error says which (126 or 127, docs/cli.md).
+            os.write(w, f"EXEC {exc.errno == errno.ENOENT:d} {command[0]!r}: {what} in the "
+                        f"restored namespace ({exc.strerror})\n".encode())
+            os._exit(CHILD_FAILED)
     except BaseException as exc:
         try:
             if w >= 0:
