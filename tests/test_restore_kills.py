@@ -190,3 +190,60 @@ def test_killed_at_random_points_leaves_nothing() -> None:
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     assert ": 8 left nothing behind (" in res.stdout.splitlines()[-1], res.stdout
+
+
+#: The command line, killed (SIGKILL, by itself) right after ``restore`` returned: the
+#: pidfile is written, the PID not printed yet, the restore not handed over.
+KILLED_AFTER_PIDFILE_CLI = r"""
+import os, signal, sys
+import criu_fw.cli.restore as cli
+
+real = cli.restore
+def restore(*a, **kw):
+    real(*a, **kw)
+    os.kill(os.getpid(), signal.SIGKILL)
+cli.restore = restore
+from criu_fw.cli import main
+main(sys.argv[1:], prog_name="criu-fw")
+"""
+
+
+def test_killed_after_writing_the_pidfile_leaves_no_pidfile(
+    tmp_path: Path, reaper: Callable[[], list[int]]
+) -> None:
+    images = _images(tmp_path / "img", 3)
+    root, tmp = tmp_path / "root", tmp_path / "tmp"
+    root.mkdir()
+    tmp.mkdir()
+    pidfile = tmp_path / "holder.pid"
+    res = subprocess.run(
+        ["unshare", "--net", "--ipc", "--", sys.executable, "-c", KILLED_AFTER_PIDFILE_CLI,
+         "restore", "-q", "-D", images, "--root", str(root), "--detach", "--pidfile",
+         str(pidfile)],
+        capture_output=True, env={**os.environ, "TMPDIR": str(tmp)}, timeout=60,
+    )
+    assert res.returncode == -signal.SIGKILL and res.stdout == b""
+    # The watchdog ends the holder it was told of and removes the pidfile naming it.
+    _wait(lambda: not reaper() and not pidfile.exists() and not os.listdir(tmp), 10)
+    assert reaper() == []
+    assert not pidfile.exists()
+    assert os.listdir(tmp) == []
+    assert os.listdir(root) == []
+
+
+def test_terminate_removes_the_pidfile_it_wrote_and_only_that(tmp_path: Path) -> None:
+    from criu_fw.restore import restore
+
+    images = _images(tmp_path / "img", 3)
+    root = tmp_path / "root"
+    root.mkdir()
+    pidfile = tmp_path / "holder.pid"
+    for rewritten in (False, True):
+        res = restore(images, root=str(root), detach=True, pidfile=str(pidfile),
+                      netns="new", ipcns="new")
+        assert pidfile.read_text() == f"{res.pid}\n"
+        if rewritten:
+            pidfile.write_text("12345\n")  # another restore's, say
+        res.terminate()
+        assert pidfile.exists() == rewritten
+        pidfile.unlink(missing_ok=True)

@@ -77,6 +77,9 @@ class RestoreResult:
     detach: bool = attrs.field(default=False, repr=False, eq=False)
     #: The building child, waiting to keep or undo what it made (see :class:`.child.Builder`).
     builders: list[Builder] = attrs.field(factory=list, repr=False, eq=False)
+    #: ``--pidfile`` and the PID written there: removed by :meth:`terminate` (that PID is
+    #: gone then).
+    pidfile: tuple[str, int] | None = attrs.field(default=None, repr=False, eq=False)
 
     @property
     def pid(self) -> int:
@@ -104,8 +107,20 @@ class RestoreResult:
         for b in self.builders:
             b.undo()
         self.builders.clear()
+        self._remove_pidfile()
         if self.watchdog is not None:
             self.watchdog.done()
+
+    def _remove_pidfile(self) -> None:
+        written, self.pidfile = self.pidfile, None
+        if written is None:
+            return
+        path, pid = written
+        with contextlib.suppress(OSError):
+            with open(path) as f:
+                if f.read() != f"{pid}\n":
+                    return  # written again since, by someone else
+            os.unlink(path)
 
     def hold(self) -> int | None:
         """Keep the restored namespaces until SIGTERM, SIGHUP, SIGINT or SIGQUIT comes (or
@@ -449,6 +464,10 @@ def _run(
         result.exit_code = code if code >= 0 else 128 - code
         return result
     if pidfile is not None:
+        # Recorded first: a signal during the write still has it removed with the holders.
+        result.pidfile = (pidfile, result.pid)
+        if result.watchdog is not None:
+            result.watchdog.pidfile(pidfile, result.pid)
         with open(pidfile, "w") as f:
             f.write(f"{result.pid}\n")
     return result

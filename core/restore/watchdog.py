@@ -76,6 +76,9 @@ class RestoreWatchdog:
     def command(self, pid: int) -> None:
         self._send(f"command {pid} {start_time(pid)}")
 
+    def pidfile(self, path: str, pid: int) -> None:
+        self._send(f"pidfile {os.fsencode(os.path.abspath(path)).hex()} {pid}")
+
     def done(self) -> None:
         """Nothing is left for it to end: it exits without doing anything."""
         proc = self._proc

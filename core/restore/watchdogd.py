@@ -12,6 +12,8 @@ Lines on stdin:
   :data:`BUILDER_GRACE` seconds);
 * ``command PID START``: the building child became the command: it runs on, and the holders
   of the other namespaces are ended once it exits, as the caller would have;
+* ``pidfile HEX PID``: the caller wrote PID into that file (``--pidfile``): removed if it
+  still says PID once the holders are ended;
 * ``done``: the caller cleaned up or handed the restore over: exit, doing nothing.
 
 End of file without ``done``: SIGKILL to every holder (after the command, if there is one)
@@ -95,6 +97,17 @@ def _exited(fd: int, timeout: float | None = None) -> bool:
     return bool(select.select([fd], [], [], timeout)[0])
 
 
+def _remove_pidfile(path: str, pid: bytes) -> None:
+    """Remove the pidfile the caller wrote, unless someone wrote another PID there since."""
+    try:
+        with open(path, "rb") as f:
+            if f.read() != pid + b"\n":
+                return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def main() -> None:
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, signal.SIG_IGN)
@@ -102,6 +115,7 @@ def main() -> None:
     holders: list[int] = []
     command: int | None = None
     builder: int | None = None
+    pidfile: tuple[str, bytes] | None = None
     for raw in sys.stdin.buffer:
         cmd, _, arg = raw.rstrip(b"\n").partition(b" ")
         if cmd == b"done":
@@ -116,6 +130,9 @@ def main() -> None:
             builder = _pin(arg)
         elif cmd == b"command":
             command, builder = _pin(arg), None
+        elif cmd == b"pidfile":
+            where, _, written = arg.partition(b" ")
+            pidfile = os.fsdecode(bytes.fromhex(where.decode())), written
     # The caller died without saying "done".
     if command is not None:
         if tmp is not None:
@@ -123,6 +140,8 @@ def main() -> None:
         while not _exited(command):
             pass
     _kill(holders)
+    if pidfile is not None:
+        _remove_pidfile(*pidfile)
     if builder is not None and not _exited(builder, BUILDER_GRACE):
         _kill([builder])
         _exited(builder, 5.0)
