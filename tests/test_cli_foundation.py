@@ -212,3 +212,26 @@ def test_progress_lines_on_a_terminal_only_and_not_with_quiet(
     assert phases[-1].startswith("wrote the process images into ")
     assert phases_of(dump_on(True, "--quiet")) == []
     assert phases_of(dump_on(False)) == []
+
+
+def test_ctrl_c_while_python_imports_criu_fw_ends_quietly_with_130() -> None:
+    # The interrupt lands in the import of the command's modules (made to, deterministically:
+    # a real Ctrl-C in that tenth of a second is a race).
+    code = (
+        "import builtins, criu_fw.entry as e\n"
+        "real = builtins.__import__\n"
+        "def imp(name, *a, **kw):\n"
+        "    if name == 'cli' or name.endswith('.cli'):\n"
+        "        raise KeyboardInterrupt\n"
+        "    return real(name, *a, **kw)\n"
+        "builtins.__import__ = imp\n"
+        "e.main()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (res.returncode, res.stdout, res.stderr) == (130, "", "criu-fw: interrupted\n")
+
+
+def test_the_installed_command_runs_through_its_entry_point() -> None:
+    cli = os.path.join(os.path.dirname(sys.executable), "criu-fw")
+    res = subprocess.run([cli, "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("criu-fw, version ")

@@ -41,7 +41,7 @@ def test_a_full_disk_fails_the_dump_cleanly(extra: list[str]) -> None:
         )
         assert res.returncode != 0
         # (The scenario's own stderr is a deleted file: a warning line about it comes first.)
-        errors = [x for x in res.stderr.splitlines() if not x.startswith("criu-fw: WARNING")]
+        errors = [x for x in res.stderr.splitlines() if not x.startswith("criu-fw: warning")]
         assert len(errors) == 1 and errors[0].startswith("criu-fw: error: "), res.stderr
         assert "No space left on device" in errors[0]
         assert f"at '{scn.workdir}/m'" in errors[0]  # the filesystem being archived

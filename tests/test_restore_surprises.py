@@ -84,9 +84,9 @@ def test_a_mapping_no_mount_uses_is_a_warning(tmp_path: Path, tmp: Path) -> None
     args = ["-D", img, "--external", f"mnt[ek]:{tmp}", "--external", f"mnt[ke]:{tmp_path}",
             "--external", f"dev[8:99]:{dev}"]
     warnings = (
-        f"criu-fw: WARNING: --external mnt[ke]:{tmp_path}: no mount in the images has the "
+        f"criu-fw: warning: --external mnt[ke]:{tmp_path}: no mount in the images has the "
         "key 'ke'; it is not used\n"
-        f"criu-fw: WARNING: --external dev[8:99]:{dev}: no filesystem in the images was on "
+        f"criu-fw: warning: --external dev[8:99]:{dev}: no filesystem in the images was on "
         "device 8:99; it is not used\n"
     )
     dry = restore(*args, "--dry-run", tmp=tmp)

@@ -77,6 +77,16 @@ class Group(click.Group):
             sys.exit(_status(ctx, EXIT_INTERNAL))
 
 
+class _Lines(logging.Formatter):
+    """``criu-fw: warning: ...``, spelt as the CLI's own warnings and errors are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"criu-fw: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 #: ``ctx.meta`` key: the command runs a user's command (``restore -- CMD``), whose own
 #: statuses criu-fw's must not be taken for.
 RUNS_COMMAND = "criu_fw.runs_command"
@@ -123,8 +133,9 @@ def main(
         plugins.append(Tracer(emit=lambda line: click.echo(f"criu-fw: {line}", err=True),
                               keep=False))
     ctx.meta["criu_fw.api.loader"] = plugins
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="criu-fw: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Lines())
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
     pairs = {}
     for p in prefer:
         key, sep, value = p.partition("=")
