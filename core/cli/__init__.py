@@ -11,6 +11,7 @@ from .base import main
 from .check import check_cmd
 from .drivers import drivers_cmd
 from .dump import dump_cmd
+from .merge import merge_cmd
 from .restore import restore_cmd
 from .show import show_cmd
 from .tree import tree_cmd
@@ -23,5 +24,6 @@ main.add_command(tree_cmd)
 main.add_command(check_cmd)
 main.add_command(restore_cmd)
 main.add_command(verify_cmd)
+main.add_command(merge_cmd)
 
 __all__ = ["main"]
