@@ -29,7 +29,7 @@ import zlib
 from criu_fw.driver import DumpContext, DumpError, RestoreError
 
 from . import gnutar
-from .tarextract import MemberError, extract
+from .tarextract import MemberError, extract, used_up
 from .tarformat import BadArchive, NeedsGnuTar
 from .tarwrite import write_tree
 
@@ -121,7 +121,8 @@ def _write(out: str, data: bytes, what: str) -> None:
 def restore(fd: int, archive: str, path: str) -> gnutar.Extraction | bool:
     """Unpack the archive open at ``fd`` into the empty filesystem at ``path``: done when
     this returns ``True``, or a running GNU tar to wait for. Raises RestoreError naming the
-    archive (and the member) when the archive is corrupt or unsafe or cannot be unpacked."""
+    archive (and the member) when the archive is corrupt or unsafe or cannot be unpacked,
+    saying so when the filesystem is full (either way: :func:`.tarextract.used_up`)."""
     name = os.path.basename(archive)
     size = os.fstat(fd).st_size
     if size <= RESTORE_ARCHIVE:
@@ -130,13 +131,17 @@ def restore(fd: int, archive: str, path: str) -> gnutar.Extraction | bool:
             root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 extract(raw, root, max_members=RESTORE_MEMBERS)
+            except MemberError as exc:
+                raise RestoreError(
+                    f"{name}: could not restore the content: {exc}{_full(root, exc.errno)}"
+                ) from None
             finally:
                 os.close(root)
             return True
         except NeedsGnuTar as why:
             # Raised before anything was written: GNU tar starts from the empty filesystem.
             log.debug("%s: extracted by GNU tar: %s", name, why)
-        except (BadArchive, MemberError) as exc:
+        except BadArchive as exc:
             raise RestoreError(f"{name}: could not restore the content: {exc}") from None
         except OSError as exc:
             raise RestoreError(
@@ -144,6 +149,19 @@ def restore(fd: int, archive: str, path: str) -> gnutar.Extraction | bool:
                 f"({errno.errorcode.get(exc.errno or 0, exc.errno)})"
             ) from None
     return gnutar.Extraction(archive, fd, path)
+
+
+def _full(root: int, code: int | None) -> str:
+    """``: the filesystem is full (...)`` after an ENOSPC that left the filesystem at
+    ``root`` without a free block or inode (the member's error alone does not say which
+    limit, nor that it is the restored filesystem's); else nothing."""
+    if code != errno.ENOSPC:
+        return ""
+    try:
+        why = used_up(os.fstatvfs(root))
+    except OSError:
+        return ""
+    return f": {why}" if why else ""
 
 
 def _read(fd: int, size: int) -> bytes:

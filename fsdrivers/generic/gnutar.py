@@ -11,6 +11,8 @@ import tempfile
 
 from criu_fw.driver import DumpError, RestoreError
 
+from .tarextract import used_up
+
 log = logging.getLogger("criu_fw.generic")
 
 #: GNU tar options matching CRIU's tmpfs archives (criu/mount.c), plus xattrs and ACLs.
@@ -24,6 +26,9 @@ TAR_EXTRACT: tuple[str, ...] = (
     "tar", "--extract", "--gzip", "--xattrs", "--xattrs-include=*", "--numeric-owner",
     "--sparse", "-p",
 )
+
+#: How tar (run with LC_ALL=C) says ENOSPC: strerror's words, or a short write's.
+_ENOSPC = ("No space left on device", "Wrote only")
 
 #: tar's closing words, which say that it failed but not why.
 _TAR_EPILOGUE = ("Error is not recoverable", "Child returned status", "Exiting with failure")
@@ -104,6 +109,7 @@ class Extraction:
             self._proc = subprocess.Popen(
                 [*TAR_EXTRACT, "--file", "-", "--directory", path],
                 stdin=fd, stdout=subprocess.DEVNULL, stderr=self._errors,
+                env={**os.environ, "LC_ALL": "C"},  # its words quoted in an English line
             )
         except OSError as exc:
             self._errors.close()
@@ -124,16 +130,20 @@ class Extraction:
         detail = " ".join((tar_error(lines) or " ".join(lines)).split())
         raise RestoreError(
             f"{os.path.basename(self.archive)}: could not restore the content: "
-            f"{self._full()}tar (exit {code}): {detail[:300]}"
+            f"{self._full(lines)}tar (exit {code}): {detail[:300]}"
         )
 
-    def _full(self) -> str:
-        """GNU tar says "Wrote only N of M bytes" when the filesystem is full: say so."""
+    def _full(self, lines: list[str]) -> str:
+        """GNU tar says "Wrote only N of M bytes" (or "Cannot open: No space left on
+        device", out of inodes) when the filesystem is full: say so first, and which limit
+        (the words of the in-process way, :func:`.tarextract.used_up`)."""
+        if not any(words in line for line in lines for words in _ENOSPC):
+            return ""  # another failure, whatever the filesystem holds
         try:
-            st = os.statvfs(self.path)
+            why = used_up(os.statvfs(self.path))
         except OSError:
             return ""
-        return "No space left on device (ENOSPC): " if st.f_blocks and not st.f_bavail else ""
+        return f"No space left on device (ENOSPC): {why}: " if why else ""
 
     def cancel(self) -> None:
         with contextlib.suppress(ProcessLookupError):

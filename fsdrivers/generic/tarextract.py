@@ -51,7 +51,33 @@ Path = tuple[bytes, ...]
 
 
 class MemberError(Exception):
-    """Creating one member failed (the message names it and says why)."""
+    """Creating one member failed (the message names it and says why); ``errno`` is the
+    system call's error, if one failed."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+def used_up(st: os.statvfs_result) -> str | None:
+    """What a filesystem that said ENOSPC has run out of, as words for a message:
+    ``the filesystem is full (1 MiB, all in use)`` (its blocks) or ``... (20 inodes, all in
+    use)``; None when neither is (a limit of its own, such as extended attributes' space).
+    A filesystem without a limit reports 0 blocks or inodes in all, and is never full. The
+    free counts are root's (a restore runs as root: reserved blocks are its own)."""
+    if st.f_blocks and not st.f_bfree:
+        return f"the filesystem is full ({_size(st.f_blocks * st.f_frsize)}, all in use)"
+    if st.f_files and not st.f_ffree:
+        return f"the filesystem is full ({st.f_files} inodes, all in use)"
+    return None
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            whole = n % (1 << shift) == 0
+            return f"{n / (1 << shift):.{0 if whole else 1}f} {unit}"
+    return f"{n} bytes"
 
 
 def _parts(m: Member, name: bytes, what: str) -> Path:
@@ -204,7 +230,7 @@ def extract(buf: bytes, root: int, *, max_members: int) -> None:
 
 def _failed(m: Member, exc: OSError) -> MemberError:
     code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-    return MemberError(f"member {show(m.name)}: {exc.strerror} ({code})")
+    return MemberError(f"member {show(m.name)}: {exc.strerror} ({code})", exc.errno)
 
 
 def _new(dfd: int, name: bytes, make: Callable[[], object]) -> None:
