@@ -19,6 +19,8 @@ command -v losetup >/dev/null 2>&1 || need_apt+=(mount)
 # squashfs and erofs images for the example driver's round trips (examples/criu-fw-squashfs).
 command -v mksquashfs >/dev/null 2>&1 || need_apt+=(squashfs-tools)
 command -v mkfs.erofs >/dev/null 2>&1 || need_apt+=(erofs-utils)
+# zstd: podman's checkpoint archives are zstd'd by default (show/verify read them through it).
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 # A static shell for the container-like test namespaces and the demo (no libraries to copy).
 { command -v busybox >/dev/null 2>&1 || test -x /bin/busybox; } || need_apt+=(busybox-static)
 # Real container runtimes for the runtime round-trip tests (tests/test_runtime_oci.py,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
 from ..errors import EXIT_DIFFERENCES, UsageError
+from ..images.checkpoint import checkpoint_images, is_checkpoint_archive
 from ..kernel.mountinfo import process_gone
 from ..restore.verify import verify, verify_namespaces
 from .base import driver_manager
@@ -32,7 +34,8 @@ def parse_trees(values: tuple[str, ...], ns_id: int | None) -> dict[int | None, 
 
 @click.command("verify")
 @click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
-              help="The image directory written by criu-fw dump.")
+              help="The image directory written by criu-fw dump (or CRIU), or a container "
+                   "checkpoint archive (podman container checkpoint --export).")
 @click.option("-t", "--tree", "trees", required=True, multiple=True, metavar="[NS_ID=]PID",
               help="A process in the namespace to check; repeat as NS_ID=PID to check several "
                    "namespaces together (shared superblocks and peer groups across them).")
@@ -54,6 +57,16 @@ def verify_cmd(
         why = process_gone(pid)
         if why is not None:
             raise UsageError(why)
+    if os.path.isfile(image_dir) and is_checkpoint_archive(image_dir):
+        with checkpoint_images(image_dir) as (images, _):
+            _verify(ctx, images, pids, outside_masters)
+        return
+    _verify(ctx, image_dir, pids, outside_masters)
+
+
+def _verify(
+    ctx: click.Context, image_dir: str, pids: dict[int | None, int], outside_masters: str
+) -> None:
     mgr = driver_manager(ctx)
     if len(pids) == 1:
         ((key, pid),) = pids.items()
