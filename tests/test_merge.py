@@ -146,5 +146,41 @@ def test_a_merge_that_fails_leaves_crius_directory_as_it_was(
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 3
     assert res.stderr.startswith(f"criu-fw: error: {broken}/fw-deleted-1-")
-    assert res.stderr.endswith(".img: cannot copy it: No such file or directory\n")
+    assert res.stderr.endswith(".img: no such image file\n")
     assert {p.name: p.read_bytes() for p in criu.iterdir()} == before
+
+
+@pytest.mark.parametrize("attack", ["link-in-dump", "link-in-criu-dir", "dir-in-the-way"])
+def test_links_and_what_is_in_the_way_are_refused_before_anything_changes(
+    dumped: tuple[Path, str, str], tmp_path: Path, attack: str
+) -> None:
+    """Images are untrusted on both sides: a link in the dump is not followed (it would copy
+    any file of the host into CRIU's directory), a link or a directory where a file is to
+    go is not written through or half-replaced."""
+    fw, _, _ = dumped
+    src = tmp_path / "fw"
+    shutil.copytree(fw, src)
+    criu = _criu_dir(fw, tmp_path / "criu")
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    archive = next(src.glob("tmpfs-dev-*.tar.gz.img")).name
+    if attack == "link-in-dump":
+        (src / archive).unlink()
+        (src / archive).symlink_to("/etc/hostname")
+    elif attack == "link-in-criu-dir":
+        (criu / archive).symlink_to(victim)
+    else:
+        (criu / archive).mkdir()
+        (criu / archive / "x").write_text("x")
+    before = sorted(os.listdir(criu))
+    crius = (criu / f"mountpoints-{CRIU_NS}.img").read_bytes()
+    res = subprocess.run([*CLI, "merge", "-D", str(src), "--into", str(criu)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3
+    want = {"link-in-dump": f"{src}/{archive}: is a symbolic link, not an image file",
+            "link-in-criu-dir": f"{criu}/{archive}: is in the way: not a regular file",
+            "dir-in-the-way": f"{criu}/{archive}: is in the way: not a regular file"}[attack]
+    assert res.stderr.startswith(f"criu-fw: error: {want}"), res.stderr
+    assert sorted(os.listdir(criu)) == before
+    assert (criu / f"mountpoints-{CRIU_NS}.img").read_bytes() == crius
+    assert victim.read_text() == "untouched\n"

@@ -24,20 +24,23 @@ import contextlib
 import functools
 import os
 import re
-import shutil
+import secrets
+import stat
 from collections.abc import Callable
 
 import attrs
 
 from ..errors import ImageError, UsageError
 from ..proto import core_pb2, fwstate_pb2, pstree_pb2
-from . import iter_image, read_image, write_image
+from . import iter_image, open_image_fd, read_image, write_serialized
 from .mounts import deleted_root_image, fw_image, mountpoints_image
 
 _MOUNT_IMAGE = re.compile(r"mountpoints-(\d{1,20})\.img")
 _ARCHIVE = re.compile(r"tmpfs-dev-\d{1,20}\.tar\.gz\.img")
 _DELETED = re.compile(r"fw-deleted-(\d{1,20})-(\d{1,10})\.img")
 _TMP = ".criu-fw-merge-"
+#: A content image's name as a driver may choose it: one plain file name.
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,250}")
 
 
 @attrs.frozen
@@ -114,7 +117,7 @@ def merge(fw_dir: str, criu_dir: str) -> Merged:
     """Write criu-fw's mount images and archives from ``fw_dir`` into ``criu_dir`` under
     CRIU's namespace numbers (see the module's docstring)."""
     mapping = match(fw_dir, criu_dir)
-    plan: dict[str, Callable[[str], object]] = {}  # name in criu_dir -> what writes it
+    plan: dict[str, Callable[[int], object]] = {}  # name in criu_dir -> what writes it
     for ours, theirs in mapping.items():
         if not os.path.lexists(os.path.join(fw_dir, mountpoints_image(ours))):
             continue  # a namespace of processes only (no mount images: not dumped here)
@@ -134,6 +137,12 @@ def merge(fw_dir: str, criu_dir: str) -> Merged:
                     new = deleted_root_image(theirs, int(m.group(2)))
                     plan[new] = _copy(os.path.join(fw_dir, d.content_image))
                     d.content_image = new
+            if e.HasField("mount") and e.mount.HasField("content_image"):
+                name = e.mount.content_image
+                if not _PLAIN.fullmatch(name) or name.startswith(_TMP):
+                    raise ImageError(fw_path, f"content image {name!r} is not a plain image "
+                                              "file name", n)
+                plan[name] = _copy(os.path.join(fw_dir, name))
         plan[fw_image(theirs)] = functools.partial(_write_fw, entries=entries)
     for name in os.listdir(fw_dir):
         if _ARCHIVE.fullmatch(name):
@@ -141,35 +150,85 @@ def merge(fw_dir: str, criu_dir: str) -> Merged:
     return _publish(criu_dir, plan, mapping)
 
 
-def _copy(src: str) -> Callable[[str], object]:
-    def copy(dst: str) -> None:
+def _copy(src: str) -> Callable[[int], object]:
+    """Copy the image file ``src`` (a regular file, no link followed: images are untrusted)
+    into the open descriptor it is given."""
+
+    def copy(out: int) -> None:
+        fd = open_image_fd(src)
         try:
-            shutil.copyfile(src, dst)
+            while chunk := os.read(fd, 1 << 20):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view):]
         except OSError as exc:
             raise ImageError(src, f"cannot copy it: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
     return copy
 
 
-def _write_fw(path: str, entries: list[fwstate_pb2.fw_entry]) -> None:
-    write_image(path, "FW_MNTS", entries)
+def _write_fw(out: int, entries: list[fwstate_pb2.fw_entry]) -> None:
+    with os.fdopen(os.dup(out), "wb") as f:
+        write_serialized("fw-mountpoints", "FW_MNTS",
+                         [e.SerializeToString() for e in entries], file=f)
 
 
 def _publish(
-    criu_dir: str, plan: dict[str, Callable[[str], object]], mapping: dict[int, int]
+    criu_dir: str, plan: dict[str, Callable[[int], object]], mapping: dict[int, int]
 ) -> Merged:
-    staged: list[tuple[str, str]] = []
+    """Write every file under a temporary name (created anew: no link followed), keep CRIU's
+    files that are replaced under another, then rename into place; on any failure put CRIU's
+    back and remove the rest: the directory is as it was."""
+    dfd = os.open(criu_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    staged: list[tuple[str, str]] = []  # (temporary name, final name)
+    kept: dict[str, str] = {}  # final name -> CRIU's file, linked under a temporary name
+    placed: list[str] = []
     try:
+        for name in plan:
+            try:
+                st = os.lstat(name, dir_fd=dfd)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(os.path.join(criu_dir, name),
+                                 "is in the way: not a regular file, it cannot be replaced")
         for name, write in plan.items():
-            tmp = os.path.join(criu_dir, f"{_TMP}{name}")
+            tmp = f"{_TMP}{secrets.token_hex(8)}"
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600, dir_fd=dfd)
             staged.append((tmp, name))
-            write(tmp)
-        replaced = tuple(n for _, n in staged if os.path.lexists(os.path.join(criu_dir, n)))
+            try:
+                write(out)
+                os.fsync(out)
+            finally:
+                os.close(out)
+        for _, name in staged:
+            backup = f"{_TMP}{secrets.token_hex(8)}"
+            try:
+                os.link(name, backup, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            kept[name] = backup
         for tmp, name in staged:
-            os.replace(tmp, os.path.join(criu_dir, name))
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            placed.append(name)
+        os.fsync(dfd)
     except BaseException:
-        for tmp, _ in staged:
+        for name in reversed(placed):
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                if name in kept:
+                    os.rename(kept.pop(name), name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                else:
+                    os.unlink(name, dir_fd=dfd)
+        for tmp in [t for t, n in staged if n not in placed] + list(kept.values()):
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+        os.close(dfd)
         raise
-    return Merged(dict(mapping), tuple(n for _, n in staged), replaced)
+    for backup in kept.values():
+        with contextlib.suppress(OSError):
+            os.unlink(backup, dir_fd=dfd)
+    os.close(dfd)
+    return Merged(dict(mapping), tuple(n for _, n in staged), tuple(kept))
