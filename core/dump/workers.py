@@ -72,23 +72,27 @@ def _unpacked(cls: type[BaseException], args: tuple[object, ...],
 class _Child:
     def __init__(self, pid: int, fd: int, first: int) -> None:
         self.pid, self.fd, self.first = pid, fd, first
+        self.reaped = False  # its PID may be another process's from then on
 
 
 class Pool(Generic[T, R]):
     """``Pool(items, call, workers).run(started)``: ``[call(i) for i in items]``, shared out.
 
     ``child_setup`` runs first in each worker (forget the parent's jobs, say), ``child_done``
-    last (wait for the worker's own jobs); ``started`` runs here once the workers are forked
-    (a thread may start then: nothing is forked after it)."""
+    last (wait for the worker's own jobs), ``child_abort`` after a failure there (stop them);
+    ``started`` runs here once the workers are forked (a thread may start then: nothing is
+    forked after it)."""
 
     def __init__(self, items: Sequence[T], call: Callable[[T], R], workers: int,
                  child_setup: Callable[[], None] = lambda: None,
-                 child_done: Callable[[], None] = lambda: None) -> None:
+                 child_done: Callable[[], None] = lambda: None,
+                 child_abort: Callable[[], None] = lambda: None) -> None:
         self.items = items
         self.call = call
         self.n = 1 if len(items) < MIN_ITEMS else max(1, workers)
         self.child_setup = child_setup
         self.child_done = child_done
+        self.child_abort = child_abort
 
     def run(self, started: Callable[[], None] = lambda: None) -> list[R]:
         results: list[R | None] = [None] * len(self.items)
@@ -115,7 +119,12 @@ class Pool(Generic[T, R]):
     def _fork(self, k: int) -> _Child:
         r, w = os.pipe2(os.O_CLOEXEC)
         parent = os.getpid()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
         if pid == 0:  # pragma: no cover - the child; its work is checked by the parent
             code = 1
             try:
@@ -143,8 +152,14 @@ class Pool(Generic[T, R]):
             i = len(self.items)
             self.child_done()
         except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                self.child_abort()
             failed = (i, _packed(exc))
-        data = pickle.dumps((out, failed))
+        try:
+            data = pickle.dumps((out, failed))
+        except Exception as exc:  # a result that does not travel: said, not lost
+            data = pickle.dumps(([], (i, _packed(WorkerError(
+                f"a content worker's result cannot be sent back: {exc}", EXIT_INTERNAL)))))
         view = memoryview(data)
         while view:
             view = view[os.write(w, view):]
@@ -159,6 +174,7 @@ class Pool(Generic[T, R]):
             os.close(c.fd)
             c.fd = -1
         _, status = os.waitpid(c.pid, 0)
+        c.reaped = True
         if not chunks or os.waitstatus_to_exitcode(status) != 0:
             code = os.waitstatus_to_exitcode(status)
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
@@ -170,6 +186,8 @@ class Pool(Generic[T, R]):
 
     @staticmethod
     def _kill(c: _Child) -> None:
+        if c.reaped:
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(c.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -44,6 +45,16 @@ def tar_error(lines: list[str]) -> str:
     return lines[-1].removeprefix("tar: ") if lines else ""
 
 
+#: setpriv(1) runs tar with a parent-death signal: a tar left in the background by a dump
+#: (or a restore) that is SIGKILLed goes with it instead of reading on after the processes
+#: were resumed. Without setpriv, tar runs as it is.
+_SETPRIV = shutil.which("setpriv")
+
+
+def _dies_with_us(argv: list[str]) -> list[str]:
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else argv
+
+
 def archive(path: str, out: str, what: str) -> None:
     """Archive the tree at ``path`` into ``out``; ``what`` names the mount in messages."""
     Archiving(path, out, what).wait()
@@ -61,7 +72,7 @@ class Archiving:
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait/cancel
         try:
             self._proc = subprocess.Popen(
-                ["tar", *TAR_OPTIONS, f"--file={self.out}", "."], cwd=path,
+                _dies_with_us(["tar", *TAR_OPTIONS, f"--file={self.out}", "."]), cwd=path,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors,
                 env={**os.environ, "LC_ALL": "C"},
             )
@@ -107,7 +118,7 @@ class Extraction:
         self._errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by wait/cancel
         try:
             self._proc = subprocess.Popen(
-                [*TAR_EXTRACT, "--file", "-", "--directory", path],
+                _dies_with_us([*TAR_EXTRACT, "--file", "-", "--directory", path]),
                 stdin=fd, stdout=subprocess.DEVNULL, stderr=self._errors,
                 env={**os.environ, "LC_ALL": "C"},  # its words quoted in an English line
             )
