@@ -1,7 +1,8 @@
-"""``python -m criu_fw``: the ``criu-fw`` command."""
+"""``python -m criu_fw``: the ``criu-fw`` command (through the same entry point, which
+ends a Ctrl-C during the imports quietly)."""
 
 from __future__ import annotations
 
-from .cli import main
+from .entry import main
 
-main(prog_name="criu-fw")
+main()

@@ -603,8 +603,12 @@ def _child(
         # The command (and what it starts) gets the caller's limit, not the builder's, and
         # its process group: the terminal's job, whose signals and input are the command's.
         kernel.restore_nofile(limit)
-        with contextlib.suppress(OSError):
+        try:
             os.setpgid(0, group)
+        except OSError as exc:  # the caller's group is gone: CMD stays in the builder's
+            logging.getLogger("criu_fw.restore").warning(
+                "the command runs in a process group of its own, not the caller's (%s): it "
+                "may not read the terminal", exc.strerror)
         os.close(control)
         spaces.close()
         os.set_inheritable(w, False)

@@ -465,7 +465,7 @@ def _run(
         return result
     if pidfile is not None:
         # Recorded first: a signal during the write still has it removed with the holders.
-        result.pidfile = (pidfile, result.pid)
+        result.pidfile = (os.path.abspath(pidfile), result.pid)
         if result.watchdog is not None:
             result.watchdog.pidfile(pidfile, result.pid)
         with open(pidfile, "w") as f:
