@@ -54,7 +54,7 @@ from .deleted import deleted_roots
 from .files import FD_CWD, FD_EXE, FD_ROOT, FileReader
 from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
-from .lock import dump_lock
+from .lock import TreeLocks, locked_tree
 from .maps import MapsReader
 from .namespaces import FilesystemViews, Namespace, find_namespaces
 from .procfs import ProcFS
@@ -140,18 +140,24 @@ def dump(
     """
     target = os.path.abspath(image_dir)
     fs = ProcFS(proc_root)
-    with dump_lock(pid, proc_root, log.warning) if fs.live else contextlib.nullcontext():
+
+    def run(locks: TreeLocks | None) -> DumpResult:
         return _dump(
-            pid, target, fs, plugins=plugins, config=config, externals=externals,
+            pid, target, fs, locks, plugins=plugins, config=config, externals=externals,
             auto_external=auto_external, leave_stopped=leave_stopped, proc_root=proc_root,
             sys_root=sys_root, root=root, manager=manager, progress=progress,
         )
+
+    # Every process the dump stops is locked against other dumps of overlapping trees (.lock);
+    # a recorded /proc stops nothing.
+    return locked_tree(fs, pid, log.warning, run) if fs.live else run(None)
 
 
 def _dump(
     pid: int,
     target: str,
     fs: ProcFS,
+    locks: TreeLocks | None,
     *,
     plugins: Iterable[object],
     config: DriverConfig | None,
@@ -170,7 +176,8 @@ def _dump(
         with interruptible():
             stage = Staging(target, watchdog)
             tmp = stage.tmp
-            freezer = Freezer(fs, enabled=fs.live, watchdog=watchdog)
+            freezer = (locks.freezer(watchdog) if locks is not None
+                       else Freezer(fs, enabled=fs.live, watchdog=watchdog))
             timings: dict[str, float] = {}
             report = Progress(progress)
             try:
