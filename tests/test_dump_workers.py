@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -170,3 +171,55 @@ def test_tmpfs_archives_from_workers_hold_each_filesystem(
     assert sorted(found) == sorted(f"content-{i}\n" for i in range(COUNT))
     assert big == 9 << 20
 
+
+
+class _Sleep:
+    """A background job (a ContentJob): a process that would run on for a minute."""
+
+    def __init__(self, log: Path) -> None:
+        self.proc = subprocess.Popen(["sleep", "60"])
+        with open(log, "a") as f:
+            f.write(f"{self.proc.pid}\n")
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self) -> None:
+        self.proc.wait()
+
+    def cancel(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class LeavesJobs(Recorder):
+    """In a worker: leaves a job running on its first filesystem, fails on its second."""
+
+    def __init__(self, callers: Path, jobs: Path) -> None:
+        super().__init__(callers)
+        self.jobs = jobs
+        self.calls = 0
+
+    @hookimpl
+    def dump_content(self, mount: Mount, path: str, ctx: DumpContext) -> str:
+        if os.getpid() != self.dumper:
+            self.calls += 1
+            if self.calls == 1:
+                ctx.in_background(_Sleep(self.jobs), mount.mountpoint)
+            else:
+                raise DumpError(f"cannot save {mount.mountpoint}")
+        return super().dump_content(mount, path, ctx)
+
+
+@pytest.mark.skipif(CPUS < 2, reason="one CPU: no workers")
+def test_a_failing_worker_stops_the_jobs_it_left_running(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    scn = _ramfs(scenario)
+    jobs = tmp_path / "jobs"
+    with pytest.raises(DriverError, match="cannot save "):
+        dump(scn.pid, str(tmp_path / "img"),
+             plugins=[LeavesJobs(tmp_path / "callers", jobs)], auto_external=True)
+    started = {int(p) for p in jobs.read_text().split()}
+    assert len(started) == CPUS - 1
+    assert _alive(started) == []

@@ -62,7 +62,7 @@ from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe
 from .staging import Staging, interruptible
 from .watchdog import Watchdog
-from .workers import Pool
+from .workers import Pool, forks
 
 log = logging.getLogger("criu_fw.dump")
 
@@ -453,29 +453,40 @@ def _content(a: _Attempt, router: Router, started: Callable[[], None]) -> None:
             raise in_context(err, "dump_content", m.describe(),
                              f"mount {m.mnt_id}") from err.__cause__
 
-    for ns in a.namespaces:
-        chosen = per_ns.get(ns.ns_id)
-        if not chosen:
-            continue
-        # The helper holds a descriptor per filesystem and raises its soft limit to the hard
-        # one: batches within half of that (50,000 tmpfs at 100,000 mounts outgrew a limit of
-        # 20,000), one private copy of the namespace each.
-        batch = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 2)
-        for start in range(0, len(chosen), batch):
-            part = chosen[start : start + batch]
-            with FilesystemViews(ns.pid, ns.tree, part) as paths:
-                drivers = a.drivers[ns.ns_id]
-                items = [(ns.ns_id, m, p) for m, p in zip(part, paths, strict=True)]
-                shared = [it for it in items if _parallel(router, drivers[it[1].mnt_id])]
-                pool = Pool(shared, call, ctx.workers, ctx.in_worker, ctx.wait_background)
-                names = dict(zip((it[1] for it in shared), pool.run(started), strict=True))
-                for it in items:
-                    name = names[it[1]] if it[1] in names else call(it)
-                    if name is None:
-                        continue
-                    for other_ns, other in all_of[it[1].dev]:
-                        a.content.setdefault(other_ns, {})[other.mnt_id] = name
+    # The helper holds a descriptor per filesystem and raises its soft limit to the hard
+    # one: batches within half of that (50,000 tmpfs at 100,000 mounts outgrew a limit of
+    # 20,000), one private copy of the namespace each.
+    batch = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 2)
+    groups = [(ns, chosen[start : start + batch]) for ns in a.namespaces
+              if (chosen := per_ns.get(ns.ns_id))
+              for start in range(0, len(chosen), batch)]  # fmt: skip
+    # No fork once a thread runs: ``started`` (the re-read's thread) waits for the last
+    # group whose pool forks, or starts now if none does.
+    last = max((k for k, (ns, part) in enumerate(groups)
+                if forks(sum(_parallel(router, a.drivers[ns.ns_id][m.mnt_id]) for m in part),
+                         ctx.workers)), default=-1)  # fmt: skip
+    if last < 0:
+        started()
+    for k, (ns, part) in enumerate(groups):
+        with FilesystemViews(ns.pid, ns.tree, part) as paths:
+            drivers = a.drivers[ns.ns_id]
+            items = [(ns.ns_id, m, p) for m, p in zip(part, paths, strict=True)]
+            shared = [it for it in items if _parallel(router, drivers[it[1].mnt_id])]
+            pool = Pool(shared, call, ctx.workers, ctx.in_worker, ctx.wait_background,
+                        ctx.cancel_background)
+            names = dict(zip((it[1] for it in shared),
+                             pool.run(started if k == last else _nothing), strict=True))
+            for it in items:
+                name = names[it[1]] if it[1] in names else call(it)
+                if name is None:
+                    continue
+                for other_ns, other in all_of[it[1].dev]:
+                    a.content.setdefault(other_ns, {})[other.mnt_id] = name
     started()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _parallel(router: Router, driver: str) -> bool:

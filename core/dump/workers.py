@@ -69,6 +69,11 @@ def _unpacked(cls: type[BaseException], args: tuple[object, ...],
     return exc
 
 
+def forks(n_items: int, workers: int) -> bool:
+    """Whether a :class:`Pool` of ``n_items`` items and ``workers`` workers forks."""
+    return workers > 1 and n_items >= MIN_ITEMS
+
+
 class _Child:
     def __init__(self, pid: int, fd: int, first: int) -> None:
         self.pid, self.fd, self.first = pid, fd, first
@@ -89,7 +94,7 @@ class Pool(Generic[T, R]):
                  child_abort: Callable[[], None] = lambda: None) -> None:
         self.items = items
         self.call = call
-        self.n = 1 if len(items) < MIN_ITEMS else max(1, workers)
+        self.n = workers if forks(len(items), workers) else 1
         self.child_setup = child_setup
         self.child_done = child_done
         self.child_abort = child_abort
