@@ -51,4 +51,4 @@ def test_every_option_says_what_it_takes_and_does() -> None:
     # A directory is DIR in every command (restore's --root said PATH).
     assert "--root DIR" in dump and "--root DIR" in _options("restore")
     assert _options("verify")["-D, --images-dir DIR"].startswith(
-        "The image directory written by criu-fw dump.")
+        "The image directory written by criu-fw dump (or CRIU), or a container checkpoint")

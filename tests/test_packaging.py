@@ -63,7 +63,7 @@ def test_wheel_contents(wheel: Path) -> None:
     assert "[criu_fw.fsdrivers]" in entry_points
     for line in ("generic = criu_fw.fsdrivers.generic:driver",
                  "overlay = criu_fw.fsdrivers.overlay:driver",
-                 "aufs = criu_fw.fsdrivers.aufs:driver", "criu-fw = criu_fw.cli:main"):
+                 "aufs = criu_fw.fsdrivers.aufs:driver", "criu-fw = criu_fw.entry:main"):
         assert line in entry_points, line
 
 
