@@ -1,5 +1,6 @@
 """Dumps at the same time: eight dumps of eight different process trees on this 2-core
-machine all succeed and write what each writes alone (ids aside); a second dump of a tree
+machine all succeed and write what each writes alone (ids aside), and eight restores of
+them at once each rebuild their own tree; a second dump of a tree
 that is being dumped waits for the first, saying so, instead of stopping and resuming the
 same processes under it; so does a dump of a tree that only overlaps it (a parent's and its
 child's), and one that meets a process another dump holds while it freezes starts again."""
@@ -57,6 +58,22 @@ def test_eight_concurrent_dumps_write_what_each_writes_alone(tmp_path: Path) -> 
                                      str(tmp_path / f"together{n}")) == []
         # Each wrote its own tree, not a neighbour's.
         assert image_differences(str(tmp_path / "alone0"), str(tmp_path / "alone1")) != []
+        # Eight restores of them at once, each in new network and IPC namespaces: each
+        # rebuilds its own tree and content.
+        show = "cat $W/t2/f; grep \" $W/\" /proc/self/mountinfo | cut -d' ' -f5 | sort"
+        restores = [subprocess.Popen(
+            ["unshare", "--net", "--ipc", "--", *CLI, "restore", "-q", "-D",
+             str(tmp_path / f"together{n}"), "--root", "/", "--", "/bin/sh", "-c", show],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={"W": scn.workdir, "PATH": "/usr/bin:/bin"},
+        ) for n, scn in enumerate(scns)]  # fmt: skip
+        for n, (proc, scn) in enumerate(zip(restores, scns, strict=True)):
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            live = sorted(line.split()[4] for line in
+                          Path(f"/proc/{scn.pid}/mountinfo").read_text().splitlines()
+                          if f" {scn.workdir}/" in line)
+            assert out.splitlines() == [f"only{n}", *live]
     finally:
         for scn in scns:
             scn.close()
