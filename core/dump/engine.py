@@ -56,7 +56,7 @@ from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
 from .lock import TreeLocks, locked_tree
 from .maps import MapsReader
-from .namespaces import FilesystemViews, Namespace, find_namespaces
+from .namespaces import FilesystemViews, Namespace, find_namespaces, reap_helpers
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe
@@ -219,6 +219,7 @@ def _dump(
                 raise
     finally:
         watchdog.done()
+        reap_helpers()
     return DumpResult(
         image_dir=target,
         pids=tuple(p.pid for p in procs),
