@@ -235,3 +235,17 @@ def test_the_installed_command_runs_through_its_entry_point() -> None:
     cli = os.path.join(os.path.dirname(sys.executable), "criu-fw")
     res = subprocess.run([cli, "--version"], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.startswith("criu-fw, version ")
+
+
+def test_a_command_imports_only_what_it_runs() -> None:
+    # `criu-fw restore` does not import the dump engine, nor `dump` the restore's; --help
+    # still lists every command.
+    code = ("import sys\nfrom criu_fw.cli import main\n"
+            "try:\n    main(['restore', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('criu_fw.dump.engine' in sys.modules, 'criu_fw.cli.restore' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.splitlines()[-1] == "False True", res.stdout + res.stderr
+    listed = subprocess.run([sys.executable, "-m", "criu_fw", "--help"], capture_output=True,
+                            text=True).stdout
+    for name in ("check", "drivers", "dump", "merge", "restore", "show", "tree", "verify"):
+        assert f"\n  {name} " in listed, name

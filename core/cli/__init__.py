@@ -8,22 +8,13 @@ traceback. Each command lives in its own module and is registered below.
 from __future__ import annotations
 
 from .base import main
-from .check import check_cmd
-from .drivers import drivers_cmd
-from .dump import dump_cmd
-from .merge import merge_cmd
-from .restore import restore_cmd
-from .show import show_cmd
-from .tree import tree_cmd
-from .verify import verify_cmd
 
-main.add_command(drivers_cmd)
-main.add_command(dump_cmd)
-main.add_command(show_cmd)
-main.add_command(tree_cmd)
-main.add_command(check_cmd)
-main.add_command(restore_cmd)
-main.add_command(verify_cmd)
-main.add_command(merge_cmd)
+for _name, _where in (
+    ("drivers", ".drivers:drivers_cmd"), ("dump", ".dump:dump_cmd"), ("show", ".show:show_cmd"),
+    ("tree", ".tree:tree_cmd"), ("check", ".check:check_cmd"),
+    ("restore", ".restore:restore_cmd"), ("verify", ".verify:verify_cmd"),
+    ("merge", ".merge:merge_cmd"),
+):
+    main.add_lazy(_name, _where)
 
 __all__ = ["main"]
