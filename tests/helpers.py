@@ -1,10 +1,14 @@
-"""Small drivers and states shared by test modules (test modules import from here or from
-conftest, never from each other)."""
+"""Small drivers, states and process helpers shared by test modules (test modules import
+from here or from conftest, never from each other)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -111,3 +115,55 @@ def record_proc(root: Path, pid: int, ppid: int, fds: dict[int, str]) -> None:
 def dump_scenario(scn: NamespaceScenario, images: str) -> None:
     """Dump a scenario's process (the host mounts it inherited are recorded by host path)."""
     dump(scn.pid, images, auto_external=True)
+
+
+def children_of(me: int) -> dict[int, str]:
+    """The children of ``me`` and their states (``Z``: exited, not reaped yet)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me:
+                out[int(name)] = fields[0]
+    return out
+
+
+@contextlib.contextmanager
+def reaping() -> Iterator[Callable[[], list[int]]]:
+    """This test process as the child subreaper for a while: what a killed or failed
+    restore leaves running becomes its child. Yields a function listing those children
+    (zombies reaped), but for the ones it had before (scenarios, another test's zombies); at
+    the end, kills those by PID and reaps them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    had = set(children_of(os.getpid()))
+
+    def children() -> list[int]:
+        for pid, state in children_of(os.getpid()).items():
+            if state == "Z" and pid not in had:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        return [p for p, state in children_of(os.getpid()).items()
+                if state != "Z" and p not in had]  # fmt: skip
+
+    try:
+        yield children
+    finally:
+        for pid in children():
+            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        libc.prctl(36, 0, 0, 0, 0)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``cond`` every 20 ms until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -19,15 +19,12 @@ autouse fixture of conftest.py.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,7 +33,7 @@ from criu_fw.images.mounts import read_mount_namespace, write_mount_namespace
 from criu_fw.model import MountTree
 from criu_fw.records import DumpedNamespace
 from criu_fw.testing import NamespaceScenario
-from helpers import dump_scenario
+from helpers import dump_scenario, reaping, wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -73,56 +70,6 @@ EXPECTED = {
     "inodes-tar": r"No space left on device \(ENOSPC\): the filesystem is full \(20 inodes, "
                   r"all in use\): tar \(exit 2\): \./f\d+: Cannot open: No space left on device",
 }
-
-
-def _children_of(me: int) -> dict[int, str]:
-    """The children of ``me`` and their states (``Z``: exited, not reaped yet)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me:
-                out[int(name)] = fields[0]
-    return out
-
-
-@contextlib.contextmanager
-def _reaping() -> Iterator[Callable[[], list[int]]]:
-    """This test process as the child subreaper for a while: what a restore leaves running
-    becomes its child. Yields a function listing those children (zombies reaped), but for
-    the ones it had before (the scenario); at the end, kills those by PID."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    had = set(_children_of(os.getpid()))
-
-    def children() -> list[int]:
-        for pid, state in _children_of(os.getpid()).items():
-            if state == "Z" and pid not in had:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-        return [p for p, state in _children_of(os.getpid()).items()
-                if state != "Z" and p not in had]  # fmt: skip
-
-    try:
-        yield children
-    finally:
-        for pid in children():
-            os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-        libc.prctl(36, 0, 0, 0, 0)
-
-
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _restore(images: str, root: Path, tmp: Path, *tail: str) -> subprocess.CompletedProcess[str]:
@@ -168,13 +115,13 @@ def test_a_full_filesystem_fails_the_restore_cleanly(
     # the holder it leaves is ended by its PID.
     ok_root = tmp_path / "ok-root"
     ok_root.mkdir()
-    with _reaping() as left:
+    with reaping() as left:
         ok = _restore(images, ok_root, tmp, "--detach")
         assert ok.returncode == 0 and ok.stderr == "", ok.stderr
         holder = int(ok.stdout)
-        assert _wait(lambda: left() == [holder], 10), left()
+        assert wait_until(lambda: left() == [holder], 10), left()
         os.kill(holder, signal.SIGTERM)
-        assert _wait(lambda: not left(), 10)
+        assert wait_until(lambda: not left(), 10)
     assert os.listdir(ok_root) != []
 
     archive = _shrink(images, option)
@@ -182,10 +129,10 @@ def test_a_full_filesystem_fails_the_restore_cleanly(
     # The way the case means: in-process up to RESTORE_ARCHIVE compressed, else GNU tar.
     assert (size <= content.RESTORE_ARCHIVE) == case.endswith("in-process"), size
 
-    with _reaping() as left:
+    with reaping() as left:
         res = _restore(images, root, tmp, "--detach")
         # Nothing of the restore runs on: no holder, building child, watchdog or tar.
-        assert _wait(lambda: not left(), 10), f"processes left behind: {left()}"
+        assert wait_until(lambda: not left(), 10), f"processes left behind: {left()}"
     assert res.returncode == 3, res.stderr
     assert res.stdout == ""  # no holder's PID
     # One line, naming the mount, its driver, the archive, and that its filesystem is full.
@@ -198,7 +145,7 @@ def test_a_full_filesystem_fails_the_restore_cleanly(
     # the time the content is put back, those of the mounts made before it are there: /proc,
     # /sys, /dev), no mount of DIR in the caller's namespace (nor any other: the autouse
     # fixture).
-    assert _wait(lambda: not os.listdir(tmp), 10), os.listdir(tmp)
+    assert wait_until(lambda: not os.listdir(tmp), 10), os.listdir(tmp)
     assert os.listdir(root) == []
     with open("/proc/self/mountinfo") as f:
         assert str(root) not in f.read()

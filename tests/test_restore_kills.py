@@ -10,21 +10,19 @@ docs/cli.md). Every restore runs in ``unshare --net --ipc`` with a TMPDIR of its
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import io
 import os
 import signal
 import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from crafted_images import write_dir
 from criu_fw.model import Dev, Mount
+from helpers import reaping, wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -72,48 +70,9 @@ def _images(where: Path, units: int) -> str:
 
 @pytest.fixture
 def reaper() -> Iterator[Callable[[], list[int]]]:
-    """This test process as the child subreaper: what a killed restore leaves running
-    becomes its child. Yields a function listing those children (zombies reaped), but for
-    the ones it had before (other tests' scenarios of a whole run)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    had = set(_children_of(os.getpid()))  # zombies too: another test's, never reaped here
-
-    def children() -> list[int]:
-        for pid, state in _children_of(os.getpid()).items():
-            if state == "Z" and pid not in had:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
-        return [p for p, state in _children_of(os.getpid()).items()
-                if state != "Z" and p not in had]  # fmt: skip
-
-    yield children
-    for pid in children():  # by PID: only what this test's restore left
-        os.kill(pid, signal.SIGKILL)
-    libc.prctl(36, 0, 0, 0, 0)
-
-
-def _children_of(me: int) -> dict[int, str]:
-    """The children of ``me`` and their states (``Z``: exited, not reaped yet)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                fields = Path(f"/proc/{name}/stat").read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me:
-                out[int(name)] = fields[0]
-    return out
-
-
-def _wait(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    """This test process as the child subreaper (see :func:`helpers.reaping`)."""
+    with reaping() as children:
+        yield children
 
 
 def test_killed_while_building_leaves_nothing(
@@ -132,7 +91,7 @@ def test_killed_while_building_leaves_nothing(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp)},
     )
     try:
-        assert _wait(lambda: marker.exists() or proc.poll() is not None, 30), "never built"
+        assert wait_until(lambda: marker.exists() or proc.poll() is not None, 30), "never built"
         assert proc.poll() is None, proc.communicate()
         made = list((root / "k").iterdir())
         assert len(made) > 100 and os.listdir(tmp), "mid-build: mountpoints and a work dir"
@@ -141,7 +100,7 @@ def test_killed_while_building_leaves_nothing(
         assert out == b""
         # The building child undoes (it dies with its caller), the watchdog ends the
         # holders and removes the work directory.
-        _wait(lambda: not reaper() and not os.listdir(tmp) and len(os.listdir(root)) == 1, 10)
+        wait_until(lambda: not reaper() and not os.listdir(tmp) and len(os.listdir(root)) == 1, 10)
         assert reaper() == []
         assert os.listdir(tmp) == []
         assert sorted(os.listdir(root)) == ["kept"]
@@ -169,12 +128,12 @@ def test_its_whole_process_group_killed_while_building_leaves_nothing(
         start_new_session=True,
     )
     try:
-        assert _wait(lambda: marker.exists() or proc.poll() is not None, 30), "never built"
+        assert wait_until(lambda: marker.exists() or proc.poll() is not None, 30), "never built"
         assert proc.poll() is None, proc.communicate()
         assert len(list((root / "k").iterdir())) > 100
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        _wait(lambda: not reaper() and not os.listdir(tmp) and not os.listdir(root), 10)
+        wait_until(lambda: not reaper() and not os.listdir(tmp) and not os.listdir(root), 10)
         assert reaper() == []
         assert os.listdir(tmp) == []
         assert os.listdir(root) == []
@@ -224,7 +183,7 @@ def test_killed_after_writing_the_pidfile_leaves_no_pidfile(
     )
     assert res.returncode == -signal.SIGKILL and res.stdout == b""
     # The watchdog ends the holder it was told of and removes the pidfile naming it.
-    _wait(lambda: not reaper() and not pidfile.exists() and not os.listdir(tmp), 10)
+    wait_until(lambda: not reaper() and not pidfile.exists() and not os.listdir(tmp), 10)
     assert reaper() == []
     assert not pidfile.exists()
     assert os.listdir(tmp) == []
