@@ -461,18 +461,21 @@ def _content(a: _Attempt, router: Router, started: Callable[[], None]) -> None:
     groups = [(ns, chosen[start : start + batch]) for ns in a.namespaces
               if (chosen := per_ns.get(ns.ns_id))
               for start in range(0, len(chosen), batch)]  # fmt: skip
+    # Which of each group's mounts go to the workers (their driver allows it), decided once.
+    parallel = {d: _parallel(router, d) for d in {a.drivers[ns.ns_id][m.mnt_id]
+                                                  for ns, part in groups for m in part}}
+    shared_of = [{m.mnt_id for m in part if parallel[a.drivers[ns.ns_id][m.mnt_id]]}
+                 for ns, part in groups]
     # No fork once a thread runs: ``started`` (the re-read's thread) waits for the last
     # group whose pool forks, or starts now if none does.
-    last = max((k for k, (ns, part) in enumerate(groups)
-                if forks(sum(_parallel(router, a.drivers[ns.ns_id][m.mnt_id]) for m in part),
-                         ctx.workers)), default=-1)  # fmt: skip
+    last = max((k for k, ids in enumerate(shared_of) if forks(len(ids), ctx.workers)),
+               default=-1)
     if last < 0:
         started()
     for k, (ns, part) in enumerate(groups):
         with FilesystemViews(ns.pid, ns.tree, part) as paths:
-            drivers = a.drivers[ns.ns_id]
             items = [(ns.ns_id, m, p) for m, p in zip(part, paths, strict=True)]
-            shared = [it for it in items if _parallel(router, drivers[it[1].mnt_id])]
+            shared = [it for it in items if it[1].mnt_id in shared_of[k]]
             pool = Pool(shared, call, ctx.workers, ctx.in_worker, ctx.wait_background,
                         ctx.cancel_background)
             names = dict(zip((it[1] for it in shared),
