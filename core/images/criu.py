@@ -55,10 +55,14 @@ def root_task_namespace(image_dir: str) -> int | None:
     first = next(iter(iter_image(pstree, pstree_pb2.pstree_entry, kind="PSTREE")), None)
     if first is None:
         raise ImageError(pstree, "no process: the dump's root task is missing")
-    ids_path = os.path.join(image_dir, f"ids-{first.pid}.img")
+    return task_mount_namespace(image_dir, first.pid)
+
+
+def task_mount_namespace(image_dir: str, pid: int) -> int:
+    """The mount namespace id of process ``pid`` of ``pstree.img`` (its ``ids-<pid>.img``)."""
+    ids_path = os.path.join(image_dir, f"ids-{pid}.img")
     if not os.path.lexists(ids_path):
-        raise ImageError(ids_path,
-                         f"missing: process {first.pid} of pstree.img has no ids image")
+        raise ImageError(ids_path, f"missing: process {pid} of pstree.img has no ids image")
     ids = read_image(ids_path, core_pb2.task_kobj_ids_entry, kind="IDS")
     if len(ids) != 1 or not ids[0].HasField("mnt_ns_id"):
         raise ImageError(ids_path, "expected one entry with a mount namespace id")

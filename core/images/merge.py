@@ -31,8 +31,9 @@ from collections.abc import Callable
 import attrs
 
 from ..errors import ImageError, UsageError
-from ..proto import core_pb2, fwstate_pb2, pstree_pb2
+from ..proto import fwstate_pb2, pstree_pb2
 from . import iter_image, open_image_fd, read_image, write_serialized
+from .criu import task_mount_namespace
 from .mounts import deleted_root_image, fw_image, mountpoints_image
 
 _MOUNT_IMAGE = re.compile(r"mountpoints-(\d{1,20})\.img")
@@ -57,16 +58,8 @@ def task_namespaces(image_dir: str) -> dict[int, int]:
     pstree = os.path.join(image_dir, "pstree.img")
     if not os.path.lexists(pstree):
         raise ImageError(pstree, "missing: the processes are needed to match the namespaces")
-    out: dict[int, int] = {}
-    for n, p in enumerate(iter_image(pstree, pstree_pb2.pstree_entry, kind="PSTREE")):
-        ids_path = os.path.join(image_dir, f"ids-{p.pid}.img")
-        if not os.path.lexists(ids_path):
-            raise ImageError(ids_path, f"missing: process {p.pid} of pstree.img (entry {n}) "
-                                       "has no ids image")
-        ids = read_image(ids_path, core_pb2.task_kobj_ids_entry, kind="IDS")
-        if len(ids) != 1 or not ids[0].HasField("mnt_ns_id"):
-            raise ImageError(ids_path, "expected one entry with a mount namespace id")
-        out[p.pid] = int(ids[0].mnt_ns_id)
+    out = {p.pid: task_mount_namespace(image_dir, p.pid)
+           for p in iter_image(pstree, pstree_pb2.pstree_entry, kind="PSTREE")}
     if not out:
         raise ImageError(pstree, "no process")
     return out
