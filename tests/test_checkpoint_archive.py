@@ -106,10 +106,14 @@ def test_members_outside_the_image_directory_are_never_written(
     link.type = tarfile.SYMTYPE
     link.linkname = str(tmp_path / "target")
     archive = _archive(images, tmp_path / "export.tar", "gzip", [escape, link])
+    # The unpacking happens two levels below tmp_path: "../../escaped" would land in it.
+    tmpdir = tmp_path / "t" / "x"
+    tmpdir.mkdir(parents=True)
     show = subprocess.run([*CLI, "show", str(archive)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=60)
+                          cwd=tmp_path, timeout=60, env={**os.environ, "TMPDIR": str(tmpdir)})
     assert show.returncode == 0, show.stderr
-    assert sorted(os.listdir(tmp_path)) == ["export.tar"]
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "export.tar", "t", "t/x"]
 
 
 def test_an_archive_without_images_is_refused_by_name(tmp_path: Path) -> None:
