@@ -109,6 +109,11 @@ KEYED: Final[Mapping[str, str]] = {n: t.keyed for n, t in FSTYPES.items() if t.k
 CRIU_FSTYPES: Final[Mapping[str, int]] = {
     n: t.criu for n, t in FSTYPES.items() if t.criu is not None
 }
+#: The fstype of a mount CRIU recorded as FSTYPE__UNSUPPORTED without a name (a filesystem it
+#: has no code for, not enabled with --enable-fs: CRIU 4.2 dumps such a mount only as an
+#: external one or a bind of one, an ext4 file a runtime binds in). Its name is CRIU's; the
+#: real type is not in the images, and verify does not compare it.
+UNNAMED: Final = "unsupported"
 KERNEL_INSTANCE: Final = _where(kernel=True)
 IN_MEMORY: Final = _where(in_memory=True)
 VIRTUAL: Final = _where(virtual=True)

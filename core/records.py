@@ -36,6 +36,11 @@ class DeletedRoot:
     #: A regular file without another name: the image (of the image directory) holding its
     #: bytes, raw.
     content: str | None = None
+    #: CRIU's images say only that the root was deleted (``mnt_entry.deleted``): it is made
+    #: again as CRIU's restore makes it, after its mountpoint in the rebuilt parent: a
+    #: directory or an empty regular file, with the mountpoint's permission bits, owned by
+    #: root (``mode``, ``uid`` and ``gid`` are then unused).
+    like_mountpoint: bool = False
 
 
 class MountRecord(NamedTuple):

@@ -28,6 +28,8 @@ command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 command -v crun >/dev/null 2>&1 || need_apt+=(crun)
 command -v podman >/dev/null 2>&1 || need_apt+=(podman)
+# ip: CRIU 4.2's restore wants the loopback of its new network namespace up (test_criu42.py).
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # Debian's own python3 creates virtual environments only with python3-venv installed.
 "${PYTHON:-python3}" -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -54,3 +56,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     rm -f "$log"
     touch "$stamp"
 fi
+# CRIU 4.2 itself, for the two-way compatibility tests (Debian's criu 3.17 cannot checkpoint
+# on this kernel): built from source into .venv/criu-4.2.
+bash scripts/criu42.sh

@@ -204,3 +204,24 @@ def test_a_tmpfs_without_its_archive_and_an_overlay_say_what_is_missing(
     assert out.returncode == 3
     assert "mount 108 at '/ovl' (overlay, source 'overlay')" in out.stderr
     assert "no overlay layer state in the images" in out.stderr
+
+
+@pytest.mark.privileged
+def test_a_deleted_root_whose_mountpoint_is_gone_is_refused_naming_both(tmp_path: Path) -> None:
+    # CRIU's images say only that the root of /gone-bind was deleted: it is made again as its
+    # mountpoint is, and without --root the root tmpfs comes back empty, without it.
+    gone = entry(108, 100, 42, "/sub/x", "/gone-bind", TMPFS, "data", deleted=True,
+                 options="size=4096k,mode=700")  # fmt: skip
+    d = criu_dir(tmp_path / "c", [*TREE, gone], DATA)
+    out = subprocess.run(
+        ["unshare", "--net", "--ipc", "--", sys.executable, "-m", "criu_fw", "restore",
+         "-D", d, "--detach"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.strip() == (
+        "criu-fw: error: mount 108 at '/gone-bind' (tmpfs, source 'data'): its root '/sub/x' "
+        "was deleted before the dump, and CRIU's images say only that: it is made again as "
+        "its mountpoint is, which is missing"
+    )
+    assert out.stdout == ""

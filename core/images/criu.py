@@ -20,10 +20,10 @@ from collections.abc import Iterable
 
 from ..api.loader import DriverManager
 from ..errors import ImageError
-from ..fstypes import CRIU_FSTYPES
+from ..fstypes import CRIU_FSTYPES, UNNAMED
 from ..model import Dev, Mount, MountTree, Propagation
 from ..proto import core_pb2, mnt_pb2, pstree_pb2
-from ..records import DumpedNamespace, MountRecord
+from ..records import DeletedRoot, DumpedNamespace, MountRecord
 from . import check as imagecheck
 from . import iter_image, read_image, text_of
 
@@ -89,7 +89,10 @@ def read_criu_namespace(
         why = imagecheck.text_problem(mount, ext, None)
         if why is not None:
             raise ImageError(path, f"mount {e.mnt_id}: {why}", n)
-        records[e.mnt_id] = MountRecord(mount, mgr.owner(mount.fstype), external=ext)
+        # A deleted root: CRIU's restore makes it again as its mountpoint is.
+        gone = DeletedRoot(0, like_mountpoint=True) if mount.root_deleted else None
+        records[e.mnt_id] = MountRecord(mount, mgr.owner(mount.fstype), external=ext,
+                                        deleted=gone)
         entry_of[e.mnt_id] = n
     # CRIU writes them in reverse mountinfo order: parents after their children.
     mounts = [r.mount for r in reversed(records.values())]
@@ -107,6 +110,8 @@ def mount_of(e: mnt_pb2.mnt_entry) -> Mount:
     """A mount as CRIU's entry describes it."""
     if e.fstype in (mnt_pb2.AUTO, mnt_pb2.UNSUPPORTED) and e.fsname:
         fstype = text_of(e.fsname)
+    elif e.fstype == mnt_pb2.UNSUPPORTED:
+        fstype = UNNAMED
     else:
         fstype = _NAMES.get(e.fstype, "")
     if not fstype:
@@ -116,6 +121,10 @@ def mount_of(e: mnt_pb2.mnt_entry) -> Mount:
     sb = e.sb_flags if e.HasField("sb_flags") else 0
     sb_names = dict.fromkeys(name for bit, name in _SB_FLAGS if sb & bit)
     opts = [o for o in text_of(e.options).split(",") if o]
+    if fstype == "devpts":
+        # CRIU adds it to a devpts that is not the machine's first (the kernel hides it, and
+        # every devpts mount is a new instance since Linux 4.7): not an option it showed.
+        opts = [o for o in opts if o != "newinstance"]
     super_options = ("ro" if sb & 0x1 else "rw", *sb_names, *opts)
     return Mount(
         mnt_id=e.mnt_id,
@@ -153,7 +162,7 @@ def _content(
         if is_file:
             for m in mounts:
                 old = records[m.mnt_id]
-                records[m.mnt_id] = MountRecord(m, old.driver, old.state, old.external, name)
+                records[m.mnt_id] = old._replace(content=name)
         elif not (root_ns and any(m is tree.root for m in mounts)):
             raise ImageError(
                 path, f"{first.describe()}: its content archive {name} is missing (CRIU "

@@ -286,6 +286,11 @@ class MountOps:
         mount there), resolved through no link and no ``..``; for propagation changes."""
         raise NotImplementedError
 
+    def mode_of(self, handle: int, path: str) -> int | None:
+        """``st_mode`` of ``path`` inside the mount ``handle`` (through no link and no
+        ``..``), None if nothing is there."""
+        raise NotImplementedError
+
     def close(self, handle: int) -> None:
         raise NotImplementedError
 
@@ -445,6 +450,9 @@ class RecordingMountOps(MountOps):
         h = self._new()
         self.calls.append(Call("reopen", handle=h, other=base, path=path))
         return h
+
+    def mode_of(self, handle: int, path: str) -> int | None:
+        return stat.S_IFDIR | 0o755  # what a recorded plan's mountpoints are
 
     def close(self, handle: int) -> None:
         self.calls.append(Call("close", handle=handle))
@@ -831,6 +839,10 @@ class KernelMountOps(MountOps):
                 held.clear()
 
         try:
+            # Its own descriptor of the root: ``src`` may be closed before remove() runs
+            # (its last mount made), and a root directly under it is removed through this.
+            cur = confine.open_beneath(src, "")
+            held.append(cur)
             for part in parts[:-1]:
                 try:
                     nxt = confine.open_beneath(cur, part)
@@ -996,6 +1008,18 @@ class KernelMountOps(MountOps):
 
     def reopen(self, base: int, path: str) -> int:
         return confine.open_beneath(base, path)
+
+    def mode_of(self, handle: int, path: str) -> int | None:
+        try:
+            fd = confine.open_beneath(handle, path)
+        except SyscallError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        try:
+            return os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
 
     def close(self, handle: int) -> None:
         os.close(handle)

@@ -30,6 +30,7 @@ import errno
 import logging
 import os
 import resource
+import stat
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -393,16 +394,36 @@ class Executor:
                 f"{job.mount.describe()}: its root was deleted, and its filesystem is this "
                 f"machine's, not made by this restore: nothing is created in it"
             )
+        mode, owner = gone.mode, (gone.uid, gone.gid)
+        if gone.like_mountpoint:
+            mode, owner = self._mountpoint_mode(job.mount), (0, 0)
         content = self.ctx.open_image(gone.content) if gone.content is not None else None
         try:
             h, remove = self.ops.recreate(
-                src, job.path, gone.mode, (gone.uid, gone.gid), link=gone.link, content=content
+                src, job.path, mode, owner, link=gone.link, content=content
             )
         finally:
             if content is not None:
                 os.close(content)
         self._unlink_after[job.mount.mnt_id] = remove
         return h
+
+    def _mountpoint_mode(self, m: Mount) -> int:
+        """What CRIU's restore makes for a deleted root its images say nothing more of: the
+        kind and permission bits of the mountpoint in the rebuilt parent (ordered after it)."""
+        if m is self.plan.root:
+            raise RestoreError(f"{m.describe()}: its root {m.root!r} was deleted, and the "
+                               f"images do not say what it was")
+        parent = self.plan.tree.get(m.parent_id)
+        rel = _relative(m.mountpoint, parent.mountpoint)
+        mode = self.ops.mode_of(self.handle[parent.mnt_id], rel)
+        if mode is None or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            what = "missing" if mode is None else "neither a directory nor a regular file"
+            raise RestoreError(
+                f"{m.describe()}: its root {m.root!r} was deleted before the dump, and CRIU's "
+                f"images say only that: it is made again as its mountpoint is, which is {what}"
+            )
+        return stat.S_IFMT(mode) | stat.S_IMODE(mode)
 
     def _set_attrs(self, m: Mount) -> None:
         want = mount_attrs(m)

@@ -107,6 +107,9 @@ def order_steps(plan: NamespacePlan) -> list[Step]:
             need(create, job.sb << 2 | SB)
         if job.bind_of is not None:
             need(create, job.bind_of << 2 | CREATE)
+        if job.deleted is not None and job.deleted.like_mountpoint and m is not root:
+            # Made again as its mountpoint is, looked up in the parent's own copy.
+            need(create, m.parent_id << 2 | CREATE)
         need(attach, create)
         if m is not root:
             need(attach, m.parent_id << 2 | CREATE)

@@ -25,7 +25,7 @@ from ..api.hooks import on_mount
 from ..api.loader import DriverManager
 from ..context import RestoreContext
 from ..errors import CriuFwError, DriverError, MountNotFoundError, RestoreError
-from ..fstypes import VIRTUAL
+from ..fstypes import IN_MEMORY, VIRTUAL
 from ..images import check as imagecheck
 from ..kernel.mountops import host_join
 from ..model import Dev, Mount, MountTree
@@ -339,6 +339,11 @@ def plan_namespace(
             rebuildable = m.dev in content_by_dev or (
                 plan is not None and mgr.owner(m.fstype) != "generic"
             ) or m.fstype in VIRTUAL
+            # A root tmpfs without its archive (CRIU never archives the root of a dump): its
+            # content is not in the images, so --root's tree stands for it, as in CRIU's
+            # restore; without --root it comes back empty.
+            if m.fstype in IN_MEMORY and m.dev not in content_by_dev and ctx.root is not None:
+                rebuildable = False
             if not rebuildable:
                 if ctx.root is None:
                     raise RestoreError(

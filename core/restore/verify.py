@@ -36,7 +36,7 @@ from ..api.base import DriverState
 from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import DumpContext
 from ..errors import CriuFwError
-from ..fstypes import fstype
+from ..fstypes import UNNAMED, fstype
 from ..kernel.superblocks import KEYED, sharing
 from ..model import Mount, MountTree
 from .plans import base_root
@@ -264,7 +264,8 @@ def _compare_mount(
         d_opts = [o for o in d_opts if o not in ("ro", "rw")]
         l_opts = [o for o in l_opts if o not in ("ro", "rw")]
     for what, a, b in (
-        ("fstype", d.fstype, lv.fstype),
+        # CRIU's images may not name it (UNNAMED): nothing to compare.
+        ("fstype", d.fstype, d.fstype if d.fstype == UNNAMED else lv.fstype),
         ("source", d_source, l_source),
         ("root", d.root, lv.root),
     ):
