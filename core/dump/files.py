@@ -24,8 +24,6 @@ from .procfs import ProcessGoneError, ProcFS, ProcReadError
 
 FD_CWD, FD_ROOT, FD_EXE = -1, -2, -3
 _DELETED = " (deleted)"
-O_DIRECTORY = 0o200000
-O_LARGEFILE = 0o100000
 _KEEP = frozenset((st.S_IFREG, st.S_IFDIR, st.S_IFCHR, st.S_IFBLK))
 
 
@@ -137,8 +135,8 @@ class FileReader:
                 mnt_id = statx_mnt_id(link)
             except OSError as exc:
                 raise self._fail(pid, rel, exc) from exc
-        flags = O_LARGEFILE if which == FD_EXE else O_DIRECTORY | O_LARGEFILE
-        return OpenFile(pid, which, path, flags, 0, mnt_id, size, mode, identity, deleted)
+        # No open flags: none were given (CRIU 4.2 writes 0 for cwd, root and exe too).
+        return OpenFile(pid, which, path, 0, 0, mnt_id, size, mode, identity, deleted)
 
     def _fail(self, pid: int, rel: str, exc: OSError) -> DumpError:
         if exc.errno in (errno.ENOENT, errno.ESRCH) and not self.fs.exists(pid):
