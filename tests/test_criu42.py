@@ -194,6 +194,15 @@ def dumped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dumped]:
     yield Dumped(criu_dir, fw_dir, root, before)
 
 
+def test_criu_fws_mount_image_is_criu_4_2s_byte_for_byte(dumped: Dumped) -> None:
+    # The same mounts dumped by both: every mnt_entry field (AUTO and its name for bpf,
+    # unbindable, strictatime, the raw bytes of the Latin-1 name, deleted roots, 0 for no
+    # peer group) written as CRIU writes it, under CRIU's own namespace number.
+    criu_images = list(dumped.criu_dir.glob("mountpoints-*.img"))
+    assert len(criu_images) == 1
+    assert criu_images[0].read_bytes() == (dumped.fw_dir / "mountpoints-1.img").read_bytes()
+
+
 def _criu_restore(images: Path, root: Path, pidfile: Path) -> int:
     script = ('ip link set lo up && exec "$0" restore -D "$1" --root "$2" -d --pidfile "$3" '
               '--mntns-compat-mode -v4 -o restore.log')
