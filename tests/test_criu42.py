@@ -51,7 +51,7 @@ if not os.access(CRIU, os.X_OK):
 LATIN = "t/caf\udce9"  # 'café' in Latin-1: not UTF-8
 # What the root tmpfs holds besides mounts; made again in the --root directory of restores.
 LAYOUT = r"""
-mkdir -p bin dev t/a t/b t/ro t/over t/p1 t/p2 t/s t/ub t/st t/del t/file t/bpf
+mkdir -p bin dev t/a t/b t/ro t/over t/p1 t/p2 t/s t/ub t/st t/del t/file t/bpf t/ext
 cp "$BUSYBOX" bin/busybox; ln -s busybox bin/sleep; ln -s busybox bin/cat
 mknod dev/null c 1 3; chmod 666 dev/null; touch t/file/x t/delf; chmod 640 t/delf
 mkdir "t/$(printf 'caf\351')"
@@ -71,6 +71,7 @@ mkdir t/a/gone; echo x > t/a/gone/y; mount --bind t/a/gone t/del; rm -rf t/a/gon
 echo z > t/a/gf; mount --bind t/a/gf t/delf; rm t/a/gf
 L="t/$(printf 'caf\351')"; mount -t tmpfs latin "$L"; echo latin > "$L/l"
 mount -t bpf bpf t/bpf
+mount --bind "$HOSTDIR" t/ext
 """
 # The dumped process: a private namespace, the tree above under a tmpfs root, pivoted into,
 # then sleep (its standard streams /dev/null of the root, nothing else open).
@@ -109,10 +110,14 @@ sys.stdout.write(open("/t/over/h").read())
 """
 
 
+EXTERNAL = ["--external", "mnt[/t/ext]:hostdir"]
+
+
 class Dumped(NamedTuple):
     criu_dir: Path
     fw_dir: Path
     root: Path  # the root tmpfs's files and mountpoints, for --root
+    hostdir: Path  # bound in from the host: the external mount, key "hostdir"
     before: list[tuple[str, ...]]
 
 
@@ -152,7 +157,7 @@ def table(pid: int) -> list[tuple[str, ...]]:
 def _content(pid: int) -> dict[str, str]:
     top = Path(f"/proc/{pid}/root")
     got = {p: (top / p).read_text() for p in ("t/a/g", "t/b/f", "t/file/x", "t/ro/sub/f",
-                                               f"{LATIN}/l")}
+                                               f"{LATIN}/l", "t/ext/h")}
     got["hidden"] = _run([sys.executable, "-c", HIDDEN, str(pid)]).stdout
     got["del"] = " ".join(sorted(os.listdir(top / "t/del")))
     # CRIU's rule for a deleted root: made again empty, as its mountpoint is (type, mode).
@@ -162,17 +167,18 @@ def _content(pid: int) -> dict[str, str]:
 
 
 CONTENT = {"t/a/g": "top\n", "t/b/f": "hi\n", "t/file/x": "top\n", "t/ro/sub/f": "hi\n",
-           f"{LATIN}/l": "latin\n", "hidden": "under\n", "del": "",
+           f"{LATIN}/l": "latin\n", "t/ext/h": "host\n", "hidden": "under\n", "del": "",
            "delf": "0o100640 0"}
 
 
 @pytest.fixture(scope="module")
 def dumped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dumped]:
     base = tmp_path_factory.mktemp("criu42")
-    rootfs, root = base / "rootfs", base / "root"
-    rootfs.mkdir()
-    root.mkdir()
-    env = {**os.environ, "BUSYBOX": BUSYBOX}
+    rootfs, root, hostdir = base / "rootfs", base / "root", base / "hostdir"
+    for d in (rootfs, root, hostdir):
+        d.mkdir()
+    (hostdir / "h").write_text("host\n")
+    env = {**os.environ, "BUSYBOX": BUSYBOX, "HOSTDIR": str(hostdir)}
     _run(["sh", "-ec", LAYOUT], cwd=root, env=env)
     proc = subprocess.Popen([sys.executable, "-c", CONTAINER, str(rootfs), LAYOUT + MOUNTS],
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
@@ -185,13 +191,14 @@ def dumped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dumped]:
         criu_dir.mkdir()
         res = subprocess.run([*PRIVATE, str(CRIU), "dump", "-t", str(proc.pid), "-D",
                               str(criu_dir), "--leave-stopped", "--enable-fs", "bpf", "-v4",
-                              "-o", "dump.log"], capture_output=True, text=True, timeout=120)
+                              "-o", "dump.log", *EXTERNAL], capture_output=True, text=True,
+                             timeout=120)
         assert res.returncode == 0, _log_tail(criu_dir / "dump.log")
-        _run([*PRIVATE, CLI, "dump", "-q", "-t", str(proc.pid), "-D", str(fw_dir)])
+        _run([*PRIVATE, CLI, "dump", "-q", "-t", str(proc.pid), "-D", str(fw_dir), *EXTERNAL])
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    yield Dumped(criu_dir, fw_dir, root, before)
+    yield Dumped(criu_dir, fw_dir, root, hostdir, before)
 
 
 def test_criu_fws_mount_image_is_criu_4_2s_byte_for_byte(dumped: Dumped) -> None:
@@ -203,11 +210,12 @@ def test_criu_fws_mount_image_is_criu_4_2s_byte_for_byte(dumped: Dumped) -> None
     assert criu_images[0].read_bytes() == (dumped.fw_dir / "mountpoints-1.img").read_bytes()
 
 
-def _criu_restore(images: Path, root: Path, pidfile: Path) -> int:
+def _criu_restore(images: Path, dumped: Dumped, pidfile: Path) -> int:
     script = ('ip link set lo up && exec "$0" restore -D "$1" --root "$2" -d --pidfile "$3" '
-              '--mntns-compat-mode -v4 -o restore.log')
+              '--mntns-compat-mode -v4 -o restore.log --external "$4"')
     res = subprocess.run([*PRIVATE, "--net", "--ipc", "sh", "-c", script, str(CRIU),
-                          str(images), str(root), str(pidfile)],
+                          str(images), str(dumped.root), str(pidfile),
+                          f"mnt[hostdir]:{dumped.hostdir}"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr + _log_tail(images / "restore.log")
     return int(pidfile.read_text())
@@ -225,7 +233,7 @@ def test_criu_restores_its_processes_with_criu_fws_mount_images(
     assert ns is not None
     assert (merged / f"mountpoints-{ns.group(1)}.img").read_bytes() == (
         dumped.fw_dir / "mountpoints-1.img").read_bytes()
-    pid = _criu_restore(merged, dumped.root, tmp_path / "pid")
+    pid = _criu_restore(merged, dumped, tmp_path / "pid")
     try:
         assert table(pid) == dumped.before
         assert _content(pid) == CONTENT
@@ -239,16 +247,27 @@ def test_criu_fw_restores_a_directory_criu_4_2_wrote(dumped: Dumped, tmp_path: P
     shutil.copytree(dumped.criu_dir, images)
     pidfile = tmp_path / "pid"
     _run([*PRIVATE, "--net", "--ipc", CLI, "restore", "-q", "-D", str(images), "--root",
-          str(dumped.root), "--detach", "--pidfile", str(pidfile)])
+          str(dumped.root), "--external", f"mnt[hostdir]:{dumped.hostdir}", "--detach",
+          "--pidfile", str(pidfile)])
     pid = int(pidfile.read_text())
     try:
         assert table(pid) == dumped.before
         assert _content(pid) == CONTENT
-        # Everything but the root (--root's directory, as in CRIU's restore) as CRIU dumped it.
-        ver = subprocess.run([CLI, "verify", "-D", str(images), "-t", str(pid)],
-                             capture_output=True, text=True, timeout=60, check=False)
-        assert ver.returncode == 1
-        assert {line.split(":")[0] for line in ver.stdout.splitlines()} == {"/"}, ver.stdout
+        # Everything as CRIU dumped it, the root being --root's directory (as in CRIU's
+        # restore); the root itself is what verify cannot find in the images.
+        ver = subprocess.run([CLI, "verify", "-D", str(images), "-t", str(pid), "--root",
+                              str(dumped.root)], capture_output=True, text=True, timeout=60,
+                             check=False)
+        assert ver.returncode == 0, ver.stdout
+        other = subprocess.run([CLI, "verify", "-D", str(images), "-t", str(pid), "--root",
+                                str(dumped.hostdir)], capture_output=True, text=True,
+                               timeout=60, check=False)
+        assert other.returncode == 1
+        assert other.stdout == f"/: the live root is not --root's directory {dumped.hostdir}\n"
+        plain = subprocess.run([CLI, "verify", "-D", str(images), "-t", str(pid)],
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert plain.returncode == 1
+        assert "/: fstype 'tmpfs' in the images, 'ext4' live" in plain.stdout
     finally:
         os.kill(pid, signal.SIGKILL)
 

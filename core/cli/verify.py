@@ -45,10 +45,14 @@ def parse_trees(values: tuple[str, ...], ns_id: int | None) -> dict[int | None, 
               show_default=True,
               help="What the restore made of slaves of groups outside the images (as given "
                    "to restore).")
+@click.option("--root", metavar="DIR", default=None,
+              help="The restore took the root mount from DIR (as given to restore, where "
+                   "the images cannot rebuild it): the live root must be DIR, and is not "
+                   "compared with the images.")
 @click.pass_context
 def verify_cmd(
     ctx: click.Context, image_dir: str, trees: tuple[str, ...], ns_id: int | None,
-    outside_masters: str,
+    outside_masters: str, root: str | None,
 ) -> None:
     """Print every difference between live mount namespaces and the images; exit 0 only
     when they match (mount ids, peer-group ids and device numbers do not count)."""
@@ -59,26 +63,29 @@ def verify_cmd(
             raise UsageError(why)
     if os.path.isfile(image_dir) and is_checkpoint_archive(image_dir):
         with checkpoint_images(image_dir) as (images, _):
-            _verify(ctx, images, pids, outside_masters)
+            _verify(ctx, images, pids, outside_masters, root)
         return
-    _verify(ctx, image_dir, pids, outside_masters)
+    _verify(ctx, image_dir, pids, outside_masters, root)
 
 
 def _verify(
-    ctx: click.Context, image_dir: str, pids: dict[int | None, int], outside_masters: str
+    ctx: click.Context, image_dir: str, pids: dict[int | None, int], outside_masters: str,
+    root: str | None,
 ) -> None:
     mgr = driver_manager(ctx)
     if len(pids) == 1:
         ((key, pid),) = pids.items()
-        result = verify(pid, image_dir, key, manager=mgr, outside_masters=outside_masters)
+        result = verify(pid, image_dir, key, manager=mgr, outside_masters=outside_masters,
+                        root=root)
     else:
         from ..restore.engine import image_namespaces
 
-        root = image_namespaces(image_dir)[0]
-        by_ns = {root if k is None else k: p for k, p in pids.items()}
+        root_ns = image_namespaces(image_dir)[0]
+        by_ns = {root_ns if k is None else k: p for k, p in pids.items()}
         if len(by_ns) != len(pids):
-            raise UsageError(f"-t: the root namespace {root} is given twice")
-        result = verify_namespaces(by_ns, image_dir, mgr, outside_masters=outside_masters)
+            raise UsageError(f"-t: the root namespace {root_ns} is given twice")
+        result = verify_namespaces(by_ns, image_dir, mgr, outside_masters=outside_masters,
+                                   root=root)
     for line in result.differences:
         click.echo(line)
     if result.differences:

@@ -69,11 +69,15 @@ def fw_image(ns_id: int) -> str:
 # writing
 
 
-def criu_fstype(fstype: str) -> int:
+def criu_fstype(fstype: str, external: bool = False) -> int:
     """CRIU's ``fstype`` for a kernel fstype name: its own code, found by the name without a
     subtype (``fuse.sshfs`` is FUSE), as CRIU's find_fstype_by_name does; else AUTO (with
-    ``fsname``), which CRIU 4.x writes for a filesystem it has no code for."""
-    return CRIU_FSTYPES.get(fstype.split(".", 1)[0], mnt_pb2.AUTO)
+    ``fsname``), which CRIU 4.x writes for a filesystem it has no code for when it may mount
+    it (``--enable-fs``). An external mount of such a filesystem is UNSUPPORTED without a
+    name, as CRIU writes it: CRIU binds it from ``--external`` whatever its type, and the type
+    is in criu-fw's own image."""
+    code = CRIU_FSTYPES.get(fstype.split(".", 1)[0], mnt_pb2.AUTO)
+    return mnt_pb2.UNSUPPORTED if external and code == mnt_pb2.AUTO else code
 
 
 def criu_flags(mount: Mount) -> int:
@@ -97,7 +101,7 @@ def criu_mnt_entry(mount: Mount, external_key: str | None = None) -> mnt_pb2.mnt
     """The CRIU ``mnt_entry`` for a mount, each field meaning what CRIU 4.2 means by it (text
     that is not UTF-8 comes out escaped here; :func:`criu_entry_bytes` writes it raw)."""
     e = mnt_pb2.mnt_entry(
-        fstype=criu_fstype(mount.fstype),
+        fstype=criu_fstype(mount.fstype, external_key is not None),
         mnt_id=mount.mnt_id,
         root_dev=mount.dev.kdev,
         parent_mnt_id=mount.parent_id,

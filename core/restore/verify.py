@@ -28,6 +28,7 @@ compared as usual, and a difference of superblock options says whose the superbl
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import attrs
@@ -35,7 +36,7 @@ import attrs
 from ..api.base import DriverState
 from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import DumpContext
-from ..errors import CriuFwError
+from ..errors import CriuFwError, UsageError
 from ..fstypes import UNNAMED, fstype
 from ..kernel.superblocks import KEYED, sharing
 from ..model import Mount, MountTree
@@ -128,6 +129,9 @@ class Side:
     live_states: Mapping[int, DriverState | None] | None = None
     #: Prefix of this namespace's lines and names ("" when only one namespace is compared).
     label: str = ""
+    #: The restore took the root mount from a directory (``--root``): the live root is that
+    #: directory's mount, not the dumped filesystem, and is not compared with the images.
+    root_given: bool = False
 
 
 def compare_trees(
@@ -204,6 +208,8 @@ def _compare_side(side: Side) -> tuple[list[tuple[Mount, Mount]], list[str]]:
         todo.extend(got)
     to_live = {d.mnt_id: lv.mnt_id for d, lv in pairs}
     for d, lv in pairs:
+        if side.root_given and d is d_root:
+            continue
         skip: set[str] = set()
         sources = (d.source, lv.source)
         if states is not None and live_states is not None:
@@ -336,12 +342,14 @@ def _compare_sharing(
     out: list[str] = []
     d_dev: dict[object, set[Key]] = {}
     l_dev: dict[object, set[Key]] = {}
+    given = {(k, base_root(s.dumped).mnt_id) for k, s in enumerate(sides) if s.root_given}
     for e in entries:
         d, lv, k = e.d, e.lv, e.side
         me = (k, lv.mnt_id)
         prefix = f"{sides[k].label}: " if sides[k].label else ""
-        d_dev.setdefault(d.dev, set()).add(me)
-        l_dev.setdefault(lv.dev, set()).add(me)
+        if (k, d.mnt_id) not in given:  # an operator's directory shares nothing dumped
+            d_dev.setdefault(d.dev, set()).add(me)
+            l_dev.setdefault(lv.dev, set()).add(me)
         where = prefix + d.mountpoint
         ds, ls = d_set(k, d.propagation.shared), l_set(lv.propagation.shared)
         if ds != ls:
@@ -372,6 +380,8 @@ def _compare_sharing(
             out.append(f"{where}: propagation: {a} in the images, {b} live")
     for e in entries:
         me = (e.side, e.lv.mnt_id)
+        if (e.side, e.d.mnt_id) in given:
+            continue
         if d_dev[e.d.dev] != l_dev[e.lv.dev]:
             prefix = f"{sides[e.side].label}: " if sides[e.side].label else ""
             out.append(
@@ -415,17 +425,20 @@ def verify(
     plugins: Iterable[object] = (),
     config: DriverConfig | None = None,
     outside_masters: str = "host",
+    root: str | None = None,
 ) -> VerifyResult:
     """Compare the mount namespace of process ``pid`` with the dumped namespace ``ns_id``
     (default: the root namespace of the images). Drivers: ``manager``, or loaded from
-    ``plugins`` and ``config`` (:func:`~criu_fw.api.loader.resolve_manager`)."""
+    ``plugins`` and ``config`` (:func:`~criu_fw.api.loader.resolve_manager`). ``root``: the
+    directory the restore took the root mount from (``--root``; see
+    :func:`verify_namespaces`)."""
     from .engine import image_namespaces
 
     if ns_id is None:
         ns_id = image_namespaces(image_dir)[0]
     return verify_namespaces(
         {ns_id: pid}, image_dir, resolve_manager(manager, plugins, config),
-        outside_masters=outside_masters,
+        outside_masters=outside_masters, root=root,
     )
 
 
@@ -437,17 +450,22 @@ def verify_namespaces(
     plugins: Iterable[object] = (),
     config: DriverConfig | None = None,
     outside_masters: str = "host",
+    root: str | None = None,
 ) -> VerifyResult:
     """Compare several live namespaces (dumped namespace id -> a PID in the live one) with
     the images, each on its own and together (superblocks and peer groups shared across
     namespaces; see :func:`compare_namespaces`). With more than one namespace every line
-    starts with ``mount namespace ID: ``."""
-    from ..errors import UsageError
+    starts with ``mount namespace ID: ``.
+
+    ``root``: the directory the restore took the root namespace's root mount from
+    (``restore --root``, where the images cannot rebuild it: CRIU's never hold the root
+    tmpfs). The live root must then be that directory; it is not compared with the
+    images."""
     from ..images.mounts import read_mount_namespace
     from ..kernel.mountinfo import process_gone, read_mountinfo
     from .engine import image_namespaces
 
-    _, ids = image_namespaces(image_dir)
+    root_ns, ids = image_namespaces(image_dir)
     for ns_id in pids:
         if ns_id not in ids:
             raise UsageError(f"--ns {ns_id}: no mount namespace {ns_id} in {image_dir} (it "
@@ -480,6 +498,22 @@ def verify_namespaces(
         states, trouble = live_states(pid, live, with_state, mgr, image_dir)
         label = f"mount namespace {ns_id}" if several else ""
         problems.extend(f"{label}: {t}" if label else t for t in trouble)
-        sides.append(Side(dumped.tree, live, dumped_states, states, label))
+        given = root is not None and ns_id == root_ns
+        if given:
+            assert root is not None
+            problems.extend(f"{label}: {t}" if label else t for t in _root_is(pid, root))
+        sides.append(Side(dumped.tree, live, dumped_states, states, label, given))
     res = compare_namespaces(sides, dumped_groups=others, outside_masters=outside_masters)
     return attrs.evolve(res, differences=tuple(problems) + res.differences)
+
+
+def _root_is(pid: int, root: str) -> list[str]:
+    """A difference unless process ``pid``'s root directory is ``root``."""
+    try:
+        want = os.stat(root)
+    except OSError as exc:
+        raise UsageError(f"--root {root}: {exc.strerror}") from None
+    got = os.stat(f"/proc/{pid}/root")
+    if (got.st_dev, got.st_ino) != (want.st_dev, want.st_ino):
+        return [f"/: the live root is not --root's directory {root}"]
+    return []
