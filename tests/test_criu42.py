@@ -15,21 +15,24 @@ deleted. CRIU dumps it (left stopped), criu-fw dumps it too, then:
 * ``podman container checkpoint --export`` with this CRIU: ``criu-fw show`` names the
   container and ``criu-fw verify`` of the archive finds the live container as dumped.
 
-CRIU 4.2.1's default mount engine (mount-v2) fails to restore this tree from its own images
-("Failed to make mount ... shared: No such file or directory"), so its restores here use
-``--mntns-compat-mode`` (the older engine), which restores CRIU's own images of it.
+CRIU restores with both its mount engines (mount-v2, the default, and
+``--mntns-compat-mode``). mount-v2 sets propagation through ``/proc/self/fd`` inside the
+restored namespace, so the tree has a proc mount: without one, CRIU 4.2.1 fails on its own
+images too ("Failed to make mount N shared: No such file or directory").
 Every CRIU and criu-fw command that mounts runs inside ``unshare -m --propagation private``
 (restores also in new network and IPC namespaces, the loopback up for CRIU's checks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -51,7 +54,7 @@ if not os.access(CRIU, os.X_OK):
 LATIN = "t/caf\udce9"  # 'café' in Latin-1: not UTF-8
 # What the root tmpfs holds besides mounts; made again in the --root directory of restores.
 LAYOUT = r"""
-mkdir -p bin dev t/a t/b t/ro t/over t/p1 t/p2 t/s t/ub t/st t/del t/file t/bpf t/ext
+mkdir -p bin dev proc t/a t/b t/ro t/over t/p1 t/p2 t/s t/ub t/st t/del t/file t/bpf t/ext
 cp "$BUSYBOX" bin/busybox; ln -s busybox bin/sleep; ln -s busybox bin/cat
 mknod dev/null c 1 3; chmod 666 dev/null; touch t/file/x t/delf; chmod 640 t/delf
 mkdir "t/$(printf 'caf\351')"
@@ -71,6 +74,7 @@ mkdir t/a/gone; echo x > t/a/gone/y; mount --bind t/a/gone t/del; rm -rf t/a/gon
 echo z > t/a/gf; mount --bind t/a/gf t/delf; rm t/a/gf
 L="t/$(printf 'caf\351')"; mount -t tmpfs latin "$L"; echo latin > "$L/l"
 mount -t bpf bpf t/bpf
+mount -t proc proc proc
 mount --bind "$HOSTDIR" t/ext
 """
 # The dumped process: a private namespace, the tree above under a tmpfs root, pivoted into,
@@ -127,6 +131,19 @@ def _run(argv: list[str], cwd: Path | None = None,
                          cwd=cwd, env=env)
     assert res.returncode == 0, f"{argv}: {res.stdout}{res.stderr}"
     return res
+
+
+def _end(pid: int) -> None:
+    """SIGKILL a restored process and wait until its PID is free: the next restore of the
+    same dump needs it (reaped here if it was reparented to this process)."""
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(500):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        if not os.path.exists(f"/proc/{pid}"):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"restored process {pid} did not go")
 
 
 def _log_tail(path: Path) -> str:
@@ -210,19 +227,24 @@ def test_criu_fws_mount_image_is_criu_4_2s_byte_for_byte(dumped: Dumped) -> None
     assert criu_images[0].read_bytes() == (dumped.fw_dir / "mountpoints-1.img").read_bytes()
 
 
-def _criu_restore(images: Path, dumped: Dumped, pidfile: Path) -> int:
-    script = ('ip link set lo up && exec "$0" restore -D "$1" --root "$2" -d --pidfile "$3" '
-              '--mntns-compat-mode -v4 -o restore.log --external "$4"')
+def _criu_restore(images: Path, dumped: Dumped, pidfile: Path, *more: str) -> int:
+    script = ('ip link set lo up && d=$1 r=$2 p=$3 e=$4 && shift 4 && exec "$0" restore '
+              '-D "$d" --root "$r" -d --pidfile "$p" -v4 -o restore.log --external "$e" "$@"')
     res = subprocess.run([*PRIVATE, "--net", "--ipc", "sh", "-c", script, str(CRIU),
                           str(images), str(dumped.root), str(pidfile),
-                          f"mnt[hostdir]:{dumped.hostdir}"],
+                          f"mnt[hostdir]:{dumped.hostdir}", *more],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr + _log_tail(images / "restore.log")
     return int(pidfile.read_text())
 
 
+@pytest.mark.parametrize(("engine", "deleted_file_mode"), [
+    # CRIU's two mount engines make a deleted file root again with different modes: mount-v2
+    # (the default) 0600, the older one the mountpoint's.
+    ((), "0o100600"), (("--mntns-compat-mode",), "0o100640"),
+], ids=["mount-v2", "compat"])
 def test_criu_restores_its_processes_with_criu_fws_mount_images(
-    dumped: Dumped, tmp_path: Path
+    dumped: Dumped, tmp_path: Path, engine: tuple[str, ...], deleted_file_mode: str,
 ) -> None:
     merged = tmp_path / "merged"
     shutil.copytree(dumped.criu_dir, merged)
@@ -233,13 +255,13 @@ def test_criu_restores_its_processes_with_criu_fws_mount_images(
     assert ns is not None
     assert (merged / f"mountpoints-{ns.group(1)}.img").read_bytes() == (
         dumped.fw_dir / "mountpoints-1.img").read_bytes()
-    pid = _criu_restore(merged, dumped, tmp_path / "pid")
+    pid = _criu_restore(merged, dumped, tmp_path / "pid", *engine)
     try:
         assert table(pid) == dumped.before
-        assert _content(pid) == CONTENT
+        assert _content(pid) == {**CONTENT, "delf": f"{deleted_file_mode} 0"}
         assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x001000\x00"
     finally:
-        os.kill(pid, signal.SIGKILL)
+        _end(pid)
 
 
 def test_criu_fw_restores_a_directory_criu_4_2_wrote(dumped: Dumped, tmp_path: Path) -> None:
@@ -269,7 +291,7 @@ def test_criu_fw_restores_a_directory_criu_4_2_wrote(dumped: Dumped, tmp_path: P
         assert plain.returncode == 1
         assert "/: fstype 'tmpfs' in the images, 'ext4' live" in plain.stdout
     finally:
-        os.kill(pid, signal.SIGKILL)
+        _end(pid)
 
 
 PODMAN = r"""
