@@ -45,6 +45,7 @@ from .tarformat import (
 
 #: Member kinds the in-process extractor creates (sparse files arrive as REGTYPE).
 KINDS = frozenset({REGTYPE, LNKTYPE, SYMTYPE, CHRTYPE, BLKTYPE, DIRTYPE, FIFOTYPE})
+_DEVICES = frozenset({CHRTYPE, BLKTYPE})
 #: PAX keywords that GNU tar, extracting with our options, reads and then does nothing with.
 _IGNORED = frozenset({
     b"atime", b"ctime", b"uname", b"gname", b"comment", b"charset", b"hdrcharset",
@@ -102,7 +103,8 @@ def _checksum_ok(blk: bytes) -> bool:
         want = _number(blk[148:156], "checksum")
     except BadArchive:
         return False
-    unsigned = sum(blk[:148]) + 8 * 32 + sum(blk[156:])
+    # The stored field counts as eight spaces: one sum of the block, less the field's bytes.
+    unsigned = sum(blk) - sum(blk[148:156]) + 8 * 32
     if want == unsigned:
         return True
     # Some old writers summed signed chars; GNU tar accepts those too.
@@ -189,16 +191,16 @@ def _check_sparse(name: bytes, segments: list[tuple[int, int]], stored: int, siz
         raise BadArchive(f"{show(name)}: a sparse map that does not match its data")
 
 
-def _check_acls(pax: dict[bytes, bytes], xattrs: dict[bytes, bytes], last: str) -> None:
+def _check_acls(pax: dict[bytes, bytes], xattrs: dict[bytes, bytes], name: bytes) -> None:
     """GNU tar, extracting with our options (--xattrs, not --acls), restores ACLs from their
     xattr form and ignores the text form; an archive that has only the text form of an ACL
     the mode bits do not already say (made with --acls alone) goes to GNU tar, so both ways
     of extracting give the same tree."""
     access = pax.get(_ACL_ACCESS)
     if access is not None and XATTR_ACL_ACCESS not in xattrs and _extended(access):
-        raise NeedsGnuTar(f"{last}: an ACL in text form only")
+        raise NeedsGnuTar(f"{_member(name)}: an ACL in text form only")
     if pax.get(_ACL_DEFAULT) and XATTR_ACL_DEFAULT not in xattrs:
-        raise NeedsGnuTar(f"{last}: a default ACL in text form only")
+        raise NeedsGnuTar(f"{_member(name)}: a default ACL in text form only")
 
 
 def _extended(text: bytes) -> bool:
@@ -213,6 +215,14 @@ def _extended(text: bytes) -> bool:
     return False
 
 
+def _member(name: bytes) -> str:
+    return f"member {show(name)}"
+
+
+def _after(prev: bytes | None) -> str:
+    return "the start" if prev is None else _member(prev)
+
+
 def members(buf: bytes) -> Iterator[Member]:
     """The archive's members in order. Ends at the first zero block (as GNU tar does without
     --ignore-zeros) or at the end of the data on a block boundary."""
@@ -221,13 +231,13 @@ def members(buf: bytes) -> Iterator[Member]:
     glob: dict[bytes, bytes] = {}
     local: dict[bytes, bytes] = {}
     longname = longlink = None
-    last = "the start"
+    prev: bytes | None = None  # the last member's name, for messages (formatted on error)
     while off + BLOCK <= len(buf):
         blk = bytes(view[off:off + BLOCK])
         if blk == _ZERO:
             return
         if not _checksum_ok(blk):
-            raise BadArchive(f"a damaged header after {last}")
+            raise BadArchive(f"a damaged header after {_after(prev)}")
         kind = blk[156:157]
         size = _number(blk[124:136], "size")
         off += BLOCK
@@ -240,7 +250,7 @@ def members(buf: bytes) -> Iterator[Member]:
             kind = REGTYPE
         if kind in (PAX_LOCAL, PAX_GLOBAL, GNU_LONGNAME, GNU_LONGLINK):
             if size > (1 << 24) or off + size > len(buf):
-                raise BadArchive(f"an extended header after {last} that is too long")
+                raise BadArchive(f"an extended header after {_after(prev)} that is too long")
             ext = bytes(view[off:off + size])
             off += size + (-size % BLOCK)
             if kind == PAX_LOCAL:
@@ -258,9 +268,9 @@ def members(buf: bytes) -> Iterator[Member]:
             name = _string(blk[345:500]) + b"/" + name
         name = pax.get(b"path", longname if longname is not None else name)
         linkname = pax.get(b"linkpath", longlink if longlink is not None else _string(blk[157:257]))
-        last = f"member {show(name)}"
+        prev = name
         if len(name) > MAX_NAME or len(linkname) > MAX_NAME:
-            raise BadArchive(f"{last}: a name longer than {MAX_NAME} bytes")
+            raise BadArchive(f"{_member(name)}: a name longer than {MAX_NAME} bytes")
         try:
             if b"size" in pax:
                 size = int(pax[b"size"])
@@ -268,12 +278,16 @@ def members(buf: bytes) -> Iterator[Member]:
             gid = int(pax[b"gid"]) if b"gid" in pax else _number(blk[116:124], "gid")
             mtime_ns = (parse_pax_time(pax[b"mtime"]) if b"mtime" in pax
                         else _number(blk[136:148], "mtime") * 1_000_000_000)
-            major = int(pax.get(b"SCHILY.devmajor", b"%d" % _number(blk[329:337], "devmajor")))
-            minor = int(pax.get(b"SCHILY.devminor", b"%d" % _number(blk[337:345], "devminor")))
+            major = minor = 0
+            if kind in _DEVICES:  # nothing else has device numbers (read only for them)
+                major = int(pax.get(b"SCHILY.devmajor", b"%d" % _number(blk[329:337],
+                                                                        "devmajor")))
+                minor = int(pax.get(b"SCHILY.devminor", b"%d" % _number(blk[337:345],
+                                                                        "devminor")))
         except ValueError as exc:
-            raise BadArchive(f"{last}: a bad PAX value: {exc}") from None
+            raise BadArchive(f"{_member(name)}: a bad PAX value: {exc}") from None
         if off + size > len(buf) or size < 0:
-            raise BadArchive(f"{last}: the archive ends inside its data")
+            raise BadArchive(f"{_member(name)}: the archive ends inside its data")
         data = view[off:off + size]
         off += size + (-size % BLOCK)
         xattrs: dict[bytes, bytes] = {}
@@ -282,24 +296,24 @@ def members(buf: bytes) -> Iterator[Member]:
                 xattrs[decode_xattr_name(key[len(_XATTR):])] = value
             elif key not in _IGNORED and key not in _HANDLED and key not in _ACLS \
                     and not key.startswith(b"GNU.sparse."):
-                raise NeedsGnuTar(f"{last}: PAX keyword {key[:40]!r}")
-        _check_acls(pax, xattrs, last)
+                raise NeedsGnuTar(f"{_member(name)}: PAX keyword {key[:40]!r}")
+        _check_acls(pax, xattrs, name)
         if b"GNU.sparse.major" in pax or b"GNU.sparse.size" in pax:
             if (pax.get(b"GNU.sparse.major"), pax.get(b"GNU.sparse.minor")) != (b"1", b"0"):
-                raise NeedsGnuTar(f"{last}: a sparse format other than PAX 1.0")
+                raise NeedsGnuTar(f"{_member(name)}: a sparse format other than PAX 1.0")
             sparse, used = _sparse_map_10(data)
             data = data[used:]
             name = pax.get(b"GNU.sparse.name", name)
             try:
                 realsize = int(pax[b"GNU.sparse.realsize"])
             except (KeyError, ValueError):
-                raise BadArchive(f"{last}: a sparse file without its size") from None
+                raise BadArchive(f"{_member(name)}: a sparse file without its size") from None
         if kind in (AREGTYPE, CONTTYPE):
             kind = REGTYPE
         if kind not in KINDS:
-            raise NeedsGnuTar(f"{last}: member type {kind!r}")
+            raise NeedsGnuTar(f"{_member(name)}: member type {kind!r}")
         if kind != REGTYPE and size:
-            raise NeedsGnuTar(f"{last}: data in a member of type {kind!r}")
+            raise NeedsGnuTar(f"{_member(name)}: data in a member of type {kind!r}")
         if sparse is not None:
             assert realsize is not None
             _check_sparse(name, sparse, len(data), realsize)
