@@ -5,8 +5,9 @@ command's set-up; Debian's criu 3.17 cannot checkpoint on this kernel). One cont
 process (a tmpfs root holding a static busybox, pivoted into) holds the tree issue 15 names:
 tmpfs, binds of a directory and of a file, a read-only bind, content hidden under an
 overmount, peers and a slave, an unbindable and a strictatime mount, a name that is not
-UTF-8, a bpf filesystem (CRIU's AUTO with ``--enable-fs``) and a bind whose root directory was
-deleted. CRIU dumps it (left stopped), criu-fw dumps it too, then:
+UTF-8, a bpf filesystem (CRIU's AUTO with ``--enable-fs``), a proc, a host directory bound in
+(external to both dumps, ``--external mnt[/t/ext]:hostdir``) and binds whose root directory
+or file was deleted. CRIU dumps it (left stopped), criu-fw dumps it too, then:
 
 * ``criu-fw merge`` puts criu-fw's mount images into CRIU's directory and ``criu restore``
   (CRIU's own process images) must give the dumped tree back, content included;
