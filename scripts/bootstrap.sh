@@ -56,6 +56,3 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     rm -f "$log"
     touch "$stamp"
 fi
-# CRIU 4.2 itself, for the two-way compatibility tests (Debian's criu 3.17 cannot checkpoint
-# on this kernel): built from source into .venv/criu-4.2.
-bash scripts/criu42.sh

@@ -4,6 +4,9 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 bash scripts/bootstrap.sh
+# CRIU 4.2 itself, for the two-way compatibility tests (Debian's criu 3.17 cannot checkpoint
+# on this kernel): built from source into .venv/criu-4.2.
+bash scripts/criu42.sh
 # Refresh the editable link tree when the package's files changed since the last install
 # (a file added must be seen). Only then: a reinstall briefly removes the package, and a
 # criu-fw started meanwhile (another run's tests) would fail to import it.
