@@ -33,12 +33,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from helpers import wait_until
 
 pytestmark = pytest.mark.privileged
 
@@ -138,13 +138,13 @@ def _end(pid: int) -> None:
     """SIGKILL a restored process and wait until its PID is free: the next restore of the
     same dump needs it (reaped here if it was reparented to this process)."""
     os.kill(pid, signal.SIGKILL)
-    for _ in range(500):
+
+    def gone() -> bool:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
-        if not os.path.exists(f"/proc/{pid}"):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"restored process {pid} did not go")
+        return not os.path.exists(f"/proc/{pid}")
+
+    assert wait_until(gone, 10), f"restored process {pid} did not go"
 
 
 def _log_tail(path: Path) -> str:
