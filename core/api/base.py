@@ -11,6 +11,9 @@ A driver is any object (usually an instance of
 * optionally ``parallel_content = True``: its ``dump_content`` may be called in worker
   processes forked from the dumper, one per CPU (it changes nothing in the context that a
   later hook needs, except through ``ctx.in_background`` and its result),
+* optionally ``parallel_restore_content = True``: its ``restore_content`` may be called in
+  worker processes forked from the restoring process while it makes the mounts (what it
+  changes in the context stays there; a ``ContentJob`` it returns is waited for there),
 * optionally ``name`` and ``description`` (``criu-fw drivers`` shows them; the entry point's
   name is the one that counts),
 * optionally ``api_version = (MAJOR, MINOR)``: the driver API it was written for (see
@@ -93,7 +96,9 @@ class DriverState(abc.ABC):
 #: ``NewSuperblock`` source, and :meth:`DriverState.source_identity`.
 #: 1.2 added ``parallel_content`` (a driver on 1.1 ignores it: its content is archived in
 #: the dumper, as before).
-API_VERSION: tuple[int, int] = (1, 2)
+#: 1.3 added ``parallel_restore_content`` (a driver on 1.2 ignores it: its content is put
+#: back by the restoring process, as before).
+API_VERSION: tuple[int, int] = (1, 3)
 
 
 @runtime_checkable
@@ -128,6 +133,7 @@ class FsDriver:
     state_types: ClassVar[tuple[type[DriverState], ...]] = ()
     content_fstypes: ClassVar[tuple[str, ...] | None] = None
     parallel_content: ClassVar[bool] = False
+    parallel_restore_content: ClassVar[bool] = False
     description: ClassVar[str] = ""
     api_version: ClassVar[tuple[int, int]] = (1, 0)
 

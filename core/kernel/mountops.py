@@ -196,6 +196,10 @@ def _show_param(key: str, value: ParamArg) -> str:
 class MountOps:
     """The operations a restore needs. Subclasses implement every method."""
 
+    #: Whether the restore may fork workers that use these operations' handles (the kernel's
+    #: descriptors; not a recording).
+    forks_workers: bool = False
+
     def new_superblock(
         self,
         fstype: str,
@@ -582,6 +586,8 @@ class KernelMountOps(MountOps):
     superblocks (sysfs, mqueue) are its own even when the kernel hands back an existing one.
     ``guard``: what each mountpoint is made and recorded in (see :class:`.confine.Maker`).
     """
+
+    forks_workers = True
 
     def __init__(
         self, scratch: str | None = None, *, fresh: Iterable[str] = (),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import ClassVar
 
 from criu_fw.driver import (
     ContentJob,
@@ -44,6 +45,10 @@ def default_plan(mount: Mount) -> NewSuperblock:
 
 class GenericRebuild:
     """Hook implementations used at restore time."""
+
+    #: ``restore_content`` unpacks into the path it is given and changes nothing else (a
+    #: GNU tar it starts is a ContentJob): it can run in the restore's fill workers.
+    parallel_restore_content: ClassVar[bool] = True
 
     @hookimpl
     def rebuild_mount(
