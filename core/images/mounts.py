@@ -602,6 +602,20 @@ def _text(
     return text_of(criu_value)
 
 
+#: Option lists as read, decoded once each: a big table repeats a few (``rw,relatime``).
+_OPTIONS: dict[tuple[bytes, ...], tuple[str, ...]] = {}
+
+
+def _options(raw: Iterable[bytes]) -> tuple[str, ...]:
+    key = tuple(raw)
+    got = _OPTIONS.get(key)
+    if got is None:
+        got = tuple(map(os.fsdecode, key))
+        if len(_OPTIONS) < 4096:  # a table of unique options does not grow it without end
+            _OPTIONS[key] = got
+    return got
+
+
 def _mount(e: mnt_pb2.mnt_entry, fw: fwstate_pb2.fw_mount) -> Mount:
     return Mount(
         mnt_id=e.mnt_id,
@@ -611,8 +625,8 @@ def _mount(e: mnt_pb2.mnt_entry, fw: fwstate_pb2.fw_mount) -> Mount:
         mountpoint=_text(fw, "mountpoint", e.mountpoint),
         fstype=os.fsdecode(fw.fstype),
         source=_text(fw, "source", e.source),
-        mount_options=tuple(os.fsdecode(o) for o in fw.mount_options),
-        super_options=tuple(os.fsdecode(o) for o in fw.super_options),
+        mount_options=_options(fw.mount_options),
+        super_options=_options(fw.super_options),
         propagation=Propagation(
             # 0 is none: CRIU writes both fields always, peer group ids start at 1.
             shared=e.shared_id or None,

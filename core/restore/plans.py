@@ -141,12 +141,13 @@ def _check_tree(tree: MountTree) -> None:
             why = imagecheck.path_problem(field, getattr(m, field))
             if why is not None:
                 raise RestoreError(f"{m.describe()}: {why} (mount namespace {tree.ns_id})")
+    known = restorable_options()  # once: it imports (20,000 calls were 10 ms)
     for m in tree:
         for opt in m.mount_options:
-            if opt not in restorable_options():
+            if opt not in known:
                 raise RestoreError(
                     f"{m.describe()}: per-mount option {opt!r} cannot be restored by this "
-                    f"criu-fw (it restores {', '.join(sorted(restorable_options()))})"
+                    f"criu-fw (it restores {', '.join(sorted(known))})"
                 )
     bad = imagecheck.tree_problem(list(tree))
     if bad is not None:
