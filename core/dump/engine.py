@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import gc
 import logging
 import os
 import resource
@@ -34,6 +33,7 @@ from ..api.hooks import in_context
 from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import DumpContext
 from ..errors import CriuFwError, DriverError, DumpError, DumpRefusedError
+from ..gcpause import gc_paused
 from ..images.mounts import mount_image_names, write_mount_namespace
 from ..images.process import (
     ProcessImages,
@@ -62,7 +62,7 @@ from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe
 from .staging import Staging, interruptible
 from .watchdog import Watchdog
-from .workers import Pool, forks
+from .workers import Pool
 
 log = logging.getLogger("criu_fw.dump")
 
@@ -188,7 +188,7 @@ def _dump(
                     procs = collect_tree(fs, pid, freezer)
                     timings["freeze"] = time.perf_counter() - t0
                     report(f"froze {count(len(procs), 'process')}")
-                    with _gc_paused():
+                    with gc_paused():  # see criu_fw.gcpause
                         attempt, tries = _read_consistent(
                             fs, mgr, procs, tmp, timings,
                             dict(externals), auto_external, proc_root, sys_root, root, pid,
@@ -232,25 +232,6 @@ def _dump(
         timings=timings,
         skipped_fds=dict(sorted(attempt.skipped_fds.items())),
     )
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while the tree is frozen and read.
-
-    A big mount table or fd table makes tens of thousands of long-lived records; each 700
-    allocations start a collection that walks them and frees nothing (the temporaries go by
-    reference counting), about a tenth of the mount part at 10,000 mounts. Collection resumes
-    afterwards, whatever happens.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _read_consistent(
@@ -454,38 +435,39 @@ def _content(a: _Attempt, router: Router, started: Callable[[], None]) -> None:
             raise in_context(err, "dump_content", m.describe(),
                              f"mount {m.mnt_id}") from err.__cause__
 
-    # The helper holds a descriptor per filesystem and raises its soft limit to the hard
-    # one: batches within half of that (50,000 tmpfs at 100,000 mounts outgrew a limit of
-    # 20,000), one private copy of the namespace each.
+    # A helper holds a descriptor per filesystem it hands out and raises its soft limit to
+    # the hard one: batches within half of that (50,000 tmpfs at 100,000 mounts outgrew a
+    # limit of 20,000), all from the one private copy of the namespace.
     batch = max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[1] // 2)
-    groups = [(ns, chosen[start : start + batch]) for ns in a.namespaces
-              if (chosen := per_ns.get(ns.ns_id))
-              for start in range(0, len(chosen), batch)]  # fmt: skip
-    # Which of each group's mounts go to the workers (their driver allows it), decided once.
-    parallel = {d: _parallel(router, d) for d in {a.drivers[ns.ns_id][m.mnt_id]
-                                                  for ns, part in groups for m in part}}
-    shared_of = [{m.mnt_id for m in part if parallel[a.drivers[ns.ns_id][m.mnt_id]]}
-                 for ns, part in groups]
-    # No fork once a thread runs: ``started`` (the re-read's thread) waits for the last
-    # group whose pool forks, or starts now if none does.
-    last = max((k for k, ids in enumerate(shared_of) if forks(len(ids), ctx.workers)),
-               default=-1)
-    if last < 0:
-        started()
-    for k, (ns, part) in enumerate(groups):
-        with FilesystemViews(ns.pid, ns.tree, part) as paths:
-            items = [(ns.ns_id, m, p) for m, p in zip(part, paths, strict=True)]
-            shared = [it for it in items if it[1].mnt_id in shared_of[k]]
-            pool = Pool(shared, call, ctx.workers, ctx.in_worker, ctx.wait_background,
-                        ctx.cancel_background)
-            names = dict(zip((it[1] for it in shared),
-                             pool.run(started if k == last else _nothing), strict=True))
-            for it in items:
-                name = names[it[1]] if it[1] in names else call(it)
-                if name is None:
-                    continue
-                for other_ns, other in all_of[it[1].dev]:
-                    a.content.setdefault(other_ns, {})[other.mnt_id] = name
+    parallel: dict[str, bool] = {}
+    todo = [(ns, chosen) for ns in a.namespaces if (chosen := per_ns.get(ns.ns_id))]
+    for k, (ns, chosen) in enumerate(todo):
+        views = FilesystemViews(ns.pid, ns.tree, chosen, batch=batch)
+        try:
+            for part, final in views.stream():
+                items = [(ns.ns_id, chosen[i], path) for i, path in part]
+                shared = []
+                for it in items:
+                    driver = a.drivers[ns.ns_id][it[1].mnt_id]
+                    if driver not in parallel:
+                        parallel[driver] = _parallel(router, driver)
+                    if parallel[driver]:
+                        shared.append(it)
+                pool = Pool(shared, call, ctx.workers, ctx.in_worker, ctx.wait_background,
+                            ctx.cancel_background)
+                # No fork once a thread runs: the re-read's thread starts with the last
+                # batch (once its workers are forked, or at once if it has none).
+                last = final and k == len(todo) - 1
+                names = dict(zip((it[1] for it in shared),
+                                 pool.run(started if last else _nothing), strict=True))
+                for it in items:
+                    name = names[it[1]] if it[1] in names else call(it)
+                    if name is None:
+                        continue
+                    for other_ns, other in all_of[it[1].dev]:
+                        a.content.setdefault(other_ns, {})[other.mnt_id] = name
+        finally:
+            views.close()
     started()
 
 

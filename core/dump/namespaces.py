@@ -16,9 +16,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -121,24 +121,41 @@ class FilesystemViews:
     (``/proc/<helper>/fd/<N>``) through which its whole filesystem below the mount's root is
     visible, content hidden under overmounts included. Nothing changes in the namespace.
 
+    ``for part, final in FilesystemViews(pid, tree, mounts, batch=B).stream():`` gives them
+    a batch at a time instead, as ``(index in mounts, path)`` pairs, each helper holding at
+    most about ``B`` copies: a batch's paths are valid until the next one is asked for (the
+    helper then closes them and goes on in the same private copy of the namespace). ``final``
+    flags the last batch.
+
     With :data:`SPLIT_AT` mounts or more and two CPUs, two helpers share them (every other
     one): uncovering hidden filesystems (a lazy unmount each, 67 us) and cloning run on both
-    CPUs while the dump waits for them.
+    CPUs while the dump waits for them, and one helper's next batch is made while the
+    other's is read.
     """
 
     def __init__(self, pid: int, tree: MountTree, mounts: Sequence[Mount],
-                 helpers: int | None = None) -> None:
+                 helpers: int | None = None, batch: int | None = None) -> None:
         self.pid = pid
         self.tree = tree
         self.mounts = list(mounts)
+        self.batch = batch
         cpus = len(os.sched_getaffinity(0))
         self.n = helpers if helpers is not None else (
             2 if cpus > 1 and len(self.mounts) >= SPLIT_AT else 1)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> list[str]:
+        assert self.batch is None, "batches come from stream(): each is closed after its turn"
+        paths: list[str] = [""] * len(self.mounts)
+        for part, _ in self.stream():
+            for i, path in part:
+                paths[i] = path
+        return paths
+
+    def stream(self) -> Iterator[tuple[list[tuple[int, str]], bool]]:
         if not self.mounts:
-            return []
+            yield [], True
+            return
         try:
             shares = [self.mounts[k::self.n] for k in range(self.n)]
             for _ in shares:
@@ -149,10 +166,16 @@ class FilesystemViews:
                 ))
             for proc, share in zip(self.procs, shares, strict=True):
                 self._ask(proc, share)
-            paths: list[str] = [""] * len(self.mounts)
-            for k, proc in enumerate(self.procs):
-                paths[k::self.n] = self._answer(proc)
-            return paths
+            active = list(range(self.n))
+            while active:
+                for k in list(active):
+                    handed, last = self._answer(self.procs[k])
+                    if last:
+                        active.remove(k)
+                    # Index t of helper k's share is mounts[k + t * n].
+                    yield [(k + t * self.n, path) for t, path in handed], not active
+                    if not last:
+                        self._next(self.procs[k])
         except BaseException:
             self._stop()
             raise
@@ -163,19 +186,29 @@ class FilesystemViews:
               os.fsencode(c.mountpoint).hex()] for c in chain_of(self.tree, m)]
             for m in share
         ]
-        request = json.dumps({"pid": self.pid, "targets": targets}) + "\n"
+        request: dict[str, object] = {"pid": self.pid, "targets": targets}
+        if self.batch is not None:
+            request["batch"] = self.batch
+        self._send(proc, json.dumps(request) + "\n")
+
+    @staticmethod
+    def _send(proc: subprocess.Popen[bytes], line: str) -> None:
         assert proc.stdin is not None
         try:
-            proc.stdin.write(request.encode())
+            proc.stdin.write(line.encode())
             proc.stdin.flush()
         except OSError:
             pass  # it died: its answer says why
 
-    def _answer(self, proc: subprocess.Popen[bytes]) -> list[str]:
+    def _next(self, proc: subprocess.Popen[bytes]) -> None:
+        self._send(proc, "next\n")
+
+    def _answer(self, proc: subprocess.Popen[bytes]) -> tuple[list[tuple[int, str]], bool]:
         assert proc.stdout is not None
         try:
             line = proc.stdout.readline()
-            reply = json.loads(line) if line else {"error": _stderr(proc) or "helper died"}
+            reply: dict[str, Any] = (
+                json.loads(line) if line else {"error": _stderr(proc) or "helper died"})
         except (OSError, ValueError) as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         if "error" in reply:
@@ -184,7 +217,8 @@ class FilesystemViews:
             raise DumpError(
                 f"namespace helper for process {self.pid}: {reply['error']}"
             )
-        return [f"/proc/{proc.pid}/fd/{fd}" for fd in reply["fds"]]
+        handed = [(int(t), f"/proc/{proc.pid}/fd/{int(fd)}") for t, fd in reply["fds"]]
+        return handed, bool(reply.get("last", True))
 
     def _stop(self) -> None:
         """Let the helpers go: their stdin closes, they exit. Not waited for here: tearing
@@ -201,6 +235,10 @@ class FilesystemViews:
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._stop()
+
+    def close(self) -> None:
+        """Let the helpers go (after :meth:`stream`; a ``with`` block does it itself)."""
         self._stop()
 
 

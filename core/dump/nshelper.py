@@ -14,7 +14,11 @@ process and the dumper may be one. It
    soon as it is visible in the copy; one that is not is uncovered layer by layer, lazily
    unmounting what is on top of it, but only once every requested mount inside that covering
    mount's subtree has its clone (a lazy unmount takes the whole subtree away),
-5. prints the fd numbers as one JSON line and waits until its stdin closes.
+5. prints the fd numbers as JSON lines, a batch at a time: with ``batch`` in the request, once
+   that many clones are held it sends them and waits for a ``next`` line before closing them
+   and going on (a namespace with more hidden filesystems than the descriptor limit is served
+   from one copy, not one copy per batch); after the last batch it waits until its stdin
+   closes.
 
 So one dump makes one copy of the namespace and reads one mount table, however many of its
 filesystems are hidden: the work is a few statx(2) per requested mount plus one umount2(2) per
@@ -23,8 +27,9 @@ covering mount, instead of a new copy (and its mountinfo) per hidden filesystem.
 The dumper then reads each filesystem through ``/proc/<helper>/fd/<N>``. The private copy
 and the detached mounts vanish when the helper exits.
 
-Request (stdin, one JSON line): ``{"pid": P, "targets": [[[maj, min, root_hex, mp_hex], ...]]}``
-with paths as hex of their bytes. Reply: ``{"fds": [N, ...]}`` or ``{"error": "..."}``.
+Request (stdin, one JSON line): ``{"pid": P, "targets": [[[maj, min, root_hex, mp_hex], ...]],
+"batch": B}`` with paths as hex of their bytes (``batch`` optional: all at once). Replies: one
+``{"fds": [[target, N], ...], "last": bool}`` per batch, or ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import os
 import resource
 import struct
 import sys
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -169,16 +175,37 @@ class Uncoverer:
         self.clone_of: dict[int, int] = {}
         #: The covering mounts unmounted so far (their subtrees left the copy with them).
         self.unmounted: set[int] = set()
+        #: Targets cloned and not handed out yet, in the order they were cloned.
+        self.fresh: list[int] = []
 
-    def run(self) -> list[int]:
-        out = []
+    def run(self, batch: int | None = None) -> Iterator[tuple[list[tuple[int, int]], bool]]:
+        """Batches of (target, clone descriptor), the last one flagged; each batch's clones
+        are closed by :meth:`release` before the next is made (``batch`` None: one batch)."""
+        limit = batch if batch is not None and batch > 0 else len(self.fds) + 1
         for t, fd in enumerate(self.fds):
             if fd is None:
                 self._obtain(t)
-                fd = self.fds[t]
-            assert fd is not None
-            out.append(fd)
-        return out
+            if len(self.fresh) >= limit:
+                out, self.fresh = self.fresh, []
+                yield [(u, self._fd(u)) for u in out], False
+        out, self.fresh = self.fresh, []
+        yield [(u, self._fd(u)) for u in out], True
+
+    def _fd(self, t: int) -> int:
+        fd = self.fds[t]
+        assert fd is not None and fd >= 0
+        return fd
+
+    def release(self, handed: list[tuple[int, int]]) -> None:
+        """Close a batch's clones; the targets stay done (a later request of the same mount
+        is cloned again)."""
+        closed = {fd for _, fd in handed}
+        for t, _ in handed:
+            self.fds[t] = -1
+        for mid in [m for m, fd in self.clone_of.items() if fd in closed]:
+            del self.clone_of[mid]
+        for fd in closed:
+            os.close(fd)
 
     def _obtain(self, first: int) -> None:
         """Clone ``first``, and before it whatever it takes to uncover it."""
@@ -196,6 +223,7 @@ class Uncoverer:
             cover = self._cover(t)
             if cover is None:
                 self.fds[t] = self._clone(t)
+                self.fresh.append(t)
                 continue
             place, mid = cover
             waiting = [u for u in self.inside.get(mid, ()) if self.fds[u] is None]
@@ -264,7 +292,7 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def serve(request: dict[str, object]) -> list[int]:
+def serve(request: dict[str, object]) -> Uncoverer:
     pid = int(request["pid"])  # type: ignore[call-overload]
     chains: list[_Chain] = [
         [(f"{a}:{b}", bytes.fromhex(r), bytes.fromhex(p)) for a, b, r, p in raw]
@@ -283,17 +311,28 @@ def serve(request: dict[str, object]) -> list[int]:
         os.close(pidfd)
     ids = resolve(_mounts(procfd), chains)
     os.close(procfd)
-    return Uncoverer(chains, ids).run()
+    return Uncoverer(chains, ids)
+
+
+def _say(reply: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
 
 
 def main() -> int:
     request = json.loads(sys.stdin.readline())
+    batch = request.get("batch")
     try:
-        reply: dict[str, object] = {"fds": serve(request)}
+        uncover = serve(request)
+        for handed, last in uncover.run(batch if isinstance(batch, int) else None):
+            _say({"fds": handed, "last": last})
+            if last:
+                break
+            if sys.stdin.readline() != "next\n":
+                return 0  # the dumper is gone or done: nothing more to hand out
+            uncover.release(handed)
     except (HelperError, OSError) as exc:
-        reply = {"error": str(exc)}
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
+        _say({"error": str(exc)})
     # Hold the detached mounts (and the private namespace) until the dumper is done.
     sys.stdin.read()
     return 0

@@ -23,6 +23,7 @@ import attrs
 from ..api.loader import DriverConfig, DriverManager, resolve_manager
 from ..context import RestoreContext
 from ..errors import CriuFwError, ImageError, UsageError
+from ..gcpause import gc_paused
 from ..images import read_image
 from ..kernel.mountops import KernelMountOps, MountOps
 from ..progress import Progress, count
@@ -317,7 +318,8 @@ def restore(
         try:
             mgr = resolve_manager(manager, plugins, config)
             if namespaces is None:
-                root_ns, spaces = read_namespaces(image_dir, mgr)
+                with gc_paused():  # as planning below (see criu_fw.gcpause)
+                    root_ns, spaces = read_namespaces(image_dir, mgr)
             else:
                 spaces = list(namespaces)
                 root_ns = spaces[0].ns_id

@@ -1,0 +1,26 @@
+"""The cyclic garbage collector held off while a big table is read or planned.
+
+Reading 100,000 mounts makes hundreds of thousands of long-lived, acyclic objects (messages,
+records, tuples); every 700 allocations start a collection that walks the young ones and,
+each tenth time, the older ones: nothing is freed, and the walks made reading superlinear
+(10,000 mounts read in 0.13 s, 100,000 in 1.7 s). The temporaries go by reference counting
+meanwhile; collection resumes afterwards, whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
