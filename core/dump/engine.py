@@ -189,7 +189,7 @@ def _dump(
                     timings["freeze"] = time.perf_counter() - t0
                     report(f"froze {count(len(procs), 'process')}")
                     with gc_paused():  # see criu_fw.gcpause
-                        attempt, tries = _read_consistent(
+                        attempt, tries, images = _read_consistent(
                             fs, mgr, procs, tmp, timings,
                             dict(externals), auto_external, proc_root, sys_root, root, pid,
                             report,
@@ -200,10 +200,15 @@ def _dump(
                 finally:
                     # What the dumped processes waited for: from the first stop to here.
                     timings["frozen"] = time.perf_counter() - t0
-                if not leave_stopped:
-                    freezer.resume()
-                    report(f"resumed the processes ({timings['frozen']:.2f} s frozen)")
-                t0 = time.perf_counter()
+                try:
+                    if not leave_stopped:
+                        freezer.resume()
+                        report(f"resumed the processes ({timings['frozen']:.2f} s frozen)")
+                    t0 = time.perf_counter()
+                    _write_mounts(tmp, attempt, images)
+                finally:
+                    images.close()
+                timings["write_mounts"] = time.perf_counter() - t0
                 _write(tmp, attempt, timings)
                 stage.publish()
                 timings["write"] = time.perf_counter() - t0
@@ -238,7 +243,7 @@ def _read_consistent(
     fs: ProcFS, mgr: DriverManager, procs: list[Process], tmp: str, timings: dict[str, float],
     externals: dict[str, str], auto_external: bool, proc_root: str, sys_root: str,
     root: str | None, pid: int, report: Progress,
-) -> tuple[_Attempt, int]:
+) -> tuple[_Attempt, int, _MountImages]:
     changed: list[Namespace] = []
     for n in range(1, RETRIES + 1):
         _clear(tmp)
@@ -277,8 +282,8 @@ def _read_consistent(
                 report(f"read {count(attempt.n_files, 'open file')}, "
                        f"{count(attempt.n_maps, 'file mapping')}")
                 # The snapshot: the re-read starts now and runs (the kernel's part, in a
-                # thread) while the content is archived and the mount images are written;
-                # with content, once its workers are forked (no fork after a thread starts).
+                # thread) while the content is archived; with content, once its workers are
+                # forked (no fork after a thread starts).
                 check: Recheck | None = None
                 started = 0.0  # counted with the check
 
@@ -295,11 +300,11 @@ def _read_consistent(
                         archived = {n for c in attempt.content.values() for n in c.values()}
                         report(f"saved the content of {count(len(archived), 'filesystem')}")
                     start_check()
-                    t3 = time.perf_counter()
-                    _write_mounts(tmp, attempt, images)
-                    t4 = time.perf_counter()
+                    t3 = t4 = time.perf_counter()
                     # Archives still being made (big filesystems, in parallel) are waited for
-                    # here: the processes stay frozen until their content is saved.
+                    # here: the processes stay frozen until their content is saved. The mount
+                    # images are not: what they hold is in memory, and checked just below
+                    # (they are written once the processes run again, see _dump).
                     ctx.wait_background()
                     waited = time.perf_counter() - t4
                     t4 += waited
@@ -313,17 +318,18 @@ def _read_consistent(
                     ctx.cancel_background()
                     if check is not None:
                         check.close()
-            finally:
+            except BaseException:
                 images.close()
+                raise
         finally:
             if watch is not None:
                 watch.close()
         for k, v in (("mounts", t1 - t0), ("files", t2 - t1),
-                     ("content", t3 - t2 - started + waited),
-                     ("write_mounts", t4 - t3 - waited), ("check", t5 - t4 + started)):
+                     ("content", t3 - t2 - started + waited), ("check", t5 - t4 + started)):
             timings[k] = v
         if not changed:
-            return attempt, n
+            return attempt, n, images
+        images.close()
         log.warning("mount table of namespace %s changed during the dump; starting again",
                     ", ".join(str(ns.ns_id) for ns in changed))
     where = ", ".join(f"{ns.ns_id} (process {ns.pid})" for ns in changed)
