@@ -56,7 +56,13 @@ from .ghosts import Ghosts, is_ghost
 from .ids import FileIds, TableIds
 from .lock import TreeLocks, locked_tree
 from .maps import MapsReader
-from .namespaces import FilesystemViews, Namespace, find_namespaces, reap_helpers
+from .namespaces import (
+    FilesystemViews,
+    Namespace,
+    find_namespaces,
+    reap_helpers,
+    start_helpers,
+)
 from .procfs import ProcFS
 from .procs import Freezer, Process, collect_tree
 from .routing import Router, describe
@@ -173,6 +179,10 @@ def _dump(
     # Started first: whatever the dumper does from here, a SIGKILL is undone.
     watchdog = Watchdog()
     try:
+        if fs.live:
+            # The namespace helpers start up while the dump gets ready and the tree is
+            # frozen and read (two share the work from SPLIT_AT filesystems on).
+            start_helpers(2 if len(os.sched_getaffinity(0)) > 1 else 1)
         with interruptible():
             stage = Staging(target, watchdog)
             tmp = stage.tmp
@@ -205,7 +215,8 @@ def _dump(
                         freezer.resume()
                         report(f"resumed the processes ({timings['frozen']:.2f} s frozen)")
                     t0 = time.perf_counter()
-                    _write_mounts(tmp, attempt, images)
+                    with gc_paused():
+                        _write_mounts(tmp, attempt, images)
                 finally:
                     images.close()
                 timings["write_mounts"] = time.perf_counter() - t0

@@ -159,11 +159,7 @@ class FilesystemViews:
         try:
             shares = [self.mounts[k::self.n] for k in range(self.n)]
             for _ in shares:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-I", "-S", nshelper.__file__],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    close_fds=True,
-                ))
+                self.procs.append(_SPARE.pop() if _SPARE else _start_helper())
             for proc, share in zip(self.procs, shares, strict=True):
                 self._ask(proc, share)
             active = list(range(self.n))
@@ -254,11 +250,36 @@ def _stderr(proc: subprocess.Popen[bytes]) -> str:
 
 #: Helpers let go of and not reaped yet (see :meth:`FilesystemViews._stop`).
 _LEAVING: list[subprocess.Popen[bytes]] = []
+#: Helpers started ahead and not asked anything yet (see :func:`start_helpers`).
+_SPARE: list[subprocess.Popen[bytes]] = []
+
+
+def _start_helper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", nshelper.__file__],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True,
+    )
+
+
+def start_helpers(n: int) -> None:
+    """Start ``n`` helpers now, before the processes are frozen: an interpreter takes 20 to
+    30 ms to start, which the dump then no longer waits for while they are. A helper does
+    nothing until it is asked (it reads its request first); the ones never asked go with
+    :func:`reap_helpers`."""
+    while len(_SPARE) < n:
+        _SPARE.append(_start_helper())
 
 
 def reap_helpers() -> None:
-    """Wait for the helpers let go of (the dump calls this before it returns): one still
-    there after 10 s is killed."""
+    """Let the helpers never asked go, and wait for every helper let go of (the dump calls
+    this before it returns): one still there after 10 s is killed."""
+    while _SPARE:
+        proc = _SPARE.pop()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        _LEAVING.append(proc)
     while _LEAVING:
         proc = _LEAVING.pop()
         try:
