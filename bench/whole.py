@@ -39,6 +39,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+from criu_fw.images.stats import read_frozen_time
+
 GROUP = 6  # mounts per group of the mix
 SHARED_EVERY = 10  # every 10th group is shared
 
@@ -249,6 +251,8 @@ class Repeat(NamedTuple):
     floor: float
     dump: Run
     restore: Run
+    #: How long the dumped processes stayed stopped, from the dump's ``stats-dump``.
+    frozen: float
 
 
 def one_repeat(n: int, out: str, cli: str, large: int = 0, delete: bool = False) -> Repeat:
@@ -267,6 +271,9 @@ def one_repeat(n: int, out: str, cli: str, large: int = 0, delete: bool = False)
         with tree(n, large) as t:
             dump = timed([cli, "dump", "-t", str(t.pid), "-D", images, "--external-auto"],
                          os.path.join(out, "dump.log"))
+            frozen = read_frozen_time(images)
+            if frozen is None:
+                raise RuntimeError(f"{images}: the dump wrote no stats-dump")
             restore = timed(["unshare", "--net", "--ipc", "--", cli, "restore", "-D", images,
                              "--root", "/", "--detach", "--pidfile", pidfile],
                             os.path.join(out, "restore.log"))
@@ -279,7 +286,7 @@ def one_repeat(n: int, out: str, cli: str, large: int = 0, delete: bool = False)
                 kill_tree(holder)
         if restored != t.mounts:
             raise RuntimeError(f"restored {restored} mounts, dumped {t.mounts}")
-        return Repeat(t.mounts, t.floor, dump, restore)
+        return Repeat(t.mounts, t.floor, dump, restore, frozen)
     finally:
         if delete:
             shutil.rmtree(images, ignore_errors=True)
@@ -300,6 +307,11 @@ def report(runs: list[Repeat]) -> dict[str, float]:
         out[what] = secs
         print(f"  criu-fw {what:<8} {secs:8.2f} s  floor {floor:7.3f} s  ratio {ratio:7.1f}x "
               f"(target <= 10x)  peak RSS {rss:6.0f} MiB", flush=True)
+        if what == "dump":
+            frozen = statistics.median(r.frozen for r in runs)
+            out["frozen"] = frozen
+            print(f"    processes frozen {frozen:6.2f} s  ({frozen / secs:.0%} of the dump; "
+                  f"stats-dump's frozen_time)", flush=True)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -167,3 +168,15 @@ def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+#: Debian's crit (pycriu on the system python), the real reader of CRIU images.
+CRIT = "/usr/bin/crit" if os.path.exists("/usr/bin/crit") else (shutil.which("crit") or "crit")
+
+
+def crit_env() -> dict[str, str]:
+    """The environment crit runs in: the system python with its own protobuf, nothing of
+    our virtual environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+    return env

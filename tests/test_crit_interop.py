@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,22 +23,17 @@ from criu_fw.proto import (
     mm_pb2,
     mnt_pb2,
     pstree_pb2,
+    stats_pb2,
     vma_pb2,
 )
 from criu_fw.records import DumpedNamespace
 from google.protobuf.message import Message
+from helpers import CRIT, crit_env
 
 pytestmark = pytest.mark.crit
 
-CRIT = "/usr/bin/crit" if os.path.exists("/usr/bin/crit") else (shutil.which("crit") or "crit")
 SYSTEM_PYTHON = "/usr/bin/python3"
-
-
-def _clean_env() -> dict[str, str]:
-    # crit runs on the system python with its own protobuf; nothing of our venv may leak in.
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
-    return env
+_clean_env = crit_env
 
 
 def crit(*args: str, stdin: str | None = None) -> str:
@@ -215,10 +209,10 @@ def _descriptor_facts_of_pycriu() -> dict[str, Any]:
     script = """
 import json
 from pycriu.images import (mnt_pb2, fdinfo_pb2, regfile_pb2, fown_pb2, pstree_pb2, core_pb2,
-                           fs_pb2, mm_pb2, vma_pb2, inventory_pb2)
+                           fs_pb2, mm_pb2, vma_pb2, inventory_pb2, stats_pb2)
 out = {}
 for mod in (mnt_pb2, fdinfo_pb2, regfile_pb2, fown_pb2, pstree_pb2, core_pb2, fs_pb2, mm_pb2,
-            vma_pb2, inventory_pb2):
+            vma_pb2, inventory_pb2, stats_pb2):
     for name, d in mod.DESCRIPTOR.message_types_by_name.items():
         out[name] = {f.name: [f.number, f.type, f.label,
                               f.default_value if f.has_default_value else None]
@@ -243,7 +237,7 @@ def test_our_messages_match_pycriu_field_for_field() -> None:
     theirs = _descriptor_facts_of_pycriu()
     checked = 0
     for mod in (mnt_pb2, fdinfo_pb2, pstree_pb2, core_pb2, fs_pb2, mm_pb2, vma_pb2,
-                inventory_pb2):  # fmt: skip
+                inventory_pb2, stats_pb2):  # fmt: skip
         for name, d in mod.DESCRIPTOR.message_types_by_name.items():
             for f in d.fields:
                 default = f.default_value if f.has_default_value else None

@@ -23,8 +23,8 @@ from criu_fw.images import write_image
 from criu_fw.images.mounts import read_mount_namespace
 from criu_fw.proto import core_pb2, inventory_pb2, pstree_pb2
 from criu_fw.restore import image_namespaces
+from helpers import CRIT, crit_env
 
-CRIT = "/usr/bin/crit" if os.path.exists("/usr/bin/crit") else (shutil.which("crit") or "crit")
 NS = 7  # CRIU's id of the dumped mount namespace (its ns counter, not 1)
 ROOT_PID = 42
 
@@ -63,9 +63,7 @@ TREE = [
 
 
 def crit(*args: str, stdin: str | None = None) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
-    res = subprocess.run([CRIT, *args], capture_output=True, text=True, input=stdin, env=env,
+    res = subprocess.run([CRIT, *args], capture_output=True, text=True, input=stdin, env=crit_env(),
                          timeout=60, check=False)  # fmt: skip
     assert res.returncode == 0, f"crit {' '.join(args)} failed: {res.stderr}"
     return res.stdout

@@ -45,6 +45,7 @@ from ..images.process import (
     write_inventory,
     write_process_images,
 )
+from ..images.stats import write_dump_stats
 from ..model import Dev, Mount, MountTree
 from ..progress import Progress, count
 from ..proto import fdinfo_pb2, fs_pb2
@@ -650,6 +651,7 @@ def _write(tmp: str, a: _Attempt, timings: dict[str, float]) -> None:
         if a.ghosts is not None:
             a.ghosts.write(tmp)
         timings["write_files"] = time.perf_counter() - t1
+        write_dump_stats(tmp, freezing=timings["freeze"], frozen=timings["frozen"])
         _sync_dir_fs(tmp)
         # The completion mark: written (and synced) only after everything else is on disk.
         write_inventory(tmp, a.procs[0])

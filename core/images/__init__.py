@@ -43,6 +43,7 @@ from ..proto import (
     mm_pb2,
     mnt_pb2,
     pstree_pb2,
+    stats_pb2,
 )
 from .check import MAX_MOUNTS, fw_entry_problem, state_problem
 
@@ -94,6 +95,7 @@ MAGIC: Mapping[str, int] = {
     "REMAP_FPATH": 0x59133954,
     "GHOST_FILE": 0x52583605,
     "NS_FILES": 0x61394011,
+    "STATS": 0x57093306,
     # criu-fw's per-mount-namespace extras (fwstate.proto). Chosen outside CRIU's table;
     # crit rejects it as an unknown magic, which is the honest answer.
     "FW_MNTS": 0x46574D31,
@@ -115,6 +117,8 @@ class ImageKind:
     pattern: str
     #: Whether the file starts with IMG_COMMON before the kind's magic (all but inventory).
     common: bool = True
+    #: Whether it starts with IMG_SERVICE instead (CRIU's stats images).
+    service: bool = False
     #: Caps: bytes per entry, bytes of the whole file, number of entries.
     max_entry: int = MAX_ENTRY_SIZE
     max_bytes: int = MAX_IMAGE_BYTES
@@ -152,6 +156,8 @@ KINDS: Mapping[str, ImageKind] = {
         ImageKind("FW_MNTS", fwstate_pb2.fw_entry, "fw-mountpoints-{}.img",
                   max_entry=MAX_FW_ENTRY, max_bytes=MAX_MOUNT_IMAGE,
                   max_entries=MAX_MOUNTS + 1, bound=fw_entry_problem),
+        # What the dump kept the processes stopped for (CRIU's stats-dump), one entry.
+        ImageKind("STATS", stats_pb2.stats_entry, "stats-dump", service=True, max_entries=1),
     )
 }  # fmt: skip
 
@@ -255,6 +261,8 @@ def write_serialized(
 
 def _head(kind: ImageKind) -> bytes:
     magic = _U32.pack(kind.magic)
+    if kind.service:
+        return _U32.pack(IMG_SERVICE) + magic
     return _U32.pack(IMG_COMMON) + magic if kind.common else magic
 
 
