@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from criu_fw.api import loader
 from criu_fw.api.loader import ENTRY_POINT_GROUP, DriverConfig, DriverManager
 from criu_fw.cli import main
 
 
 def _with_entry_point(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, body: str) -> None:
-    """A real module on sys.path, published under our group next to the real entry points."""
+    """A real module on sys.path, published under our group by a distribution's metadata
+    there, next to the real entry points."""
     (tmp_path / "criu_fw_test_exiter.py").write_text(body)
+    info = tmp_path / "criu_fw_test_exiter-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: criu-fw-test-exiter\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nexiter = criu_fw_test_exiter:Driver\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    extra = metadata.EntryPoint("exiter", "criu_fw_test_exiter:Driver", ENTRY_POINT_GROUP)
-    real = metadata.entry_points
-
-    def entry_points(**kw: Any) -> Any:
-        found = list(real(**kw))
-        return [*found, extra] if kw.get("group") == ENTRY_POINT_GROUP else found
-
-    monkeypatch.setattr(loader.metadata, "entry_points", entry_points)
 
 
 def test_sys_exit_at_import_is_reported_and_skipped(monkeypatch: pytest.MonkeyPatch,

@@ -24,16 +24,18 @@ from __future__ import annotations
 import fnmatch
 import os
 from collections.abc import Callable, Iterable, Mapping
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import pluggy
 
 from ..errors import DriverConflictError, DriverError, DriverLoadError, UsageError
-from . import hookspecs
+from . import entrypoints, hookspecs
 from .base import DriverState, api_problem, declared_fstypes
 from .hooks import SIGNATURES, Hooks
+
+if TYPE_CHECKING:
+    import importlib.metadata
 
 ENTRY_POINT_GROUP = "criu_fw.fsdrivers"
 BUILTIN_DISTRIBUTION = "criu-fw"
@@ -162,7 +164,31 @@ class LoadProblem:
         return f"driver {self.name!r} from distribution {self.origin} skipped: {self.reason}"
 
 
-def _dist_of(ep: metadata.EntryPoint) -> tuple[str, str]:
+class _EntryPoint(Protocol):
+    """An entry point of either reader (``name`` and ``load()`` are all the loader uses)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def load(self) -> Any: ...
+
+
+def _found(group: str) -> list[tuple[_EntryPoint, str, str]]:
+    """The group's entry points with their distribution's name and version: read directly
+    (:mod:`.entrypoints`), or through :mod:`importlib.metadata` where that cannot."""
+    direct = entrypoints.entry_points(group)
+    if direct is not None:
+        out: list[tuple[_EntryPoint, str, str]] = []
+        for ep in direct:
+            name, version = entrypoints.name_and_version(ep.dist)
+            out.append((ep, name or os.path.basename(ep.dist), version or ""))
+        return out
+    from importlib import metadata
+
+    return [(ep, *_dist_of(ep)) for ep in metadata.entry_points(group=group)]
+
+
+def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
     dist = ep.dist
     if dist is None:
         return ("unknown", "")
@@ -213,7 +239,7 @@ class DriverManager:
         and build the fstype registry. Returns ``self``."""
         for name in self.config.blocked:
             self.pm.set_blocked(name)
-        found = [(ep, *_dist_of(ep)) for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+        found = _found(ENTRY_POINT_GROUP)
         # A deterministic order whatever sys.path says: by name, the built-in first, then by
         # distribution; of two entry points with one name the later one is reported.
         found.sort(key=lambda f: (f[0].name, f[1] != BUILTIN_DISTRIBUTION, f[1]))
