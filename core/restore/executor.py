@@ -378,7 +378,10 @@ class Executor:
     def _room(self) -> int:
         """How many more handles the work done ahead may hold (half the descriptors left
         when first asked; then what this build holds is counted instead)."""
-        held = len(self.pool.handle) + len(self.pending) + len(self.handle)
+        # A running job holds descriptors of its own (its archive, its tar's pipes); a
+        # superblock dealt to a fill worker holds none here beyond its handle.
+        jobs = sum(not isinstance(j, Dealt) for _, j in self.pending.values())
+        held = len(self.pool.handle) + jobs + len(self.handle)
         if self._fd_budget is None:
             # Counted once (a listing of /proc/self/fd per call was 70 us, per superblock
             # with content); then what this build holds is counted instead.
