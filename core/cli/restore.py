@@ -11,7 +11,7 @@ from ..errors import UsageError
 from ..kernel.mountops import RecordingMountOps
 from ..kernel.superblocks import predicted_shared
 from ..restore import restore
-from ..restore.signals import RestoreInterrupted, interruptible
+from ..restore.signals import RestoreInterrupted, held, interruptible
 from .base import RUNS_COMMAND, driver_manager, progress_lines
 
 _EXTERNAL = re.compile(r"^mnt\[(?P<key>.+?)\]:(?P<path>.+)$")
@@ -161,6 +161,13 @@ def restore_cmd(
     except RestoreInterrupted as exc:
         if not shown:
             raise
+        if not detach:
+            # It came after the PIDs were out but before the hold began (while the restore
+            # was handed over): the hold ends as hold() ends it, the holders killed and
+            # reaped (they held the caller's output open, and the namespaces, otherwise).
+            with held():
+                result.settle()
+                result.terminate()
         ended = exc.signum
     if ended is not None:
         # Held until a signal, as asked: no error line, the status of a command it ended.
