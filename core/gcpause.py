@@ -2,9 +2,9 @@
 
 Reading 100,000 mounts makes hundreds of thousands of long-lived, acyclic objects (messages,
 records, tuples); every 700 allocations start a collection that walks the young ones and,
-each tenth time, the older ones: nothing is freed, and the walks made reading superlinear
-(10,000 mounts read in 0.13 s, 100,000 in 1.7 s). The temporaries go by reference counting
-meanwhile; collection resumes afterwards, whatever happens.
+each tenth time, the older ones, freeing nothing (reading 99,015 mounts: 1.66 s with it,
+1.5 s without, one run each). The temporaries go by reference counting meanwhile;
+collection resumes afterwards, whatever happens.
 """
 
 from __future__ import annotations

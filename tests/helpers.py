@@ -180,3 +180,8 @@ def crit_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
     return env
+
+
+def alive(pids: set[int]) -> list[int]:
+    """Which of ``pids`` still exist (a worker not reaped would be a zombie: it exists)."""
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]

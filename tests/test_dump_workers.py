@@ -22,6 +22,7 @@ from criu_fw.dump import dump
 from criu_fw.dump.workers import MIN_ITEMS
 from criu_fw.errors import DriverError
 from criu_fw.testing import NamespaceScenario
+from helpers import alive
 
 CPUS = len(os.sched_getaffinity(0))
 COUNT = MIN_ITEMS + 8
@@ -80,11 +81,6 @@ def _images(images: Path) -> dict[str, tuple[int, bytes]]:
     return out
 
 
-def _alive(pids: set[int]) -> list[int]:
-    """Which of ``pids`` still exist (a worker not reaped would be a zombie: it exists)."""
-    return [p for p in pids if os.path.exists(f"/proc/{p}")]
-
-
 def test_a_driver_that_allows_it_is_called_in_one_process_per_cpu(
     scenario: Scenario, tmp_path: Path
 ) -> None:
@@ -98,7 +94,7 @@ def test_a_driver_that_allows_it_is_called_in_one_process_per_cpu(
     writers = {pid for pid, _ in got.values()}
     assert os.getpid() in writers
     assert len(writers) == CPUS
-    assert _alive(writers - {os.getpid()}) == []
+    assert alive(writers - {os.getpid()}) == []
 
 
 def test_a_driver_that_does_not_say_so_runs_in_the_dumper(
@@ -126,7 +122,7 @@ def test_an_error_in_a_worker_fails_the_dump_naming_the_mount(
     assert err.value.driver == "recorder"
     assert not (tmp_path / "img").exists()
     assert len(rec.pids()) == CPUS
-    assert _alive(rec.pids() - {os.getpid()}) == []
+    assert alive(rec.pids() - {os.getpid()}) == []
 
 
 @pytest.mark.skipif(CPUS < 2, reason="one CPU: no workers")
@@ -139,7 +135,7 @@ def test_a_worker_killed_fails_the_dump_and_leaves_nothing(
         dump(scn.pid, str(tmp_path / "img"), plugins=[rec], auto_external=True)
     assert not (tmp_path / "img").exists()
     assert len(rec.pids()) == CPUS
-    assert _alive(rec.pids() - {os.getpid()}) == []
+    assert alive(rec.pids() - {os.getpid()}) == []
     # The dumped process was resumed: it still sleeps, not stopped.
     state = Path(f"/proc/{scn.pid}/stat").read_text().rpartition(")")[2].split()[0]
     assert state == "S"
@@ -222,4 +218,4 @@ def test_a_failing_worker_stops_the_jobs_it_left_running(
              plugins=[LeavesJobs(tmp_path / "callers", jobs)], auto_external=True)
     started = {int(p) for p in jobs.read_text().split()}
     assert len(started) == CPUS - 1
-    assert _alive(started) == []
+    assert alive(started) == []

@@ -27,12 +27,12 @@ from criu_fw.fsdrivers.generic import content
 from criu_fw.restore import restore
 from criu_fw.restore.fill import MIN_BATCH
 from criu_fw.testing import NamespaceScenario
-from helpers import reaping, wait_until
+from helpers import alive, reaping, wait_until
 
 pytestmark = pytest.mark.privileged
 
 CPUS = len(os.sched_getaffinity(0))
-#: Enough ramfs for a batch of MIN_BATCH in the workers' share (the builder keeps a fifth).
+#: Enough ramfs for a batch of MIN_BATCH in the workers' share (the builder keeps a quarter).
 COUNT = 2 * MIN_BATCH + 8
 #: Every 7th ramfs is hidden under another ramfs (its content comes back all the same).
 COVERED = range(0, COUNT, 7)
@@ -118,10 +118,6 @@ def _restored(holder: int, workdir: str) -> tuple[dict[str, bytes], set[int]]:
     return files, fillers
 
 
-def _alive(pids: set[int]) -> list[int]:
-    return [p for p in pids if os.path.exists(f"/proc/{p}")]
-
-
 def _run(scn: NamespaceScenario, images: str, driver: Filler) -> tuple[dict[str, bytes], set[int]]:
     res = restore(images, root="/", plugins=[driver], detach=True, netns="new", ipcns="new")
     try:
@@ -149,7 +145,7 @@ def test_workers_and_the_builder_fill_every_filesystem_hidden_ones_too(
     # The builder and one worker per further CPU, none of them the caller, all gone.
     assert len(fillers) == CPUS
     assert os.getpid() not in fillers
-    assert _alive(fillers) == []
+    assert alive(fillers) == []
 
 
 def test_a_driver_that_does_not_say_so_is_filled_by_the_builder_alone(

@@ -192,17 +192,8 @@ def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
     dist = ep.dist
     if dist is None:
         return ("unknown", "")
-    # Name and Version from the METADATA headers directly: the email parser behind
-    # dist.metadata took a quarter of loading the drivers, once per entry point.
     text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    found: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line:
-            break  # the end of the headers
-        key, sep, value = line.partition(":")
-        if sep and key in ("Name", "Version") and key not in found:
-            found[key] = value.strip()
-    name, version = found.get("Name"), found.get("Version")
+    name, version = entrypoints.name_and_version_of(text)
     if name is None or version is None:
         md = dist.metadata  # anything unusual: the standard parser
         return (md["Name"] or dist.name, md["Version"] or dist.version)

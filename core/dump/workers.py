@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from ..errors import EXIT_FAILURE, EXIT_INTERNAL, CriuFwError, DumpError
+from ..forking import fork_reporting
 from ..kernel import parent_death_signal
 
 T = TypeVar("T")
@@ -122,22 +123,7 @@ class Pool(Generic[T, R]):
         return results  # type: ignore[return-value]  # every slot filled above
 
     def _fork(self, k: int) -> _Child:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        parent = os.getpid()
-        try:
-            pid = os.fork()
-        except BaseException:
-            os.close(r)
-            os.close(w)
-            raise
-        if pid == 0:  # pragma: no cover - the child; its work is checked by the parent
-            code = 1
-            try:
-                os.close(r)
-                code = self._child(k, w, parent)
-            finally:
-                os._exit(code)
-        os.close(w)
+        pid, r = fork_reporting(lambda w, parent: self._child(k, w, parent))
         return _Child(pid, r, k)
 
     def _child(self, k: int, w: int, parent: int) -> int:

@@ -6,7 +6,8 @@ same time on bytes that do not compress (random data, files already compressed) 
 36 MB/s a CPU here at any level, so half a GiB of such bytes was 14 s of a dump. This reads
 the tar stream in chunks of :data:`CHUNK` bytes and writes each as a gzip member of its own:
 deflated at gzip's default level when a sample of it compresses, else stored (deflate's
-level 0: a copy and a CRC, above 1 GB/s). A file of several gzip members is one stream to
+level 0: a copy and a CRC; 20 MB of random bytes and 20 MB of text archived by GNU tar in
+0.16 s through this, 0.62 s through gzip). A file of several gzip members is one stream to
 gzip, GNU tar and CRIU's restore (RFC 1952, 2.2); criu-fw's own reader leaves such an
 archive to GNU tar.
 
