@@ -16,11 +16,13 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from criu_fw.restore.signals import in_background
 from criu_fw.testing import NamespaceScenario
 from helpers import dump_scenario
 
@@ -261,3 +263,18 @@ def test_signal_during_start_up_leaves_nothing(images: str, tmpdir: Path, tmp_pa
     assert code == 128 + sig, err
     assert err == f"criu-fw: error: interrupted by {sig.name}; the restore was undone\n"
     assert os.listdir(tmpdir) == []
+
+
+def test_background_threads_never_take_the_terminating_signals() -> None:
+    """A process-directed signal taken by a background thread (a reaper in waitpid) left
+    the main thread's wait uninterrupted: the hold went on after SIGTERM. Such threads
+    block the signals; the caller's own mask is unchanged."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    in_background(time.sleep, 0.5, name="criu-fw-test-bg")
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == before
+    (thread,) = [t for t in threading.enumerate() if t.name == "criu-fw-test-bg"]
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    blocked = int(next(x for x in status.splitlines() if x.startswith("SigBlk:")).split()[1], 16)
+    for sig in SIGNALS:
+        assert blocked & (1 << (sig - 1)), sig.name
+    thread.join()

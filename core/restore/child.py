@@ -46,7 +46,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -56,7 +55,7 @@ from .. import kernel
 from ..errors import CommandNotRunError, RestoreError, UsageError
 from ..kernel.mountops import KernelMountOps
 from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
-from .signals import SIGNALS, after_fork, forward_to, held
+from .signals import SIGNALS, after_fork, forward_to, held, in_background
 from .watchdog import RestoreWatchdog, close_inherited
 
 #: Exit status of a child that failed before it could exec the command.
@@ -494,7 +493,7 @@ class Builder:
 
 
 def _reap_later(pid: int) -> None:
-    threading.Thread(target=os.waitpid, args=(pid, 0), name="criu-fw-reap", daemon=True).start()
+    in_background(os.waitpid, pid, 0, name="criu-fw-reap")
 
 
 def _stop(pid: int) -> int:

@@ -29,8 +29,8 @@ import contextlib
 import os
 import subprocess
 import sys
-import threading
 
+from .signals import in_background
 from .watchdogd import start_time
 
 #: The write ends of the live watchdogs' pipes: a forked building child closes them at once,
@@ -89,8 +89,7 @@ class RestoreWatchdog:
         if proc.poll() is None:
             # It exits as soon as it has read "done" (a Python start, tens of ms, if it had
             # not started yet): reaped in the background rather than waited for.
-            threading.Thread(target=proc.wait, name="criu-fw-watchdog-reaper",
-                             daemon=True).start()
+            in_background(proc.wait, name="criu-fw-watchdog-reaper")
 
     def _close(self) -> None:
         proc, self._proc = self._proc, None
