@@ -11,7 +11,6 @@ per pair of fds. Processes that share an fd table (CLONE_FILES) share a ``files_
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 from ..files import FileIdentity, OpenFile
 
@@ -19,7 +18,7 @@ SYS_kcmp = 312
 KCMP_FILE = 0
 KCMP_FILES = 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, as in criu_fw.kernel
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 

@@ -7,7 +7,6 @@ for the new mount API, the filesystem context's own message (read from the fs-co
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno as _errno
 import fcntl
 import os
@@ -17,7 +16,9 @@ from typing import Final
 
 from ..errors import SyscallError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own libc (dlopen(NULL)): find_library("c") ran ldconfig, 2 ms a call
+# at every start, and importing ctypes.util cost more.
+_libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 #: libc's syscall(2) with errno kept, for modules that marshal their own structs (statmount).

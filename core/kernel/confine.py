@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -33,7 +32,7 @@ import attrs
 
 from ..errors import SyscallError
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, as in criu_fw.kernel
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 

@@ -9,7 +9,6 @@ mount id together.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
@@ -17,7 +16,7 @@ import struct
 import attrs
 from criu_fw.driver import RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, Dev, SyscallError, openat2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # libc, as in criu_fw.kernel
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
