@@ -56,3 +56,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     rm -f "$log"
     touch "$stamp"
 fi
+# criu-fw's own bytecode: an editable install compiles nothing, and where
+# PYTHONDONTWRITEBYTECODE is set (this machine's shells, many container images) Python never
+# writes it either, so every command compiled criu-fw's modules again (`criu-fw restore
+# --help` 0.20-0.24 s against 0.13-0.14 s). Up-to-date files are skipped: a second run costs
+# a stat per module.
+pkg=$(.venv/bin/python -c 'import criu_fw, os; print(os.path.dirname(criu_fw.__file__))')
+.venv/bin/python -m compileall -q "$pkg" >/dev/null
