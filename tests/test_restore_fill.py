@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import pytest
 from criu_fw import hookimpl
+from criu_fw.api.tracing import Tracer
 from criu_fw.driver import DumpContext, FsDriver, Mount, RestoreContext, RestoreError
 from criu_fw.dump import dump
 from criu_fw.fsdrivers.generic import content
@@ -165,9 +166,10 @@ def test_a_worker_that_fails_fails_the_restore_naming_the_mount(
     scn, images = ramfs_images
     root = tmp_path / "root"
     root.mkdir()
+    tracer = Tracer()
     with reaping() as left:
         with pytest.raises(RestoreError) as err:
-            restore(images, root=str(root), plugins=[Filler(how)], detach=True,
+            restore(images, root=str(root), plugins=[Filler(how), tracer], detach=True,
                     netns="new", ipcns="new")
         # Nothing runs on: no worker, builder or holder.
         assert wait_until(lambda: not left(), 10), left()
@@ -175,11 +177,52 @@ def test_a_worker_that_fails_fails_the_restore_naming_the_mount(
     mount = rf"mount \d+ at '{re.escape(scn.workdir)}/r\d+' \(ramfs, source '(ram|cover)\d+'\): "
     if how == "error":
         assert re.fullmatch(mount + r"driver 'filler': cannot fill .*/r\d+", text), text
+        # The failed call is among the records, handed back by the worker and the builder.
+        failed = [r for r in tracer.records if r.hook == "restore_content" and r.error]
+        assert failed and "cannot fill" in failed[0].error, tracer.records
     else:
         assert re.fullmatch(mount + r"the process putting its content back died \(signal 9\)",
                             text), text
     # The mountpoints made in the --root directory are gone again.
     assert os.listdir(root) == []
+
+
+class ParallelFiller(Filler):
+    """Filler whose dump side runs in the dump's content workers too."""
+
+    parallel_content: ClassVar[bool] = True
+
+
+@pytest.mark.skipif(CPUS < 2, reason="one CPU: no workers")
+def test_a_tracer_keeps_the_calls_of_every_process(
+    ramfs_images: tuple[NamespaceScenario, str], tmp_path: Path,
+) -> None:
+    """A program's Tracer sees the hooks called in forked processes too: the dump's content
+    workers, the restore's builder and its fill workers (their records come back with what
+    each process reports)."""
+    scn, _ = ramfs_images
+    superblocks = COUNT + len(COVERED)
+    tracer = Tracer()
+    images = str(tmp_path / "traced")
+    dump(scn.pid, images, plugins=[ParallelFiller(), tracer], auto_external=True)
+    # (The scenario's namespace also holds this machine's own tmpfs: the generic driver's.)
+    dumped = [s for _, d, s in tracer.calls("dump_content") if d == "filler"]
+    assert len(dumped) == superblocks, dumped
+    assert len(set(dumped)) == superblocks  # each filesystem once
+
+    tracer = Tracer()
+    res = restore(images, root="/", plugins=[ParallelFiller(), tracer], detach=True,
+                  netns="new", ipcns="new")
+    try:
+        _, fillers = _restored(res.pid, scn.workdir)
+    finally:
+        res.terminate()
+    assert len(fillers) == CPUS  # filled by the builder and the workers, none the caller
+    filled = [s for _, d, s in tracer.calls("restore_content") if d == "filler"]
+    assert len(filled) == superblocks, filled
+    assert all("ramfs-" in s for s in filled)
+    planned = [s for _, d, s in tracer.calls("rebuild_mount") if d == "filler"]
+    assert len(planned) == superblocks  # planned in this process, as before
 
 
 def test_generic_archives_come_back_with_a_gnu_tar_among_them(

@@ -11,12 +11,19 @@ the core routes to any driver (built-in, third-party or passed by the caller)::
 
 From the command line: ``criu-fw --trace COMMAND`` prints one line per call on stderr.
 Records go to the ``criu_fw.trace`` logger (DEBUG) and to ``emit`` if one is given.
+
+Hooks also run in processes forked from the caller's: the restore's builder and its fill
+workers, the dump's content workers. There ``emit`` and the logger are called as anywhere
+(in that process), and the records travel back with what the process reports (see
+:func:`forked`), so that ``records`` holds every call, whichever process made it.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import time
+import weakref
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -69,7 +76,8 @@ def _short(value: object) -> str:
 
 
 class Tracer:
-    """Records (and logs) every hook call; ``records`` keeps them in call order."""
+    """Records (and logs) every hook call; ``records`` keeps them in call order (those made
+    in a forked process when that process reports)."""
 
     name = "tracing"
 
@@ -77,6 +85,7 @@ class Tracer:
         self.emit = emit
         self.keep = keep
         self.records: list[TraceRecord] = []
+        _TRACERS[id(self)] = self
 
     def calls(self, hook: str | None = None) -> list[tuple[str, str | None, str]]:
         """``(hook, driver, subject)`` of every recorded call (of ``hook`` only, if given)."""
@@ -84,7 +93,10 @@ class Tracer:
 
     def _record(self, rec: TraceRecord) -> None:
         if self.keep:
-            self.records.append(rec)
+            if _forked is not None:
+                _forked.append((id(self), rec))
+            else:
+                self.records.append(rec)
         log.debug("%s", rec)
         if self.emit is not None:
             self.emit(f"trace: {rec}")
@@ -131,3 +143,43 @@ class Tracer:
         self, mount: Mount, image: str
     ) -> Generator[None, Any, bool | None]:
         return (yield from self._wrap("restore_content", _subject(mount, image)))
+
+
+#: This process's tracers by id: a forked process's records come back under the same id (a
+#: fork keeps every object at its address).
+_TRACERS: weakref.WeakValueDictionary[int, Tracer] = weakref.WeakValueDictionary()
+#: In a forked process (after :func:`forked`): the records made here, for the parent.
+_forked: list[tuple[int, TraceRecord]] | None = None
+
+
+def forked() -> None:
+    """Call first in a process just forked from one whose tracers keep records: from now on
+    records made here wait for :func:`handed_back` (this copy of ``records`` is never seen)."""
+    global _forked
+    _forked = []
+
+
+def handed_back() -> bytes:
+    """The records made here since :func:`forked`, for the parent's :func:`take_back`
+    (empty when there are none: nothing need travel)."""
+    if not _forked:
+        return b""
+    data = pickle.dumps(_forked)
+    _forked.clear()
+    return data
+
+
+def take_back(data: bytes) -> None:
+    """Records a forked child handed back (from this very program, pickled by
+    :func:`handed_back`): into their tracers' ``records`` here, or on to this process's own
+    parent when it is a forked one too."""
+    if not data:
+        return
+    items: list[tuple[int, TraceRecord]] = pickle.loads(data)
+    if _forked is not None:
+        _forked.extend(items)
+        return
+    for key, rec in items:
+        tracer = _TRACERS.get(key)
+        if tracer is not None and tracer.keep:
+            tracer.records.append(rec)

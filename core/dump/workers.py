@@ -25,6 +25,7 @@ import signal
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from ..api import tracing
 from ..errors import EXIT_FAILURE, EXIT_INTERNAL, CriuFwError, DumpError
 from ..forking import fork_reporting
 from ..kernel import parent_death_signal
@@ -133,6 +134,7 @@ class Pool(Generic[T, R]):
             return 1
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
+        tracing.forked()
         out: list[tuple[int, object]] = []
         failed: tuple[int, _Packed] | None = None
         i = k
@@ -146,11 +148,13 @@ class Pool(Generic[T, R]):
             with contextlib.suppress(BaseException):
                 self.child_abort()
             failed = (i, _packed(exc))
+        traces = tracing.handed_back()
         try:
-            data = pickle.dumps((out, failed))
+            data = pickle.dumps((out, failed, traces))
         except Exception as exc:  # a result that does not travel: said, not lost
             data = pickle.dumps(([], (i, _packed(WorkerError(
-                f"a content worker's result cannot be sent back: {exc}", EXIT_INTERNAL)))))
+                f"a content worker's result cannot be sent back: {exc}", EXIT_INTERNAL))),
+                traces))
         view = memoryview(data)
         while view:
             view = view[os.write(w, view):]
@@ -170,7 +174,8 @@ class Pool(Generic[T, R]):
             code = os.waitstatus_to_exitcode(status)
             how = f"signal {-code}" if code < 0 else f"exit status {code}"
             return (c.first, WorkerError(f"a content worker died ({how})", EXIT_FAILURE))
-        out, failed = pickle.loads(b"".join(chunks))
+        out, failed, traces = pickle.loads(b"".join(chunks))
+        tracing.take_back(traces)
         for i, value in out:
             results[i] = value
         return None if failed is None else (failed[0], _unpacked(*failed[1]))

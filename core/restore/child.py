@@ -8,10 +8,12 @@ of the old root (:class:`KernelNamespaces`; :mod:`.build` drives it). Each names
 alive through the child's descriptor of it.
 
 It reports to the caller through a pipe, one line each: ``NS <ns_id> <fd>`` for every
-namespace, ``READY``, or ``ERR <one line>``. The caller then puts a *holder* into each
-namespace that needs one: a fresh small process (a new interpreter, not a fork of the caller,
-so it keeps neither the caller's memory nor its descriptors) that enters the namespace through
-``/proc/CHILD/fd/FD``, closes every descriptor, names itself ``criu-fw-holder`` and pauses.
+namespace, ``READY``, or ``ERR <one line>`` (before either, ``TRACE <n>`` and n bytes: the
+trace records of the hooks it called, see :mod:`criu_fw.api.tracing`). The caller then puts
+a *holder* into each namespace that needs one: a fresh small process (a new interpreter, not
+a fork of the caller, so it keeps neither the caller's memory nor its descriptors) that enters
+the namespace through ``/proc/CHILD/fd/FD``, closes every descriptor, names itself
+``criu-fw-holder`` and pauses.
 When all holders are in, the caller writes ``GO``: the child exits, or, with a command, execs
 it in the root namespace (the pipe is close-on-exec: EOF; a failed exec is ``ERR``).
 
@@ -52,6 +54,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 from .. import kernel
+from ..api import tracing
 from ..errors import CommandNotRunError, RestoreError, UsageError
 from ..kernel.mountops import KernelMountOps
 from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
@@ -201,6 +204,33 @@ class _Report(logging.Handler):
             pass  # the caller is gone (EPIPE): it reads nothing any more
         except Exception:  # logging must not break the restore
             self.handleError(record)
+
+
+def _send_traces(w: int) -> None:  # pragma: no cover - child process
+    """The trace records made in the child (see :mod:`criu_fw.api.tracing`): ``TRACE <n>``
+    and n bytes; none, nothing."""
+    data = tracing.handed_back()
+    if data:
+        _write_all(w, b"TRACE %d\n" % len(data) + data)
+
+
+def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - child process
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _take_traces(report: int, line: str) -> None:
+    """The child's ``TRACE <n>`` line and its n bytes, into the caller's tracers."""
+    size = int(line.split()[1])
+    chunks, got = [], 0
+    while got < size:
+        chunk = os.read(report, min(size - got, 1 << 20))
+        if not chunk:
+            raise RestoreError("the restoring process's report was cut short")
+        chunks.append(chunk)
+        got += len(chunk)
+    tracing.take_back(b"".join(chunks))
 
 
 def _relog(line: str) -> None:
@@ -387,6 +417,9 @@ def spawn(
             if line.startswith("LOG "):
                 _relog(line)
                 continue
+            if line.startswith("TRACE "):
+                _take_traces(report, line)
+                continue
             if not line:
                 status, pid = _reap(pid), 0
                 raise RestoreError(
@@ -544,6 +577,7 @@ def _child(
     ops = KernelMountOps(scratch, fresh=[j.kind for j in join if j.fresh], guard=held)
     try:
         after_fork()
+        tracing.forked()
         # A process group of its own while it builds: a SIGKILL of the caller's whole group
         # (``kill -9 -PGID``, a job killed by its shell) does not reach it, and the caller's
         # death is then the SIGTERM below: it undoes what it made on the host (mountpoints
@@ -566,6 +600,7 @@ def _child(
         limit = kernel.raise_nofile()
         try:
             build(ops, spaces)
+            _send_traces(w)
             for ns in ns_ids:
                 os.write(w, f"NS {ns} {spaces.fds[ns]}\n".encode())
             os.write(w, b"READY\n")
@@ -626,6 +661,8 @@ def _child(
     except BaseException as exc:
         try:
             if w >= 0:
+                with contextlib.suppress(Exception):
+                    _send_traces(w)  # a failed restore's calls are the ones worth reading
                 os.write(w, f"ERR {_one_line(exc)}\n".encode())
         finally:
             os._exit(CHILD_FAILED)

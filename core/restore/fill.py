@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from ..api import tracing
 from ..errors import RestoreError
 from ..forking import fork_reporting
 from ..kernel import parent_death_signal
@@ -147,6 +148,8 @@ class FillWorkers(Generic[T]):
         for line in lines:
             if line[:1] == b"E":
                 w.error = line[1:].decode("utf-8", "replace")
+            elif line[:1] == b"T":
+                tracing.take_back(bytes.fromhex(line[1:].decode()))
             else:
                 self._done.add(int(line))
 
@@ -189,6 +192,7 @@ class FillWorkers(Generic[T]):
         for sig in SIGNALS:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, signal.SIG_DFL)
+        tracing.forked()
         running: deque[tuple[int, ContentJob]] = deque()
         i = k
         try:
@@ -217,7 +221,10 @@ class FillWorkers(Generic[T]):
                 job.cancel()
             text = str(exc) if isinstance(exc, RestoreError) else (
                 f"{self._describe(i)}: {type(exc).__name__}: {exc}")
+            _say_traces(out)
             _say(out, b"E" + text.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+            return 0
+        _say_traces(out)
         return 0
 
     def _finish_job(self, out: int, i: int, job: ContentJob) -> None:  # pragma: no cover
@@ -226,6 +233,13 @@ class FillWorkers(Generic[T]):
         except Exception as exc:
             raise self._job_error(self.items[i], exc) from exc
         _say(out, b"%d\n" % i)
+
+
+def _say_traces(fd: int) -> None:  # pragma: no cover - a worker
+    """The trace records made here, as one ``T<hex>`` line (none: nothing)."""
+    data = tracing.handed_back()
+    if data:
+        _say(fd, b"T" + data.hex().encode() + b"\n")
 
 
 def _say(fd: int, data: bytes) -> None:  # pragma: no cover - a worker
