@@ -7,13 +7,16 @@ content image; the namespace images are built from the live tree and the driver'
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import criu_fw
 import pytest
 from criu_fw.context import DumpContext
+from criu_fw.dump import dump
 from criu_fw.errors import RestoreError
 from criu_fw.fsdrivers.overlay.layers import namespace_path
 from criu_fw.fsdrivers.overlay.options import parse_options
@@ -176,3 +179,56 @@ cd root && pivot_root . old && cd / && umount -l /old
         assert inside(res.pid, "cat /f1 /f2") == "1\n2\n"
     finally:
         res.terminate()
+
+
+CONTAINER_ROOT = """
+mkdir l1 l2 up wk root && echo 1 > l1/f1 && echo 2 > l2/f2
+mount -t overlay overlay root -o lowerdir=$PWD/l1:$PWD/l2,upperdir=$PWD/up,workdir=$PWD/wk
+mkdir -p root/usr root/proc root/old && mount --bind /usr root/usr && mount -t proc p root/proc
+for d in bin lib lib64 sbin; do ln -s usr/$d root/$d; done
+cd root && pivot_root . old && cd / && umount -l /old
+"""
+
+
+def test_an_overlay_root_in_criu_s_own_images_is_taken_from_root(
+    scenario: Scn, tmp_path: Path,
+) -> None:
+    """CRIU's images alone (a runtime's checkpoint) keep an overlay root's options, not its
+    layers: the overlay driver cannot rebuild it. With ``--root DIR`` the root is DIR, as in
+    CRIU's own restore (said in a warning); without, the restore fails naming the mount."""
+    s = scenario(CONTAINER_ROOT)
+    images = tmp_path / "images"
+    dump(s.pid, str(images), auto_external=True)
+    for p in images.glob("fw-*"):
+        p.unlink()  # what CRIU writes
+    cli = [sys.executable, "-m", "criu_fw", "restore", "-q", "-D", str(images)]
+    usr = ["--external", "mnt[/usr]:/usr"]
+
+    failed = subprocess.run(["unshare", "--net", "--ipc", "--", *cli, *usr, "--detach"],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0
+    assert failed.stderr.startswith("criu-fw: error: mount ") and " at '/' (overlay" in (
+        failed.stderr), failed.stderr
+    assert "no overlay layer state in the images" in failed.stderr
+
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "usr").mkdir(parents=True)
+    (rootfs / "proc").mkdir()
+    (rootfs / "given").write_text("the operator's tree\n")
+    res = subprocess.run(
+        ["unshare", "--net", "--ipc", "--", *cli, *usr, "--root", str(rootfs), "--detach"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    holder = int(res.stdout)
+    try:
+        warned = [line for line in res.stderr.splitlines() if "warning" in line]
+        assert len(warned) == 1 and warned[0].endswith(
+            f"the root is taken from --root {rootfs}"), res.stderr
+        assert Path(f"/proc/{holder}/root/given").read_text() == "the operator's tree\n"
+        mounts = {m.mountpoint: m for m in read_mountinfo(holder).mounts}
+        assert mounts["/"].root == str(rootfs)
+        assert mounts["/proc"].fstype == "proc"
+        assert mounts["/usr"].root == "/usr"
+    finally:
+        os.kill(holder, signal.SIGTERM)

@@ -335,7 +335,17 @@ def plan_namespace(
                 )
             continue
         first_of_dev[m.dev] = m
-        plan = ask(m)
+        try:
+            plan = ask(m)
+        except RestoreError as exc:
+            if m is not root or ctx.root is None or not isinstance(exc.__cause__, DriverError):
+                raise
+            # Its driver cannot rebuild the root from these images (an overlay from CRIU's
+            # own images: no layers recorded): the tree the operator gave stands for it, as
+            # in CRIU's restore, which always takes the root from --root.
+            log.warning("%s; the root is taken from --root %s", exc, ctx.root)
+            jobs[m.mnt_id] = MountJob(m, None, "/", base=ctx.root)
+            continue
         if m is root and not isinstance(plan, BindFrom | BindExternal):
             rebuildable = m.dev in content_by_dev or (
                 plan is not None and mgr.owner(m.fstype) != "generic"
