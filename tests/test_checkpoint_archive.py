@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -94,6 +95,35 @@ def test_show_and_verify_a_checkpoint_archive(
     # Nothing of it stays behind.
     assert not [n for n in os.listdir(tempfile.gettempdir())
                 if n.startswith("criu-fw-checkpoint-")]
+
+
+def test_restore_from_a_checkpoint_archive(
+    live: tuple[NamespaceScenario, Path], tmp_path: Path
+) -> None:
+    """``criu-fw restore -D ARCHIVE``: the images are unpacked for the restore's length and
+    the namespace comes back as from the directory (the tmpfs from CRIU's archive of it, the
+    bind of it); nothing of the unpacking stays once it returns."""
+    scn, images = live
+    archive = _archive(images, tmp_path / "export.tar.zst", "zstd")
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    res = subprocess.run(
+        ["unshare", "--net", "--ipc", "--", *CLI, "restore", "-q", "-D", str(archive),
+         "--root", "/", "--detach"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmpdir)},
+    )
+    assert res.returncode == 0, res.stderr
+    holder = int(res.stdout)
+    try:
+        restored = Path(f"/proc/{holder}/root{scn.workdir}")
+        assert (restored / "d" / "f").read_text() == "hi\n"
+        assert (restored / "b" / "f").read_text() == "hi\n"
+        with open(f"/proc/{holder}/mountinfo") as f:
+            table = f.read()
+        assert f" {scn.workdir}/d " in table and " tmpfs web-data " in table, table
+        assert not list(tmpdir.iterdir())  # the unpacked images are gone
+    finally:
+        os.kill(holder, signal.SIGTERM)
 
 
 def test_members_outside_the_image_directory_are_never_written(

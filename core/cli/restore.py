@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sys
 
 import click
 
 from ..errors import UsageError
+from ..images.checkpoint import checkpoint_images, is_checkpoint_archive
 from ..kernel.mountops import RecordingMountOps
 from ..kernel.superblocks import predicted_shared
 from ..restore import restore
@@ -65,7 +68,9 @@ def _cgroup_roots(values: tuple[str, ...]) -> dict[str, str]:
 
 @click.command("restore")
 @click.option("-D", "--images-dir", "image_dir", required=True, metavar="DIR",
-              help="The image directory written by criu-fw dump.")
+              help="The image directory written by criu-fw dump (or CRIU), or a container "
+                   "checkpoint archive (podman container checkpoint --export): its images "
+                   "are unpacked into a temporary directory for the restore's length.")
 @click.option("--root", metavar="DIR",
               help="Directory to use as the root where the root mount cannot be rebuilt. "
                    "Mountpoints missing in its tree are created there (on that filesystem); "
@@ -123,52 +128,57 @@ def restore_cmd(
     the restore is complete, they undo it.
     """
     ctx.meta[RUNS_COMMAND] = bool(command)
-    mgr = driver_manager(ctx)
-    asked = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
-    ops = RecordingMountOps(shared=predicted_shared(asked)) if dry_run else None
-    mounts, devices = split_externals(externals)
-    # One block from the restore to the end of the hold: a signal before the PIDs are out
-    # undoes the restore (an error), one after them ends the holders (the way a hold ends);
-    # with a command, the command gets it.
-    shown = False
-    try:
-        with interruptible():
-            result = restore(
-                image_dir, root=root, externals=mounts, devices=devices,
-                allow_host=allow_host, command=list(command) or None, detach=detach,
-                pidfile=pidfile, manager=mgr, ops=ops, outside_masters=outside_masters,
-                netns=netns, ipcns=ipcns, progress=progress_lines(quiet or dry_run),
-                cgroup_roots=_cgroup_roots(cgroup_roots),
-            )
-            if ops is not None:
-                for call in ops.calls:
-                    click.echo(call.describe())
-                return
-            if command:
-                sys.exit(result.exit_code or 0)
-            shown = True  # whoever reads the PID may signal at once (echo flushes)
-            click.echo(str(result.pid))
-            for ns_id, pid in result.holders.items():
-                if ns_id != result.root_ns:
-                    click.echo(f"{pid} mnt_ns={ns_id}")
-            # The PIDs are out (echo flushes): the restore is the user's. Killed before
-            # this, criu-fw leaves nothing (the builder undoes, the watchdog ends holders).
-            result.settle()
-            if detach:
-                return
-            sys.stdout.flush()
-            ended = result.hold()
-    except RestoreInterrupted as exc:
-        if not shown:
-            raise
-        if not detach:
-            # It came after the PIDs were out but before the hold began (while the restore
-            # was handed over): the hold ends as hold() ends it, the holders killed and
-            # reaped (they held the caller's output open, and the namespaces, otherwise).
-            with held():
+    with contextlib.ExitStack() as unpacked:
+        if os.path.isfile(image_dir) and is_checkpoint_archive(image_dir):
+            # The built namespaces need no image afterwards: removed on the way out (after
+            # the hold or the command, or at once with --detach).
+            image_dir = unpacked.enter_context(checkpoint_images(image_dir))[0]
+        mgr = driver_manager(ctx)
+        asked = {k: v for k, v in (("net", netns), ("ipc", ipcns)) if v is not None}
+        ops = RecordingMountOps(shared=predicted_shared(asked)) if dry_run else None
+        mounts, devices = split_externals(externals)
+        # One block from the restore to the end of the hold: a signal before the PIDs are out
+        # undoes the restore (an error), one after them ends the holders (the way a hold ends);
+        # with a command, the command gets it.
+        shown = False
+        try:
+            with interruptible():
+                result = restore(
+                    image_dir, root=root, externals=mounts, devices=devices,
+                    allow_host=allow_host, command=list(command) or None, detach=detach,
+                    pidfile=pidfile, manager=mgr, ops=ops, outside_masters=outside_masters,
+                    netns=netns, ipcns=ipcns, progress=progress_lines(quiet or dry_run),
+                    cgroup_roots=_cgroup_roots(cgroup_roots),
+                )
+                if ops is not None:
+                    for call in ops.calls:
+                        click.echo(call.describe())
+                    return
+                if command:
+                    sys.exit(result.exit_code or 0)
+                shown = True  # whoever reads the PID may signal at once (echo flushes)
+                click.echo(str(result.pid))
+                for ns_id, pid in result.holders.items():
+                    if ns_id != result.root_ns:
+                        click.echo(f"{pid} mnt_ns={ns_id}")
+                # The PIDs are out (echo flushes): the restore is the user's. Killed before
+                # this, criu-fw leaves nothing (the builder undoes, the watchdog ends holders).
                 result.settle()
-                result.terminate()
-        ended = exc.signum
-    if ended is not None:
-        # Held until a signal, as asked: no error line, the status of a command it ended.
-        sys.exit(128 + ended)
+                if detach:
+                    return
+                sys.stdout.flush()
+                ended = result.hold()
+        except RestoreInterrupted as exc:
+            if not shown:
+                raise
+            if not detach:
+                # It came after the PIDs were out but before the hold began (while the restore
+                # was handed over): the hold ends as hold() ends it, the holders killed and
+                # reaped (they held the caller's output open, and the namespaces, otherwise).
+                with held():
+                    result.settle()
+                    result.terminate()
+            ended = exc.signum
+        if ended is not None:
+            # Held until a signal, as asked: no error line, the status of a command it ended.
+            sys.exit(128 + ended)
