@@ -46,8 +46,10 @@ import os
 import secrets
 import shutil
 import signal
+import struct
 import sys
 import tempfile
+import termios
 import time
 from collections.abc import Callable, Sequence
 
@@ -206,12 +208,22 @@ class _Report(logging.Handler):
             self.handleError(record)
 
 
-def _send_traces(w: int) -> None:  # pragma: no cover - child process
+def _send_traces(w: int, *, only_if_room: bool = False) -> None:  # pragma: no cover
     """The trace records made in the child (see :mod:`criu_fw.api.tracing`): ``TRACE <n>``
-    and n bytes; none, nothing."""
+    and n bytes; none, nothing. ``only_if_room``: after a failure the caller may have
+    stopped reading (a signal): sent only if the pipe holds it whole, never waited for."""
     data = tracing.handed_back()
-    if data:
-        _write_all(w, b"TRACE %d\n" % len(data) + data)
+    if not data:
+        return
+    message = b"TRACE %d\n" % len(data) + data
+    if only_if_room:
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(w, termios.FIONREAD, b"\0" * 4))[0]
+            if len(message) > fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) - queued:
+                return
+        except OSError:
+            return
+    _write_all(w, message)
 
 
 def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - child process
@@ -662,7 +674,8 @@ def _child(
         try:
             if w >= 0:
                 with contextlib.suppress(Exception):
-                    _send_traces(w)  # a failed restore's calls are the ones worth reading
+                    # A failed restore's calls are the ones worth reading.
+                    _send_traces(w, only_if_room=True)
                 os.write(w, f"ERR {_one_line(exc)}\n".encode())
         finally:
             os._exit(CHILD_FAILED)
