@@ -30,3 +30,10 @@ def fork_reporting(work: Callable[[int, int], int], close: Iterable[int] = ()) -
             os._exit(code)
     os.close(w)
     return pid, r
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (a report pipe: a write may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

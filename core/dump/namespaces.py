@@ -221,12 +221,7 @@ class FilesystemViews:
         down a private copy of 10,000 mounts takes the kernel 40 ms a helper, which goes on
         beside the dump; :func:`reap_helpers` waits for them at its end."""
         procs, self.procs = self.procs, []
-        for proc in procs:
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
-        _LEAVING.extend(procs)
+        _let_go(procs)
 
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
@@ -254,6 +249,17 @@ _LEAVING: list[subprocess.Popen[bytes]] = []
 _SPARE: list[subprocess.Popen[bytes]] = []
 
 
+def _let_go(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Close the helpers' pipes (their stdin's end: they exit) and leave them to
+    :func:`reap_helpers`."""
+    for proc in procs:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+    _LEAVING.extend(procs)
+
+
 def _start_helper() -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-I", "-S", nshelper.__file__],
@@ -273,13 +279,8 @@ def start_helpers(n: int) -> None:
 def reap_helpers() -> None:
     """Let the helpers never asked go, and wait for every helper let go of (the dump calls
     this before it returns): one still there after 10 s is killed."""
-    while _SPARE:
-        proc = _SPARE.pop()
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        _LEAVING.append(proc)
+    spare, _SPARE[:] = list(_SPARE), []
+    _let_go(spare)
     while _LEAVING:
         proc = _LEAVING.pop()
         try:

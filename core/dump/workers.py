@@ -27,7 +27,7 @@ from typing import Generic, TypeVar
 
 from ..api import tracing
 from ..errors import EXIT_FAILURE, EXIT_INTERNAL, CriuFwError, DumpError
-from ..forking import fork_reporting
+from ..forking import fork_reporting, write_all
 from ..kernel import parent_death_signal
 
 T = TypeVar("T")
@@ -155,9 +155,7 @@ class Pool(Generic[T, R]):
             data = pickle.dumps(([], (i, _packed(WorkerError(
                 f"a content worker's result cannot be sent back: {exc}", EXIT_INTERNAL))),
                 traces))
-        view = memoryview(data)
-        while view:
-            view = view[os.write(w, view):]
+        write_all(w, data)
         return 0
 
     def _collect(self, c: _Child, results: list[R | None]) -> tuple[int, BaseException] | None:

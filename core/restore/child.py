@@ -58,6 +58,7 @@ import attrs
 from .. import kernel
 from ..api import tracing
 from ..errors import CommandNotRunError, RestoreError, UsageError
+from ..forking import write_all
 from ..kernel.mountops import KernelMountOps
 from ..kernel.superblocks import NAMESPACE_NAMES, OPTION
 from .signals import SIGNALS, after_fork, forward_to, held, in_background
@@ -223,13 +224,7 @@ def _send_traces(w: int, *, only_if_room: bool = False) -> None:  # pragma: no c
                 return
         except OSError:
             return
-    _write_all(w, message)
-
-
-def _write_all(fd: int, data: bytes) -> None:  # pragma: no cover - child process
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    write_all(w, message)
 
 
 def _take_traces(report: int, line: str) -> None:

@@ -10,7 +10,6 @@ and :mod:`.child`); the caller's namespace is never changed.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import re
@@ -318,7 +317,7 @@ def restore(
         try:
             mgr = resolve_manager(manager, plugins, config)
             if namespaces is None:
-                with gc_paused():  # as planning below (see criu_fw.gcpause)
+                with gc_paused():  # see criu_fw.gcpause
                     root_ns, spaces = read_namespaces(image_dir, mgr)
             else:
                 spaces = list(namespaces)
@@ -337,9 +336,7 @@ def restore(
             # cyclic collector would only rescan the growing heap (superlinear at 10,000
             # mounts). The forked child inherits the setting for its build and re-enables
             # nothing: it execs or exits.
-            collecting = gc.isenabled()
-            gc.disable()
-            try:
+            with gc_paused():
                 for plan in plan_namespaces(spaces, mgr, ctx):
                     plans.append((plan, order_steps(plan)))
                 _say_unused(granted_externals, granted_devices)
@@ -356,9 +353,6 @@ def restore(
                 finally:
                     close_namespaces(joins)
                     close_all(fds)
-            finally:
-                if collecting:
-                    gc.enable()
         except BaseException:
             # What spawn() left running is ended, and the watchdog told it need do nothing.
             result.terminate()

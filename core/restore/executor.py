@@ -33,6 +33,7 @@ import resource
 import stat
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from .. import kernel
 from ..api.hooks import on_mount
@@ -50,6 +51,9 @@ from .plans import MountJob, NamespacePlan, SuperblockJob
 from .propagation import needs_propagation
 
 log = logging.getLogger("criu_fw.restore")
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 #: How many content jobs may run at once: one per CPU this process may use (each is a
 #: tar with its gzip, mostly waiting on each other).
@@ -247,10 +251,10 @@ class Executor:
         for workers in self._fills:
             workers.cancel()
 
-    def _guard(self, m: Mount, fn: object, arg: object) -> None:
-        assert callable(fn)
+    def _guard(self, m: Mount, fn: Callable[[A], R], arg: A) -> R:
+        """``fn(arg)``, an error out of it worded as one about ``m``."""
         try:
-            fn(arg)
+            return fn(arg)
         except RestoreError:
             raise
         except (CriuFwError, OSError) as exc:
@@ -324,13 +328,8 @@ class Executor:
         return started[0] if started else None
 
     def _fill_named(self, sb: SuperblockJob) -> ContentJob | None:
-        """:meth:`_fill` in a worker: an error names the mount, as :meth:`_guard` does."""
-        try:
-            return self._fill(sb)
-        except RestoreError:
-            raise
-        except (CriuFwError, OSError) as exc:
-            raise RestoreError(on_mount(sb.mount.describe(), exc)) from exc
+        """:meth:`_fill` in a worker: an error names the mount, as at a step here."""
+        return self._guard(sb.mount, self._fill, sb)
 
     def _parallel_fill(self, driver: str) -> bool:
         known = self._parallel_drivers.get(driver)

@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 
 from ..api import tracing
 from ..errors import RestoreError
-from ..forking import fork_reporting
+from ..forking import fork_reporting, write_all
 from ..kernel import parent_death_signal
 from ..plan import ContentJob
 from .signals import SIGNALS
@@ -199,7 +199,7 @@ class FillWorkers(Generic[T]):
             for i in range(k, len(self.items), self.n):
                 job = self._fill(self.items[i])
                 if job is None:
-                    _say(out, b"%d\n" % i)
+                    write_all(out, b"%d\n" % i)
                 else:
                     running.append((i, job))
                 # An ended job is reported as soon as it is seen: the builder may be waiting
@@ -222,7 +222,7 @@ class FillWorkers(Generic[T]):
             text = str(exc) if isinstance(exc, RestoreError) else (
                 f"{self._describe(i)}: {type(exc).__name__}: {exc}")
             _say_traces(out)
-            _say(out, b"E" + text.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+            write_all(out, b"E" + text.replace("\n", " ").encode("utf-8", "replace") + b"\n")
             return 0
         _say_traces(out)
         return 0
@@ -232,20 +232,16 @@ class FillWorkers(Generic[T]):
             job.wait()
         except Exception as exc:
             raise self._job_error(self.items[i], exc) from exc
-        _say(out, b"%d\n" % i)
+        write_all(out, b"%d\n" % i)
 
 
 def _say_traces(fd: int) -> None:  # pragma: no cover - a worker
     """The trace records made here, as one ``T<hex>`` line (none: nothing)."""
     data = tracing.handed_back()
     if data:
-        _say(fd, b"T" + data.hex().encode() + b"\n")
+        write_all(fd, b"T" + data.hex().encode() + b"\n")
 
 
-def _say(fd: int, data: bytes) -> None:  # pragma: no cover - a worker
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 __all__ = ["MIN_BATCH", "FillWorkers"]
